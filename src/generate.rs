@@ -1,0 +1,362 @@
+//! Prefill + decode loop, samplers and stopping, with per-row steering applied by the
+//! forward at every step (decode step k of a row is position len(prompt) + k).
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::capture::{Capture, Captured};
+use crate::error::{Error, Result};
+use crate::intervene::{RowSteering, SteeringPlan};
+use crate::model::attention::LayerCache;
+use crate::model::{BatchLayout, Model, Site, Sites, StepCtx};
+
+/// Sampling and stopping settings for one generation call.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub max_new_tokens: usize,
+    /// 0 means greedy (argmax).
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    /// Stop strings: a row stops once its generated text contains one.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        GenParams {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenParams {
+    pub fn validate(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(Error::invalid(format!(
+                "temperature must be a finite number >= 0 (0 = greedy), got {}",
+                self.temperature
+            )));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::invalid("top_k must be >= 1 (or None), got 0"));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::invalid(format!("top_p must be in (0, 1], got {p}")));
+            }
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::invalid("stop strings must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Check a steering list against the batch and build its plan.
+pub fn plan_steering(
+    model: &Model,
+    steering: Option<&[RowSteering]>,
+    rows: usize,
+) -> Result<Option<SteeringPlan>> {
+    let Some(st) = steering else { return Ok(None) };
+    if st.len() != rows {
+        return Err(Error::invalid(format!(
+            "steering has {} entries but there are {rows} prompts; pass one steering (or None) per prompt",
+            st.len()
+        )));
+    }
+    let plan = SteeringPlan::new(st, model.n_layers(), model.d_model(), &model.device)?;
+    Ok((!plan.is_empty()).then_some(plan))
+}
+
+/// One prefill over a batch: captures at `sites` and/or last-position logits.
+pub fn forward_batch(
+    model: &Model,
+    rows: &[Vec<u32>],
+    sites: Vec<Site>,
+    reduce: crate::capture::Reduce,
+    steering: Option<&[RowSteering]>,
+    want_logits: bool,
+) -> Result<(Option<Captured>, Option<(Vec<f32>, [usize; 2])>)> {
+    let (ids, layout) = model.pad_batch(rows)?;
+    let plan = plan_steering(model, steering, rows.len())?;
+    let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
+    if let Some(c) = &capture {
+        c.check(&layout.lens)?;
+    }
+    let ctx = StepCtx {
+        layout: &layout,
+        start: 0,
+        t: layout.width,
+    };
+    let mut cache = model.new_cache();
+    let mut hooks = Sites {
+        steering: plan.as_ref(),
+        capture: capture.as_mut(),
+    };
+    let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?;
+    let logits = if want_logits {
+        let l = model.logits_last(&h)?;
+        let (b, v) = l.dims2()?;
+        Some((l.flatten_all()?.to_vec1::<f32>()?, [b, v]))
+    } else {
+        None
+    };
+    let captured = match capture {
+        Some(c) => Some(c.finish(&layout.lens, layout.width)?),
+        None => None,
+    };
+    Ok((captured, logits))
+}
+
+/// A generation in progress; `step` produces one token per row.
+pub struct Generation {
+    model: Arc<Model>,
+    layout: BatchLayout,
+    ids: Tensor,
+    plan: Option<SteeringPlan>,
+    params: GenParams,
+    cache: Vec<LayerCache>,
+    rngs: Vec<StdRng>,
+    generated: Vec<Vec<u32>>,
+    finished: Vec<bool>,
+    steps: usize,
+}
+
+impl Generation {
+    pub fn new(
+        model: Arc<Model>,
+        rows: &[Vec<u32>],
+        steering: Option<&[RowSteering]>,
+        params: GenParams,
+    ) -> Result<Self> {
+        params.validate()?;
+        let (ids, layout) = model.pad_batch(rows)?;
+        let plan = plan_steering(&model, steering, rows.len())?;
+        let base = params.seed.unwrap_or_else(|| rand::rng().random());
+        let rngs = (0..rows.len())
+            .map(|r| StdRng::seed_from_u64(base.wrapping_add(r as u64)))
+            .collect();
+        let cache = model.new_cache();
+        let n = rows.len();
+        let finished = vec![params.max_new_tokens == 0; n];
+        Ok(Generation {
+            model,
+            layout,
+            ids,
+            plan,
+            params,
+            cache,
+            rngs,
+            generated: vec![Vec::new(); n],
+            finished,
+            steps: 0,
+        })
+    }
+
+    pub fn generated(&self) -> &[Vec<u32>] {
+        &self.generated
+    }
+
+    pub fn into_generated(self) -> Vec<Vec<u32>> {
+        self.generated
+    }
+
+    /// One decode step: the new token of each row (None for finished rows), or None
+    /// when every row has finished.
+    pub fn step(&mut self) -> Result<Option<Vec<Option<u32>>>> {
+        if self.finished.iter().all(|&f| f) {
+            return Ok(None);
+        }
+        let m = self.model.clone();
+        let (input, ctx) = if self.steps == 0 {
+            (
+                self.ids.clone(),
+                StepCtx {
+                    layout: &self.layout,
+                    start: 0,
+                    t: self.layout.width,
+                },
+            )
+        } else {
+            let last: Vec<u32> = self
+                .generated
+                .iter()
+                .map(|g| g.last().copied().unwrap_or(0))
+                .collect();
+            let b = last.len();
+            (
+                Tensor::from_vec(last, (b, 1), &m.device)?,
+                StepCtx {
+                    layout: &self.layout,
+                    start: self.layout.width + self.steps - 1,
+                    t: 1,
+                },
+            )
+        };
+        let mut hooks = Sites {
+            steering: self.plan.as_ref(),
+            capture: None,
+        };
+        let h = m.forward(&input, &ctx, &mut self.cache, &mut hooks)?;
+        let logits = m.logits_last(&h)?; // [b, vocab]
+        let (b, vocab) = logits.dims2()?;
+        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+        self.steps += 1;
+        let mut out = Vec::with_capacity(b);
+        for r in 0..b {
+            if self.finished[r] {
+                out.push(None);
+                continue;
+            }
+            let row = &flat[r * vocab..(r + 1) * vocab];
+            let tok = sample(row, &self.params, &mut self.rngs[r]);
+            if m.tokenizer.eos_ids.contains(&tok) {
+                self.finished[r] = true;
+                out.push(None);
+                continue;
+            }
+            self.generated[r].push(tok);
+            out.push(Some(tok));
+            let len = self.layout.lens[r] + self.generated[r].len();
+            if self.generated[r].len() >= self.params.max_new_tokens || len >= m.cfg.max_context {
+                self.finished[r] = true;
+            } else if !self.params.stop.is_empty() {
+                let text = m.tokenizer.decode(&self.generated[r], true)?;
+                if self.params.stop.iter().any(|s| text.contains(s.as_str())) {
+                    self.finished[r] = true;
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Run to the end; returns the new tokens per row.
+    pub fn run(mut self) -> Result<Vec<Vec<u32>>> {
+        while self.step()?.is_some() {}
+        Ok(self.generated)
+    }
+}
+
+/// Pick a token from one row of logits.
+pub fn sample(logits: &[f32], p: &GenParams, rng: &mut StdRng) -> u32 {
+    if p.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let t = p.temperature as f32;
+    let mut idx: Vec<usize> = (0..logits.len())
+        .filter(|&i| logits[i].is_finite())
+        .collect();
+    if idx.is_empty() {
+        return argmax(logits);
+    }
+    idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if let Some(k) = p.top_k {
+        idx.truncate(k.max(1));
+    }
+    let mx = logits[idx[0]] / t;
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i] / t - mx) as f64).exp())
+        .collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= z);
+    if let Some(tp) = p.top_p {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (j, &q) in probs.iter().enumerate() {
+            acc += q;
+            if acc >= tp {
+                keep = j + 1;
+                break;
+            }
+        }
+        idx.truncate(keep);
+        probs.truncate(keep);
+        let z: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= z);
+    }
+    let u: f64 = rng.random();
+    let mut acc = 0.0;
+    for (j, &q) in probs.iter().enumerate() {
+        acc += q;
+        if u < acc {
+            return idx[j] as u32;
+        }
+    }
+    idx[idx.len() - 1] as u32
+}
+
+/// Index of the largest value (first one on ties, as torch.argmax).
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] || (xs[best].is_nan() && !x.is_nan()) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_first_on_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let p = GenParams {
+            temperature: 1.0,
+            top_k: Some(1),
+            ..Default::default()
+        };
+        let mut rng = StdRng::seed_from_u64(0);
+        for _ in 0..10 {
+            assert_eq!(sample(&[0.1, 5.0, 0.3], &p, &mut rng), 1);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_probabilities() {
+        let p = GenParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let logits = [0f32, (3f32).ln()]; // p = [0.25, 0.75]
+        let n = 4000;
+        let ones = (0..n)
+            .filter(|_| sample(&logits, &p, &mut rng) == 1)
+            .count();
+        let frac = ones as f64 / n as f64;
+        assert!((frac - 0.75).abs() < 0.03, "{frac}");
+    }
+
+    #[test]
+    fn bad_params_rejected() {
+        let p = GenParams {
+            temperature: -1.0,
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+        let p = GenParams {
+            top_p: Some(1.5),
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! steerlab's engine: model loading, the forward pass with intervention sites,
+//! capture, generation. Free of pyo3; the Python bindings live in `bindings/`
+//! behind the `python` feature.
+
+pub mod capture;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod intervene;
+pub mod model;
+pub mod tokenize;
+
+#[cfg(feature = "python")]
+mod bindings;
+
+pub use error::{Error, Result};

@@ -1,0 +1,53 @@
+//! Gemma 3 text decoder block: "sandwich" RMSNorms around attention and MLP, per-head
+//! RMSNorm on queries and keys, GeGLU (tanh GELU) MLP, interleaved sliding-window
+//! (local, rotary base 10k) and global (rotary base 1M) attention layers, embeddings
+//! scaled by sqrt(d_model).
+//!
+//! Paper: Gemma Team 2025, "Gemma 3 Technical Report".
+//! Reference implementation matched: Hugging Face transformers
+//! `models/gemma3/modeling_gemma3.py` (`Gemma3DecoderLayer`), and llama.cpp's
+//! `llm_build_gemma3` for GGUF files (norm scales stored as 1 + w).
+
+use candle_core::{Module, Tensor};
+
+use super::attention::{Attention, AttnInput};
+use super::config::Config;
+use super::weights::Weights;
+use super::{Mlp, RmsNorm};
+use crate::error::Result;
+
+pub struct Gemma3Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: RmsNorm,
+}
+
+impl Gemma3Block {
+    pub fn load(w: &Weights, cfg: &Config, i: usize) -> Result<Self> {
+        let d = cfg.d_model;
+        let e = cfg.rms_eps;
+        let p = |s: &str| format!("{i}.{s}");
+        Ok(Gemma3Block {
+            attn_norm: RmsNorm::load(w, &p("attn_norm"), d, e)?,
+            attn: Attention::load(w, cfg, i)?,
+            post_attn_norm: RmsNorm::load(w, &p("post_attn_norm"), d, e)?,
+            ffn_norm: RmsNorm::load(w, &p("ffn_norm"), d, e)?,
+            mlp: Mlp::load(w, cfg, i)?,
+            post_ffn_norm: RmsNorm::load(w, &p("post_ffn_norm"), d, e)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        let h = self.attn_norm.forward(x)?; // [b, t, d]
+        let h = self.attn.forward(&h, a)?;
+        let h = self.post_attn_norm.forward(&h)?;
+        let x = (x + h)?; // residual after attention
+        let h = self.ffn_norm.forward(&x)?;
+        let h = self.mlp.forward(&h)?;
+        let h = self.post_ffn_norm.forward(&h)?;
+        Ok((x + h)?) // [b, t, d] residual stream after this block
+    }
+}

@@ -1,0 +1,411 @@
+//! Where weights come from: a GGUF file (quantized or dequantized) or a Hugging Face
+//! folder of safetensors shards. Both are read through logical names so the block code
+//! never sees a file format.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::Arch;
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+
+/// `auto` keeps GGUF weights quantized; `f32` dequantizes everything (exact path,
+/// differentiable w.r.t. activations and intervention parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    Auto,
+    F32,
+}
+
+impl WeightDtype {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(WeightDtype::Auto),
+            "f32" | "float32" => Ok(WeightDtype::F32),
+            other => Err(Error::invalid(format!(
+                "dtype must be 'auto' or 'f32', got '{other}'"
+            ))),
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            WeightDtype::Auto => "auto",
+            WeightDtype::F32 => "f32",
+        }
+    }
+}
+
+/// A token embedding table: quantized rows are dequantized on lookup.
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    /// ids [b, t] u32 -> [b, t, d] f32
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Dense(w) => {
+                let (b, t) = ids.dims2()?;
+                let flat = ids.flatten_all()?;
+                let d = w.dim(1)?;
+                w.index_select(&flat, 0)?.reshape((b, t, d))?
+            }
+        })
+    }
+
+    /// The same table as an output projection (tied embeddings).
+    pub fn as_linear(&self) -> Result<QMatMul> {
+        Ok(match self {
+            Embedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
+            Embedding::Dense(w) => QMatMul::Tensor(w.clone()),
+        })
+    }
+}
+
+/// Logical tensor names, resolved per file format.
+pub enum Source {
+    Gguf(Box<Gguf>),
+    Safetensors {
+        st: candle_core::safetensors::MmapedSafetensors,
+        prefix: String,
+        dir: PathBuf,
+    },
+}
+
+pub struct Weights {
+    pub source: Source,
+    pub dtype: WeightDtype,
+    pub device: Device,
+    pub arch: Arch,
+}
+
+impl Weights {
+    pub fn from_gguf(g: Gguf, dtype: WeightDtype, device: Device, arch: Arch) -> Self {
+        Weights {
+            source: Source::Gguf(Box::new(g)),
+            dtype,
+            device,
+            arch,
+        }
+    }
+
+    /// Open the safetensors shards of a Hugging Face folder.
+    pub fn from_hf_dir(dir: &Path, device: Device, arch: Arch) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::format(format!("{}: not valid JSON: {e}", index.display())))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::format(format!("{}: missing 'weight_map' object", index.display()))
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|x| x.as_str().map(|s| s.to_string()))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if single.exists() {
+                vec![single]
+            } else {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .map_err(|e| Error::io(dir, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                    .collect();
+                found.sort();
+                found
+            }
+        };
+        if files.is_empty() {
+            return Err(Error::NotFound {
+                path: dir.to_path_buf(),
+                what: "no *.safetensors weights in this folder (expected model.safetensors or \
+                       model.safetensors.index.json with its shards)"
+                    .into(),
+            });
+        }
+        for f in &files {
+            if !f.exists() {
+                return Err(Error::NotFound {
+                    path: f.clone(),
+                    what: "safetensors shard listed in the index is missing".into(),
+                });
+            }
+        }
+        // SAFETY: the files are memory-mapped read-only; steerlab never writes them and
+        // copies every tensor out (to f32) at load time, before returning to the caller.
+        let st =
+            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
+                Error::format(format!(
+                    "{}: cannot read safetensors weights: {e}",
+                    dir.display()
+                ))
+            })?;
+        let mut w = Weights {
+            source: Source::Safetensors {
+                st,
+                prefix: String::new(),
+                dir: dir.to_path_buf(),
+            },
+            dtype: WeightDtype::F32,
+            device,
+            arch,
+        };
+        // Multimodal Gemma 3 checkpoints nest the text model.
+        for p in ["", "language_model.", "model.language_model."] {
+            if w.has(&format!("{p}model.embed_tokens.weight"))
+                || (p == "model.language_model."
+                    && w.has("model.language_model.embed_tokens.weight"))
+            {
+                if let Source::Safetensors { prefix, .. } = &mut w.source {
+                    *prefix = p.to_string();
+                }
+                break;
+            }
+        }
+        Ok(w)
+    }
+
+    fn has(&self, full: &str) -> bool {
+        match &self.source {
+            Source::Gguf(g) => g.content.tensor_infos.contains_key(full),
+            Source::Safetensors { st, .. } => st.get(full).is_ok(),
+        }
+    }
+
+    fn origin(&self) -> String {
+        match &self.source {
+            Source::Gguf(g) => g.path.display().to_string(),
+            Source::Safetensors { dir, .. } => dir.display().to_string(),
+        }
+    }
+
+    /// Map a logical name (`embed`, `norm`, `lm_head`, `L.q`, ...) to the file's name.
+    fn resolve(&self, logical: &str) -> String {
+        let (layer, part) = match logical.split_once('.') {
+            Some((l, p)) => (Some(l), p),
+            None => (None, logical),
+        };
+        match &self.source {
+            Source::Gguf(_) => match layer {
+                None => match part {
+                    "embed" => "token_embd.weight".into(),
+                    "norm" => "output_norm.weight".into(),
+                    "lm_head" => "output.weight".into(),
+                    other => other.into(),
+                },
+                Some(i) => {
+                    let n = match part {
+                        "attn_norm" => "attn_norm.weight",
+                        "q" => "attn_q.weight",
+                        "k" => "attn_k.weight",
+                        "v" => "attn_v.weight",
+                        "o" => "attn_output.weight",
+                        "q_bias" => "attn_q.bias",
+                        "k_bias" => "attn_k.bias",
+                        "v_bias" => "attn_v.bias",
+                        "q_norm" => "attn_q_norm.weight",
+                        "k_norm" => "attn_k_norm.weight",
+                        "post_attn_norm" => "post_attention_norm.weight",
+                        "ffn_norm" => "ffn_norm.weight",
+                        "post_ffn_norm" => "post_ffw_norm.weight",
+                        "gate" => "ffn_gate.weight",
+                        "up" => "ffn_up.weight",
+                        "down" => "ffn_down.weight",
+                        other => other,
+                    };
+                    format!("blk.{i}.{n}")
+                }
+            },
+            Source::Safetensors { prefix, .. } => match layer {
+                None => match part {
+                    "embed" => format!("{prefix}model.embed_tokens.weight"),
+                    "norm" => format!("{prefix}model.norm.weight"),
+                    "lm_head" => {
+                        if prefix.is_empty() {
+                            "lm_head.weight".into()
+                        } else {
+                            format!("{prefix}lm_head.weight")
+                        }
+                    }
+                    other => other.into(),
+                },
+                Some(i) => {
+                    let gemma = self.arch == Arch::Gemma3;
+                    let n = match part {
+                        "attn_norm" => "input_layernorm.weight",
+                        "q" => "self_attn.q_proj.weight",
+                        "k" => "self_attn.k_proj.weight",
+                        "v" => "self_attn.v_proj.weight",
+                        "o" => "self_attn.o_proj.weight",
+                        "q_bias" => "self_attn.q_proj.bias",
+                        "k_bias" => "self_attn.k_proj.bias",
+                        "v_bias" => "self_attn.v_proj.bias",
+                        "q_norm" => "self_attn.q_norm.weight",
+                        "k_norm" => "self_attn.k_norm.weight",
+                        "post_attn_norm" => "post_attention_layernorm.weight",
+                        // Llama's pre-MLP norm is called post_attention_layernorm in HF.
+                        "ffn_norm" if gemma => "pre_feedforward_layernorm.weight",
+                        "ffn_norm" => "post_attention_layernorm.weight",
+                        "post_ffn_norm" => "post_feedforward_layernorm.weight",
+                        "gate" => "mlp.gate_proj.weight",
+                        "up" => "mlp.up_proj.weight",
+                        "down" => "mlp.down_proj.weight",
+                        other => other,
+                    };
+                    format!("{prefix}model.layers.{i}.{n}")
+                }
+            },
+        }
+    }
+
+    pub fn exists(&self, logical: &str) -> bool {
+        self.has(&self.resolve(logical))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::format(format!(
+            "{}: missing tensor '{name}' (a {} checkpoint needs it)",
+            self.origin(),
+            self.arch.name()
+        ))
+    }
+
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        match &self.source {
+            Source::Gguf(g) => {
+                let q = g.tensor(name, &self.device)?;
+                Ok(q.dequantize(&self.device)?)
+            }
+            Source::Safetensors { st, .. } => {
+                if st.get(name).is_err() {
+                    return Err(self.missing(name));
+                }
+                let t = st.load(name, &self.device).map_err(|e| {
+                    Error::format(format!("{}: tensor '{name}': {e}", self.origin()))
+                })?;
+                Ok(t.to_dtype(DType::F32)?)
+            }
+        }
+    }
+
+    /// A weight vector (norm scale, bias) as f32 with an expected length.
+    pub fn vector(&self, logical: &str, len: usize) -> Result<Tensor> {
+        let name = self.resolve(logical);
+        if !self.has(&name) {
+            return Err(self.missing(&name));
+        }
+        let t = self.dense(&name)?.flatten_all()?;
+        if t.dim(0)? != len {
+            return Err(Error::format(format!(
+                "{}: tensor '{name}' has {} elements, expected {len}",
+                self.origin(),
+                t.dim(0)?
+            )));
+        }
+        // Hugging Face Gemma stores norm scales as w and applies (1 + w); GGUF files
+        // already carry 1 + w (llama.cpp's converter adds it).
+        let shift = self.arch == Arch::Gemma3
+            && matches!(self.source, Source::Safetensors { .. })
+            && logical.ends_with("norm");
+        Ok(if shift { (t + 1.0)? } else { t })
+    }
+
+    /// A projection matrix [out, in] as a matmul (quantized or dense).
+    pub fn linear(&self, logical: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+        let name = self.resolve(logical);
+        if !self.has(&name) {
+            return Err(self.missing(&name));
+        }
+        match &self.source {
+            Source::Gguf(g) if self.dtype == WeightDtype::Auto => {
+                let q = g.tensor(&name, &self.device)?;
+                check_dims(&self.origin(), &name, q.shape().dims(), out_dim, in_dim)?;
+                Ok(QMatMul::from_qtensor(q)?)
+            }
+            _ => {
+                let t = self.dense(&name)?;
+                check_dims(&self.origin(), &name, t.dims(), out_dim, in_dim)?;
+                Ok(QMatMul::Tensor(t))
+            }
+        }
+    }
+
+    pub fn embedding(&self, vocab: usize, d: usize) -> Result<Embedding> {
+        let name = self.resolve("embed");
+        if !self.has(&name) {
+            return Err(self.missing(&name));
+        }
+        match &self.source {
+            Source::Gguf(g) if self.dtype == WeightDtype::Auto => {
+                let q = g.tensor(&name, &self.device)?;
+                check_dims(&self.origin(), &name, q.shape().dims(), vocab, d)?;
+                Ok(Embedding::Quantized(Arc::new(q)))
+            }
+            _ => {
+                let t = self.dense(&name)?;
+                check_dims(&self.origin(), &name, t.dims(), vocab, d)?;
+                Ok(Embedding::Dense(t))
+            }
+        }
+    }
+
+    /// Raw stored bytes of the start of the embedding table (as in the file, before any
+    /// dequantization), for the model fingerprint: the `auto` and `f32` loads of one file
+    /// get the same fingerprint.
+    pub fn fingerprint_bytes(&self) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let name = self.resolve("embed");
+        match &self.source {
+            Source::Gguf(g) => {
+                let info = g
+                    .content
+                    .tensor_infos
+                    .get(&name)
+                    .ok_or_else(|| self.missing(&name))?;
+                let start = g.content.tensor_data_offset + info.offset;
+                let mut f = &g.file;
+                f.seek(SeekFrom::Start(start))
+                    .map_err(|e| Error::io(&g.path, e))?;
+                let mut buf = vec![0u8; 16384];
+                let mut n = 0;
+                while n < buf.len() {
+                    let r = f.read(&mut buf[n..]).map_err(|e| Error::io(&g.path, e))?;
+                    if r == 0 {
+                        break;
+                    }
+                    n += r;
+                }
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Source::Safetensors { st, .. } => {
+                let view = st.get(&name).map_err(|_| self.missing(&name))?;
+                let data = view.data();
+                Ok(data[..data.len().min(16384)].to_vec())
+            }
+        }
+    }
+}
+
+fn check_dims(origin: &str, name: &str, dims: &[usize], rows: usize, cols: usize) -> Result<()> {
+    if dims != [rows, cols] {
+        return Err(Error::format(format!(
+            "{origin}: tensor '{name}' has shape {dims:?}, expected [{rows}, {cols}]"
+        )));
+    }
+    Ok(())
+}
