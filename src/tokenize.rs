@@ -777,6 +777,7 @@ fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
         }
     }
     drop(seen);
+    let t1 = std::time::Instant::now();
 
     // (left, right, score, left chars, right chars)
     let mut merges: Vec<(&str, &str, f32, u32, u32)> = Vec::new();
@@ -798,6 +799,7 @@ fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
                 .map(|&(_, _, l, r, lc, rc)| (l, r, score, lc, rc)),
         );
     }
+    eprintln!("  splits {:?}", t1.elapsed());
     // -0.0 and 0.0 compare equal, as in Python.
     let norm = |x: f32| if x == 0.0 { 0.0 } else { x };
     merges.sort_by(|a, b| {
@@ -806,10 +808,13 @@ fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
             .then(b.3.cmp(&a.3))
             .then(b.4.cmp(&a.4))
     });
-    merges
+    eprintln!("  sorted {:?}", t1.elapsed());
+    let out = merges
         .into_iter()
         .map(|(l, r, ..)| (l.to_string(), r.to_string()))
-        .collect()
+        .collect();
+    eprintln!("  strings {:?}", t1.elapsed());
+    out
 }
 
 fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
@@ -853,6 +858,7 @@ fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
     if let Some(unk) = s.unk {
         builder = builder.unk_token(tokens[unk as usize].clone());
     }
+    eprintln!("vocab {:?}", t0.elapsed());
     let bpe = builder
         .build()
         .map_err(|e| Error::format(format!("{p}: building the BPE model: {e}")))?;

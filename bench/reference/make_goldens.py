@@ -496,6 +496,12 @@ def make_goldens(name, model, tok, prompts, n_new, special_literal, meta, out_di
 # --------------------------------------------------------------------------------------
 
 
+def portable_config(config):
+    d = config.to_dict()
+    d.pop("_name_or_path", None)  # local path: differs between machines
+    return d
+
+
 def load_gguf(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -529,10 +535,11 @@ def run_gguf(name, path, goldens_dir):
         # how much the transformers GGUF tokenizer disagrees (informational)
         diff = [t for t in encode_texts(literal) if hf_tok(t)["input_ids"] != tok(t)["input_ids"]]
         meta["hf_gguf_tokenizer_disagrees_on"] = diff
+    config = portable_config(model.config)
     with open(goldens_dir / f"{name}_config.json", "w") as fh:
-        json.dump(model.config.to_dict(), fh, indent=1, sort_keys=True)
+        json.dump(config, fh, indent=1, sort_keys=True)
         fh.write("\n")
-    meta["config"] = model.config.to_dict()
+    meta["config"] = config
     make_goldens(name, model, tok, REAL_PROMPTS, 24, literal, meta, goldens_dir, chat_note)
 
 
@@ -695,7 +702,7 @@ def run_tiny(family, fixtures_dir, goldens_dir):
         "checkpoint_files": files,
         "checkpoint_sha256": {fn: sha256_file(out / fn) for fn in files},
         "checkpoint_dtype": str(dtype).replace("torch.", ""),
-        "config": ref.config.to_dict(),
+        "config": portable_config(ref.config),
     }
     doc = make_goldens(name, ref, tok, TINY_PROMPTS, 16, "<s>user\nhello</s>", meta, goldens_dir)
     assert any(len(x) >= 12 for x in doc["input_ids"]), "need a prompt of >= 12 tokens"

@@ -33,12 +33,12 @@ class BackendError(SteerlabError, RuntimeError): ...
 #   list[int]    explicit positions counted from the start of the unpadded prompt
 #                (negative: from the end of the prompt); decode step k is position
 #                len(prompt) + k
-Positions = Literal["all", "prompt", "generated", "last"] | list[int]
+_Positions = Literal["all", "prompt", "generated", "last"] | list[int]
 # One intervention: add `vector` (already scaled, float32 [d_model]) to the residual
 # stream after block `layer` (negative counts from the end) at `positions`.
-Intervention = tuple[int, npt.NDArray[np.float32], Positions]
+_Intervention = tuple[int, npt.NDArray[np.float32], _Positions]
 # One list of interventions per batch row (an empty list: that row is not steered).
-RowSteering = list[Intervention]
+_RowSteering = list[_Intervention]
 
 class Model:
     """A loaded model. Immutable and shareable between threads."""
@@ -79,13 +79,14 @@ class Model:
     def forward(
         self,
         batch: list[list[int]],
-        layers: list[int],
+        layers: list[int | str],
         reduce: str | int,
-        steering: list[RowSteering] | None = None,
+        steering: list[_RowSteering] | None = None,
         logits: bool = False,
     ) -> tuple[npt.NDArray[np.float32] | list[npt.NDArray[np.float32]] | None, npt.NDArray[np.float32] | None]:
         """Run one batch (left-padded internally). Returns (captures, logits).
 
+        layers: ints (negative from the end) or "embed" for the embedding output.
         captures: None when `layers` is empty; for reduce "last" / "mean" / int an
         array [batch, len(layers), d_model]; for "all" a list with one
         [len(layers), seq_i, d_model] array per row (seq_i = that row's length).
@@ -95,7 +96,7 @@ class Model:
     def generate(
         self,
         batch: list[list[int]],
-        steering: list[RowSteering] | None = None,
+        steering: list[_RowSteering] | None = None,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -110,7 +111,7 @@ class Model:
     def start_generation(
         self,
         batch: list[list[int]],
-        steering: list[RowSteering] | None = None,
+        steering: list[_RowSteering] | None = None,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int | None = None,

@@ -64,6 +64,10 @@ def steering_vector(
 ) -> tuple[np.ndarray, float]:
     """Difference of the class means at `layer`, and the mean residual norm there.
 
+    Each text's activation is its mean over tokens, leaving out the first token: in
+    SmolLM2 (as in many models) the first position is an "attention sink" whose residual
+    norm is ~100 times the others', and it says nothing about the text.
+
     Args:
         model: the model to read.
         positive: texts of the direction to steer towards.
@@ -72,12 +76,15 @@ def steering_vector(
 
     Returns:
         ``(vector, mean_norm)``: the unscaled difference of means (float32 ``[d_model]``)
-        and the mean norm of the residual stream at `layer` over all the texts.
+        and the mean norm of the residual stream at `layer` over the texts' tokens
+        (first token left out).
     """
-    acts = model.capture(positive + negative, layers=[layer], position="mean")[:, 0]
-    pos, neg = acts[: len(positive)], acts[len(positive) :]
+    acts = model.capture(positive + negative, layers=[layer], position="all", progress=False)
+    per_text = np.stack([a[0, 1:].mean(axis=0) for a in acts])  # [n_texts, d_model]
+    mean_norm = float(np.mean([np.linalg.norm(a[0, 1:], axis=-1).mean() for a in acts]))
+    pos, neg = per_text[: len(positive)], per_text[len(positive) :]
     vector = (pos.mean(axis=0) - neg.mean(axis=0)).astype(np.float32)
-    return vector, float(np.linalg.norm(acts, axis=1).mean())
+    return vector, mean_norm
 
 
 def main(argv: list[str] | None = None) -> None:

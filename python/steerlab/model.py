@@ -98,13 +98,17 @@ def _check_texts(texts: Any, name: str) -> tuple[list[str], bool]:
     return out, False
 
 
-def _check_layers(layers: Any) -> list[int]:
-    items = [layers] if not isinstance(layers, Iterable) else list(layers)
-    out = []
+def _check_layers(layers: Any) -> list[int | str]:
+    """Layer indices (negative: from the end), or ``"embed"`` for the embedding output."""
+    items = [layers] if isinstance(layers, str) or not isinstance(layers, Iterable) else list(layers)
+    out: list[int | str] = []
     for layer in items:
+        if layer == "embed":
+            out.append("embed")
+            continue
         if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
             raise InvalidTypeError(
-                f"layers must be an int or a list of ints, got {type(layer).__name__} {layer!r}"
+                f"layers must be an int, 'embed', or a list of those, got {type(layer).__name__} {layer!r}"
             )
         out.append(int(layer))
     if not out:

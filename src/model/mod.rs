@@ -88,6 +88,21 @@ impl Module for Mlp {
     }
 }
 
+/// Gemma's chat turn format (`<start_of_turn>role ... <end_of_turn>`), written for
+/// files that carry no `tokenizer.chat_template`. A system message is folded into the
+/// first user turn, as Gemma has no system role.
+const GEMMA_TURN_TEMPLATE: &str = "{{- bos_token -}}\
+{%- set sys = namespace(text='') -%}\
+{%- for m in messages -%}\
+{%- if m['role'] == 'system' -%}{%- set sys.text = m['content'] + '\n\n' -%}\
+{%- else -%}\
+{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}\
+{{- '<start_of_turn>' + role + '\n' + (sys.text if role == 'user' else '') + m['content'] | trim + '<end_of_turn>\n' -}}\
+{%- if role == 'user' -%}{%- set sys.text = '' -%}{%- endif -%}\
+{%- endif -%}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}";
+
 enum Block {
     Llama(llama::LlamaBlock),
     Gemma3(gemma3::Gemma3Block),
@@ -221,7 +236,11 @@ impl Model {
     fn load_gguf(path: &Path, dtype: WeightDtype, device: Device) -> Result<Model> {
         let g = crate::gguf::open(path)?;
         let cfg = config::from_gguf(&g)?;
-        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let mut tokenizer = Tokenizer::from_gguf(&g)?;
+        if tokenizer.chat_template.is_none() && cfg.arch == Arch::Gemma3 {
+            // Some Gemma 3 GGUF conversions carry no template; Gemma's turn format is fixed.
+            tokenizer.chat_template = Some(GEMMA_TURN_TEMPLATE.to_string());
+        }
         let w = Weights::from_gguf(g, dtype, device.clone(), cfg.arch);
         Self::build(cfg, tokenizer, w, path)
     }
