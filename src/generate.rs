@@ -79,6 +79,9 @@ pub fn plan_steering(
     Ok((!plan.is_empty()).then_some(plan))
 }
 
+/// Last-position logits, row-major, with their [batch, vocab] shape.
+pub type Logits = (Vec<f32>, [usize; 2]);
+
 /// One prefill over a batch: captures at `sites` and/or last-position logits.
 pub fn forward_batch(
     model: &Model,
@@ -87,7 +90,7 @@ pub fn forward_batch(
     reduce: crate::capture::Reduce,
     steering: Option<&[RowSteering]>,
     want_logits: bool,
-) -> Result<(Option<Captured>, Option<(Vec<f32>, [usize; 2])>)> {
+) -> Result<(Option<Captured>, Option<Logits>)> {
     let (ids, layout) = model.pad_batch(rows)?;
     let plan = plan_steering(model, steering, rows.len())?;
     let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));

@@ -28,6 +28,12 @@ const MIN_TENSOR_INFO_LEN: u64 = 8 + 4 + 4 + 8;
 const MAX_DIMS: u32 = 4;
 /// Arrays of arrays deeper than this are rejected (real files never nest at all).
 const MAX_ARRAY_DEPTH: usize = 8;
+/// Metadata array elements allowed in one file, all arrays together. candle holds each
+/// element as a 32-byte `Value`, so a 1 GB array of u8 would become 32 GB in memory; real
+/// files stay far below this (Gemma 3's 262k-token vocabulary: ~0.8M elements).
+const MAX_METADATA_ELEMENTS: u64 = 1 << 24;
+/// Tensors and metadata entries allowed in one file (real models have a few thousand).
+const MAX_ENTRIES: u64 = 1 << 20;
 /// The alignment of the tensor data section when `general.alignment` is absent.
 const DEFAULT_ALIGNMENT: u64 = gguf_file::DEFAULT_ALIGNMENT;
 
@@ -394,6 +400,8 @@ struct Bounded<'a> {
     pos: u64,
     len: u64,
     path: &'a Path,
+    /// Metadata array elements seen so far.
+    elements: u64,
 }
 
 impl<'a> Bounded<'a> {
@@ -556,6 +564,14 @@ fn walk_value(b: &mut Bounded<'_>, ty: u32, depth: usize, what: &dyn Fn() -> Str
                 b.remaining()
             )));
         }
+        b.elements = b.elements.saturating_add(count);
+        if b.elements > MAX_METADATA_ELEMENTS {
+            return Err(b.fail(format!(
+                "{} brings the metadata arrays to {} elements, more than the {MAX_METADATA_ELEMENTS} steerlab accepts",
+                what(),
+                b.elements
+            )));
+        }
         match elem_ty {
             TYPE_STRING | TYPE_ARRAY | TYPE_BOOL => {
                 for i in 0..count {
@@ -574,6 +590,12 @@ fn walk_value(b: &mut Bounded<'_>, ty: u32, depth: usize, what: &dyn Fn() -> Str
     }
 }
 
+/// Capacity to reserve for `n` header entries: counts are only known to fit in the file,
+/// so reserve a bounded amount and let the collection grow with what is really read.
+fn prealloc(n: u64) -> usize {
+    n.min(4096) as usize
+}
+
 fn validate(file: &File, len: u64, path: &Path) -> Result<Header> {
     let too_short = || {
         Error::format(format!(
@@ -586,6 +608,7 @@ fn validate(file: &File, len: u64, path: &Path) -> Result<Header> {
         pos: 0,
         len,
         path,
+        elements: 0,
     };
     if len < 4 {
         return Err(too_short());
@@ -639,8 +662,14 @@ fn validate(file: &File, len: u64, path: &Path) -> Result<Header> {
         )));
     }
 
+    if n_kv > MAX_ENTRIES || n_tensors > MAX_ENTRIES {
+        return Err(b.fail(format!(
+            "header claims {n_kv} metadata entries and {n_tensors} tensors; steerlab accepts at most {MAX_ENTRIES} of each"
+        )));
+    }
+
     // Metadata.
-    let mut keys: HashSet<String> = HashSet::with_capacity(n_kv as usize);
+    let mut keys: HashSet<String> = HashSet::with_capacity(prealloc(n_kv));
     let mut alignment = DEFAULT_ALIGNMENT;
     for i in 0..n_kv {
         let key = b.string(1 << 16, &|| format!("metadata entry {i} key"))?;
@@ -662,8 +691,8 @@ fn validate(file: &File, len: u64, path: &Path) -> Result<Header> {
         nbytes: u64,
         offset: u64,
     }
-    let mut infos: Vec<Info> = Vec::with_capacity(n_tensors as usize);
-    let mut names: HashSet<String> = HashSet::with_capacity(n_tensors as usize);
+    let mut infos: Vec<Info> = Vec::with_capacity(prealloc(n_tensors));
+    let mut names: HashSet<String> = HashSet::with_capacity(prealloc(n_tensors));
     for i in 0..n_tensors {
         let name = b.string(1 << 16, &|| format!("tensor info {i} name"))?;
         let n_dims = b.u32(&|| format!("tensor '{name}' dimension count"))?;
@@ -1075,6 +1104,29 @@ mod tests {
         // Bool that is neither 0 nor 1.
         let m = format_err(&Blob::new().kv_raw("flag", 7, vec![5]).bytes());
         assert!(m.contains("bool with value 5"), "{m}");
+    }
+
+    #[test]
+    fn too_many_metadata_elements() {
+        // Fits in the file, but candle would hold each byte as a 32-byte value.
+        let n = MAX_METADATA_ELEMENTS + 1;
+        let mut value = 0u32.to_le_bytes().to_vec();
+        value.extend_from_slice(&n.to_le_bytes());
+        value.resize(value.len() + n as usize, 0);
+        let m = format_err(&Blob::new().kv_raw("big", 9, value).bytes());
+        assert!(m.contains("'big'") && m.contains("steerlab accepts"), "{m}");
+    }
+
+    #[test]
+    fn too_many_entries() {
+        // 2^20 + 1 minimal metadata entries do fit in this file.
+        let n = MAX_ENTRIES + 1;
+        let mut b = Blob::new();
+        b.n_kv = Some(n);
+        let mut bytes = b.bytes();
+        bytes.resize(bytes.len() + (n * MIN_KV_LEN) as usize, 0);
+        let m = format_err(&bytes);
+        assert!(m.contains("at most"), "{m}");
     }
 
     #[test]

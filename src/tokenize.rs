@@ -220,7 +220,6 @@ impl Tokenizer {
     /// key when required metadata is missing or inconsistent.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let p = g.path.display().to_string();
-        let t00 = std::time::Instant::now();
         let model = g.get_str("tokenizer.ggml.model")?;
         let tokens = string_array(
             g.get_array("tokenizer.ggml.tokens")?,
@@ -371,9 +370,7 @@ impl Tokenizer {
             add_eos,
             chat_template,
         };
-        let r = Self::assemble(inner, meta, Some(n));
-        eprintln!("total {:?}", t00.elapsed());
-        Ok(r)
+        Ok(Self::assemble(inner, meta, Some(n)))
     }
 
     fn assemble(inner: tokenizers::Tokenizer, m: Meta, vocab_size: Option<usize>) -> Self {
@@ -759,35 +756,38 @@ fn spm_spelling(tokens: &[&str], types: &[i64]) -> Vec<String> {
 /// Python's sort is stable even with `reverse=True`, lengths count code points, and
 /// dicts keep the first position of a repeated key with its last value; all three are
 /// reproduced. Cost: one pair of hash lookups per split point, O(total token length).
-fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
-    let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        vocab.insert(t.as_str(), i as u32);
-    }
-    // dict(vocab_scores): first position, last score.
-    let mut order: Vec<(&str, f32)> = Vec::with_capacity(tokens.len());
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
-    for (t, &s) in tokens.iter().zip(scores) {
-        match seen.get(t.as_str()) {
-            Some(&pos) => order[pos].1 = s,
-            None => {
-                seen.insert(t.as_str(), order.len());
-                order.push((t.as_str(), s));
+fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
+    // dict(vocab_scores): first position, last score (only differs with repeated tokens).
+    let mut order: Vec<(&str, f32)> = tokens
+        .iter()
+        .zip(scores)
+        .map(|(t, &s)| (t.as_str(), s))
+        .collect();
+    if vocab.len() != tokens.len() {
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+        let mut dedup: Vec<(&str, f32)> = Vec::with_capacity(vocab.len());
+        for (t, s) in order {
+            match first.get(t) {
+                Some(&pos) => dedup[pos].1 = s,
+                None => {
+                    first.insert(t, dedup.len());
+                    dedup.push((t, s));
+                }
             }
         }
+        order = dedup;
     }
-    drop(seen);
-    let t1 = std::time::Instant::now();
 
     // (left, right, score, left chars, right chars)
-    let mut merges: Vec<(&str, &str, f32, u32, u32)> = Vec::new();
+    let mut merges: Vec<(&str, &str, f32, u32, u32)> = Vec::with_capacity(2 * order.len());
     let mut local: Vec<(u32, u32, &str, &str, u32, u32)> = Vec::new();
     for (piece, score) in order {
         local.clear();
         let total_chars = piece.chars().count() as u32;
         for (k, (b, _)) in piece.char_indices().enumerate().skip(1) {
             let (l, r) = piece.split_at(b);
-            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+            let Some(&li) = vocab.get(l) else { continue };
+            if let Some(&ri) = vocab.get(r) {
                 let lc = k as u32;
                 local.push((li, ri, l, r, lc, total_chars - lc));
             }
@@ -799,7 +799,6 @@ fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
                 .map(|&(_, _, l, r, lc, rc)| (l, r, score, lc, rc)),
         );
     }
-    eprintln!("  splits {:?}", t1.elapsed());
     // -0.0 and 0.0 compare equal, as in Python.
     let norm = |x: f32| if x == 0.0 { 0.0 } else { x };
     merges.sort_by(|a, b| {
@@ -808,18 +807,19 @@ fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
             .then(b.3.cmp(&a.3))
             .then(b.4.cmp(&a.4))
     });
-    eprintln!("  sorted {:?}", t1.elapsed());
-    let out = merges
+    merges
         .into_iter()
         .map(|(l, r, ..)| (l.to_string(), r.to_string()))
-        .collect();
-    eprintln!("  strings {:?}", t1.elapsed());
-    out
+        .collect()
 }
 
 fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
-    let t0 = std::time::Instant::now();
     let tokens = spm_spelling(s.tokens, s.types);
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges = match s.merges {
         Some(m) => m,
         None => {
@@ -842,15 +842,9 @@ fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
                     }
                 })
                 .collect();
-            spm_merges(&tokens, &scores)
+            spm_merges(&tokens, &scores, &vocab)
         }
     };
-    eprintln!("merges {} {:?}", merges.len(), t0.elapsed());
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .fuse_unk(true)
@@ -858,11 +852,9 @@ fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
     if let Some(unk) = s.unk {
         builder = builder.unk_token(tokens[unk as usize].clone());
     }
-    eprintln!("vocab {:?}", t0.elapsed());
     let bpe = builder
         .build()
         .map_err(|e| Error::format(format!("{p}: building the BPE model: {e}")))?;
-    eprintln!("bpe {:?}", t0.elapsed());
     let mut tk = tokenizers::Tokenizer::new(bpe);
 
     let replace = Replace::new(" ", SPIECE_UNDERLINE).map_err(tk_err(p, "normalizer"))?;
@@ -892,7 +884,6 @@ fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
     let name = |id: u32| (id, tokens[id as usize].clone());
     tk.with_post_processor(template(s.bos.map(name), s.eos.map(name), p)?);
     tk.add_tokens(&added_tokens(&tokens, s.types));
-    eprintln!("added {:?}", t0.elapsed());
     Ok(tk)
 }
 
@@ -961,6 +952,13 @@ fn read_chat_template_files(dir: &Path) -> Result<Option<String>> {
 mod tests {
     use super::*;
 
+    fn vocab_of(toks: &[String]) -> Vocab {
+        toks.iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect()
+    }
+
     #[test]
     fn spm_merges_follow_transformers_ordering() {
         // vocab: ids 0..; scores like a SentencePiece BPE model.
@@ -969,7 +967,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -0.5, 0.0];
-        let m = spm_merges(&toks, &scores);
+        let m = spm_merges(&toks, &scores, &vocab_of(&toks));
         let m: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         // ▁▁ (score 0) first; then ab (-1), bc (-2); abc (-3) as a+bc and ab+c, ordered
         // by (len(l), len(r)) descending: ("ab","c") before ("a","bc").
@@ -983,7 +981,7 @@ mod tests {
     fn spm_merges_count_chars_not_bytes() {
         // "▁x" is 2 chars (4 bytes): the split must land on the char boundary.
         let toks: Vec<String> = ["▁", "x", "▁x"].iter().map(|s| s.to_string()).collect();
-        let m = spm_merges(&toks, &[0.0, 0.0, -1.0]);
+        let m = spm_merges(&toks, &[0.0, 0.0, -1.0], &vocab_of(&toks));
         assert_eq!(m, vec![("▁".to_string(), "x".to_string())]);
     }
 

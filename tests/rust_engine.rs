@@ -143,8 +143,15 @@ fn batch_equals_alone_for_each_family() {
         let (lb, lshape) = lb.unwrap();
         assert_eq!(shape, [3, 3, D]);
         for (r, row) in rows().iter().enumerate() {
-            let (ca, la) =
-                forward_batch(&m, &[row.clone()], sites.clone(), Reduce::Mean, None, true).unwrap();
+            let (ca, la) = forward_batch(
+                &m,
+                std::slice::from_ref(row),
+                sites.clone(),
+                Reduce::Mean,
+                None,
+                true,
+            )
+            .unwrap();
             let (ca, _) = reduced(ca.unwrap());
             let (la, _) = la.unwrap();
             let n = 3 * D;
@@ -171,10 +178,15 @@ fn kv_cache_matches_full_recompute() {
             vector: direction(1.0),
             positions: Positions::All,
         }]];
-        let gen = Generation::new(m.clone(), &[prompt.clone()], Some(&steer), params)
-            .unwrap()
-            .run()
-            .unwrap();
+        let gen = Generation::new(
+            m.clone(),
+            std::slice::from_ref(&prompt),
+            Some(&steer),
+            params,
+        )
+        .unwrap()
+        .run()
+        .unwrap();
         // Recompute each step from scratch without a cache.
         let mut seq = prompt.clone();
         for (k, &tok) in gen[0].iter().enumerate() {
@@ -219,7 +231,7 @@ fn per_row_steering_matches_alone() {
     for (r, row) in rows().iter().enumerate() {
         let alone = Generation::new(
             m.clone(),
-            &[row.clone()],
+            std::slice::from_ref(row),
             Some(&[steer[r].clone()]),
             params.clone(),
         )

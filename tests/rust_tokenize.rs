@@ -512,3 +512,46 @@ fn tiny_spm_from_scores() {
     assert_eq!(tok.decode(&[1, 7, 8, 2], false).unwrap(), "<s> hi!</s>");
     assert_eq!(tok.decode(&[1, 7, 8, 2], true).unwrap(), " hi!");
 }
+
+#[test]
+fn types_are_shareable() {
+    fn shared<T: Send + Sync>() {}
+    fn cloneable<T: Clone>() {}
+    shared::<Tokenizer>();
+    cloneable::<Tokenizer>();
+    shared::<gguf::Gguf>();
+}
+
+/// The real files open through the validator and their tensors load.
+#[test]
+fn real_gguf_files_open() {
+    for (path, vocab, d_model) in [(smollm2_path(), 49152, 576), (gemma3_path(), 262144, 640)] {
+        let Some(path) = path else { continue };
+        let t0 = Instant::now();
+        let g = gguf::open(&path).unwrap();
+        eprintln!("opened {} in {:?}", path.display(), t0.elapsed());
+        let emb = g
+            .tensor("token_embd.weight", &candle_core::Device::Cpu)
+            .unwrap();
+        assert_eq!(emb.shape().dims(), &[vocab, d_model]);
+        let e = g
+            .tensor("no.such.tensor", &candle_core::Device::Cpu)
+            .unwrap_err();
+        assert!(e.to_string().contains("no.such.tensor"), "{e}");
+    }
+}
+
+#[test]
+fn encodes_from_many_threads() {
+    let Some(tok) = smollm2() else { return };
+    let want = tok.encode("The quick brown fox 123", true).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    assert_eq!(tok.encode("The quick brown fox 123", true).unwrap(), want);
+                }
+            });
+        }
+    });
+}

@@ -210,9 +210,9 @@ def test_layer_out_of_range(model: sl.Model) -> None:
 def test_bad_layers(model: sl.Model) -> None:
     with pytest.raises(sl.InvalidArgumentError, match="layers is empty"):
         model.capture(["hi"], layers=[])
-    with pytest.raises(sl.InvalidTypeError, match="layers must be an int or a list of ints"):
+    with pytest.raises(sl.InvalidTypeError, match="layers must be an int"):
         model.capture(["hi"], layers=["3"])  # type: ignore[list-item]
-    with pytest.raises(sl.InvalidTypeError, match="layers must be an int or a list of ints"):
+    with pytest.raises(sl.InvalidTypeError, match="layers must be an int"):
         model.capture(["hi"], layers=[True])
 
 
