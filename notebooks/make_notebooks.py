@@ -197,20 +197,18 @@ with model.steering(joy):
     (
         "md",
         """\
-Finally, the effect on the next-token distribution: how much more likely does steering
-make a few mood words right after the prompt? `model.logits` returns the last-position
-logits as a numpy array.""",
+Finally, the effect on the next-token distribution. `model.logits` returns the
+last-position logits as a numpy array `[n_texts, vocab_size]`; here are the six most
+likely next words after a chat answer that begins "Today I feel", with each steering.""",
     ),
     (
         "code",
         """\
-probe = model.chat_prompt([{"role": "user", "content": "How do you feel today?"}]) + "I feel"
+probe = model.chat_prompt([{"role": "user", "content": "How do you feel today?"}]) + "Today I feel"
 logits = model.logits([probe] * 3, steering=[None, joy, -joy])
-logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
-words = [" happy", " great", " sad", " tired"]
-ids = [model.encode(w, add_special_tokens=False)[0] for w in words]
-for label, row in zip(["unsteered", "joyful +v", "gloomy -v"], logp):
-    print(f"{label:10s}", "  ".join(f"{w.strip()}: {row[i]:6.2f}" for w, i in zip(words, ids)))""",
+for label, row in zip(["unsteered", "joyful +v", "gloomy -v"], logits):
+    top = np.argsort(-row)[:6]
+    print(f"{label:10s}", [model.decode([int(i)]) for i in top])""",
     ),
 ]
 

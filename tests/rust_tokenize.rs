@@ -555,3 +555,56 @@ fn encodes_from_many_threads() {
         }
     });
 }
+
+/// Harder cases than the goldens: added tokens of every kind written in the text, runs of
+/// spaces/tabs/newlines, a literal `<0x41>`. Ids from the reference tokenizers of
+/// `bench/reference/make_goldens.py` (SentencePiece for Gemma 3):
+///
+/// ```python
+/// tok = mg.build_gemma3_tokenizer(gguf, tmpdir)   # or mg.fix_smollm2_tokenizer(...)
+/// tok(text, add_special_tokens=False)["input_ids"]
+/// ```
+/// (1677 such texts, random and source code, matched exactly when this was written.)
+#[test]
+fn extra_reference_cases() {
+    if let Some(tok) = gemma3() {
+        let cases: &[(&str, &[u32])] = &[
+            (
+                "fox\n</td><|im_start|><end_of_turn>\nthe <0x41>  camelCase  ",
+                &[
+                    24431, 107, 183, 236820, 236909, 548, 236779, 3041, 111038, 106, 107, 1437,
+                    655, 236771, 236781, 236812, 236770, 236813, 138, 74270, 9818, 138,
+                ],
+            ),
+            (
+                "<unk> </td><pad>  they've <h1>  ",
+                &[3, 236743, 183, 0, 138, 20890, 236789, 560, 236743, 184, 138],
+            ),
+            (
+                "3.14  [multimodal]1,000,000<unused5>\n<|endoftext|> ",
+                &[
+                    236800, 236761, 236770, 236812, 138, 5, 236770, 236764, 236771, 236771, 236771,
+                    236764, 236771, 236771, 236771, 11, 107, 236820, 236909, 643, 1340, 1005,
+                    111038, 236743,
+                ],
+            ),
+            (
+                "\r\r\n\t\r\r\n\t\t\n\n\n",
+                &[251, 251, 107, 255968, 251, 251, 107, 255969, 109],
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&tok.encode(text, false).unwrap(), want, "{text:?}");
+            assert_eq!(tok.decode(want, false).unwrap(), *text);
+        }
+    }
+    if let Some(tok) = smollm2() {
+        let text = "fox\n</td><|im_start|><end_of_turn>\nthe <0x41>  camelCase  ";
+        let want = [
+            29343, 198, 9617, 11474, 46, 1, 44, 486, 79, 1714, 79, 20589, 46, 198, 1195, 2067, 32,
+            104, 36, 33, 46, 216, 32782, 10802, 256,
+        ];
+        assert_eq!(tok.encode(text, false).unwrap(), want);
+        assert_eq!(tok.decode(&want, false).unwrap(), text);
+    }
+}
