@@ -778,10 +778,61 @@ fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, 
         order = dedup;
     }
 
-    // (left, right, score, left chars, right chars)
-    let mut merges: Vec<(&str, &str, f32, u32, u32)> = Vec::with_capacity(2 * order.len());
-    let mut local: Vec<(u32, u32, &str, &str, u32, u32)> = Vec::new();
-    for (piece, score) in order {
+    // Split candidates, piece by piece, on a few threads (the lookups dominate); chunks are
+    // concatenated in order so the result is the sequential one.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = order.len().div_ceil(threads).max(1);
+    let parts: Vec<Vec<Candidate<'_>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = order
+            .chunks(chunk)
+            .map(|c| s.spawn(move || split_candidates(c, vocab)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let merges: Vec<Candidate<'_>> = parts.into_iter().flatten().collect();
+
+    // sorted(..., key=(score, len(l), len(r)), reverse=True), stable: sort descending on
+    // the key with the original position as the final tie-break.
+    let mut keyed: Vec<(u128, u32)> = merges
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = (u128::from(score_order(c.score)) << 64)
+                | (u128::from(c.left_chars) << 32)
+                | u128::from(c.right_chars);
+            (!key, i as u32)
+        })
+        .collect();
+    keyed.sort_unstable();
+
+    keyed
+        .iter()
+        .map(|&(_, i)| {
+            let m = &merges[i as usize];
+            (m.left.to_string(), m.right.to_string())
+        })
+        .collect()
+}
+
+/// One `(left, right)` split of a vocabulary piece whose halves are both in the vocabulary.
+struct Candidate<'a> {
+    left: &'a str,
+    right: &'a str,
+    score: f32,
+    left_chars: u32,
+    right_chars: u32,
+}
+
+/// The splits of each piece, each piece's ordered by `(vocab[l], vocab[r])`.
+fn split_candidates<'a>(pieces: &[(&'a str, f32)], vocab: &Vocab) -> Vec<Candidate<'a>> {
+    let mut out = Vec::with_capacity(2 * pieces.len());
+    let mut local: Vec<(u32, u32, Candidate<'a>)> = Vec::new();
+    for &(piece, score) in pieces {
         local.clear();
         let total_chars = piece.chars().count() as u32;
         for (k, (b, _)) in piece.char_indices().enumerate().skip(1) {
@@ -789,37 +840,40 @@ fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, 
             let Some(&li) = vocab.get(l) else { continue };
             if let Some(&ri) = vocab.get(r) {
                 let lc = k as u32;
-                local.push((li, ri, l, r, lc, total_chars - lc));
+                let c = Candidate {
+                    left: l,
+                    right: r,
+                    score,
+                    left_chars: lc,
+                    right_chars: total_chars - lc,
+                };
+                local.push((li, ri, c));
             }
         }
-        local.sort_by_key(|&(li, ri, ..)| (li, ri));
-        merges.extend(
-            local
-                .iter()
-                .map(|&(_, _, l, r, lc, rc)| (l, r, score, lc, rc)),
-        );
+        local.sort_by_key(|&(li, ri, _)| (li, ri));
+        out.extend(local.drain(..).map(|(_, _, c)| c));
     }
-    // -0.0 and 0.0 compare equal, as in Python.
-    let norm = |x: f32| if x == 0.0 { 0.0 } else { x };
-    merges.sort_by(|a, b| {
-        norm(b.2)
-            .total_cmp(&norm(a.2))
-            .then(b.3.cmp(&a.3))
-            .then(b.4.cmp(&a.4))
-    });
-    merges
-        .into_iter()
-        .map(|(l, r, ..)| (l.to_string(), r.to_string()))
-        .collect()
+    out
+}
+
+/// Map an f32 to a u32 with the same order (NaN excluded by the caller); -0.0 equals 0.0,
+/// as in Python.
+fn score_order(x: f32) -> u32 {
+    let x = if x == 0.0 { 0.0 } else { x };
+    let b = x.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
 }
 
 fn build_spm(s: SpmSpec<'_>, p: &str) -> Result<tokenizers::Tokenizer> {
     let tokens = spm_spelling(s.tokens, s.types);
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.insert(t.clone(), i as u32);
+    }
     let merges = match s.merges {
         Some(m) => m,
         None => {
@@ -983,6 +1037,40 @@ mod tests {
         let toks: Vec<String> = ["▁", "x", "▁x"].iter().map(|s| s.to_string()).collect();
         let m = spm_merges(&toks, &[0.0, 0.0, -1.0], &vocab_of(&toks));
         assert_eq!(m, vec![("▁".to_string(), "x".to_string())]);
+    }
+
+    #[test]
+    fn score_order_is_monotonic() {
+        let xs = [
+            f32::NEG_INFINITY,
+            -1e30,
+            -2.5,
+            -1.0,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            1.0,
+            3e38,
+        ];
+        for w in xs.windows(2) {
+            assert!(score_order(w[0]) <= score_order(w[1]), "{w:?}");
+        }
+        assert_eq!(score_order(-0.0), score_order(0.0));
+    }
+
+    #[test]
+    fn spm_merges_with_repeated_tokens_and_zero_ties() {
+        // Python: dict keeps the first position of "ab" with its last score (-0.0 here),
+        // which ties with "▁▁" (0.0); the tie goes by lengths, then by position.
+        let toks: Vec<String> = ["a", "b", "ab", "▁", "▁▁", "ab"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = [0.0, 0.0, -9.0, 0.0, 0.0, -0.0];
+        let m = spm_merges(&toks, &scores, &vocab_of(&toks));
+        let m: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(m, vec![("a", "b"), ("▁", "▁")]);
     }
 
     #[test]
