@@ -6,10 +6,26 @@ them again and raises the exceptions below.
 """
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "BackendError",
+    "ContextLengthError",
+    "Generation",
+    "InvalidArgumentError",
+    "Model",
+    "ModelFormatError",
+    "ModelNotFoundError",
+    "OutOfRangeError",
+    "ShapeError",
+    "SteerlabError",
+    "TokenizerError",
+    "UnsupportedModelError",
+    "__version__",
+]
 
 __version__: str
 
@@ -40,6 +56,7 @@ _Intervention = tuple[int, npt.NDArray[np.float32], _Positions]
 # One list of interventions per batch row (an empty list: that row is not steered).
 _RowSteering = list[_Intervention]
 
+@final
 class Model:
     """A loaded model. Immutable and shareable between threads."""
 
@@ -124,6 +141,7 @@ class Model:
     ) -> Generation:
         """Same as `generate`, one step at a time (for streaming)."""
 
+@final
 class Generation:
     def step(self) -> list[int | None] | None:
         """Run one decode step: the new token of each row (None for rows already
