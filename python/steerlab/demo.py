@@ -2,8 +2,8 @@
 
 Run it with ``python -m steerlab.demo`` (or ``make demo``). It
 
-1. loads the embedded default model (SmolLM2-135M-Instruct, GGUF Q4_1, weights kept
-   quantized);
+1. loads the embedded default model (SmolLM2-135M-Instruct, GGUF Q4_1), dequantized to
+   f32 (``--dtype auto`` keeps the weights quantized, slower on CPU for now);
 2. reads the residual stream after one middle block (15 of 30) on eight joyful and
    eight gloomy sentences written below, and takes the difference of the two means as a
    steering vector (each sentence's activation is its mean over tokens);
