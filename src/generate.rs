@@ -24,6 +24,8 @@ pub struct GenParams {
     pub seed: Option<u64>,
     /// Stop strings: a row stops once its generated text contains one.
     pub stop: Vec<String>,
+    /// Keep generating through eos tokens (benchmarks, fixed-length sweeps).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenParams {
@@ -35,6 +37,7 @@ impl Default for GenParams {
             top_p: None,
             seed: None,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -224,7 +227,7 @@ impl Generation {
             }
             let row = &flat[r * vocab..(r + 1) * vocab];
             let tok = sample(row, &self.params, &mut self.rngs[r]);
-            if m.tokenizer.eos_ids.contains(&tok) {
+            if !self.params.ignore_eos && m.tokenizer.eos_ids.contains(&tok) {
                 self.finished[r] = true;
                 out.push(None);
                 continue;

@@ -123,6 +123,7 @@ class Model:
         top_p: float | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
     ) -> list[list[int]]:
         """Generate up to `max_new_tokens` per row; returns the new token ids per row
         (ending before an eos token; a row that hit a stop string ends with the token
@@ -138,6 +139,7 @@ class Model:
         top_p: float | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
     ) -> Generation:
         """Same as `generate`, one step at a time (for streaming)."""
 

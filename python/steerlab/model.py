@@ -641,7 +641,7 @@ class Model:
         batch_size: int = ...,
         *,
         steering: Any = ...,
-        progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> FloatArray: ...
     @overload
     def capture(
@@ -651,8 +651,8 @@ class Model:
         position: str | int = ...,
         batch_size: int = ...,
         *,
-        steering: Any = ...,
         progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> FloatArray | list[FloatArray]: ...
     def capture(
         self,
@@ -775,6 +775,7 @@ class Model:
         return_ids: Literal[False] = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> str: ...
     @overload
     def generate(  # type: ignore[overload-overlap]
@@ -791,6 +792,7 @@ class Model:
         return_ids: Literal[True],
         batch_size: int = ...,
         progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> list[int]: ...
     @overload
     def generate(
@@ -807,6 +809,7 @@ class Model:
         return_ids: Literal[False] = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> list[str]: ...
     @overload
     def generate(
@@ -823,6 +826,7 @@ class Model:
         return_ids: Literal[True],
         batch_size: int = ...,
         progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> list[list[int]]: ...
     @overload
     def generate(
@@ -839,6 +843,7 @@ class Model:
         return_ids: bool = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
+        ignore_eos: bool = ...,
     ) -> list[str] | list[list[int]] | str | list[int]: ...
     def generate(
         self,
@@ -854,6 +859,7 @@ class Model:
         return_ids: bool = False,
         batch_size: int = 8,
         progress: bool | None = None,
+        ignore_eos: bool = False,
     ) -> list[str] | list[list[int]] | str | list[int]:
         """Continue each prompt.
 
@@ -874,6 +880,8 @@ class Model:
                 a row that hit a stop string ends with the token that completed it).
             batch_size: prompts per batch.
             progress: show a progress bar (None: when there is more than one batch).
+            ignore_eos: keep generating through eos tokens, so every row gets exactly
+                `max_new_tokens` (benchmarks, fixed-length comparisons).
 
         Returns:
             The new text of each prompt (special tokens skipped), or its new ids with
@@ -903,6 +911,7 @@ class Model:
                         ids[start:stop_at],
                         batch_rows(rows, start, stop_at),
                         *sampling.args(seed_offset=start),
+                        ignore_eos=bool(ignore_eos),
                     )
                     new_ids.extend(list(row) for row in out)
                     bar.update(stop_at - start)

@@ -183,6 +183,7 @@ fn gen_params(
         top_p,
         seed,
         stop: stop.unwrap_or_default(),
+        ignore_eos: false,
     };
     p.validate()?;
     Ok(p)
@@ -322,7 +323,7 @@ impl PyModel {
         Ok((cap_obj, lg_obj))
     }
 
-    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None))]
+    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -335,6 +336,7 @@ impl PyModel {
         top_p: Option<f64>,
         seed: Option<u64>,
         stop: Option<Vec<String>>,
+        ignore_eos: bool,
     ) -> PyResult<Vec<Vec<u32>>> {
         let g = self.start(
             py,
@@ -346,11 +348,12 @@ impl PyModel {
             top_p,
             seed,
             stop,
+            ignore_eos,
         )?;
         Ok(py.detach(|| g.run())?)
     }
 
-    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None))]
+    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
     fn start_generation(
         &self,
@@ -363,6 +366,7 @@ impl PyModel {
         top_p: Option<f64>,
         seed: Option<u64>,
         stop: Option<Vec<String>>,
+        ignore_eos: bool,
     ) -> PyResult<PyGeneration> {
         let g = self.start(
             py,
@@ -374,6 +378,7 @@ impl PyModel {
             top_p,
             seed,
             stop,
+            ignore_eos,
         )?;
         Ok(PyGeneration {
             inner: Mutex::new(Some(g)),
@@ -406,8 +411,10 @@ impl PyModel {
         top_p: Option<f64>,
         seed: Option<u64>,
         stop: Option<Vec<String>>,
+        ignore_eos: bool,
     ) -> PyResult<Generation> {
-        let params = gen_params(max_new_tokens, temperature, top_k, top_p, seed, stop)?;
+        let mut params = gen_params(max_new_tokens, temperature, top_k, top_p, seed, stop)?;
+        params.ignore_eos = ignore_eos;
         let rows = extract_batch(batch)?;
         let steering = extract_steering(&self.inner, steering)?;
         let m = self.inner.clone();
