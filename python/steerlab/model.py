@@ -641,7 +641,7 @@ class Model:
         batch_size: int = ...,
         *,
         steering: Any = ...,
-        ignore_eos: bool = ...,
+        progress: bool | None = ...,
     ) -> FloatArray: ...
     @overload
     def capture(
@@ -651,8 +651,8 @@ class Model:
         position: str | int = ...,
         batch_size: int = ...,
         *,
+        steering: Any = ...,
         progress: bool | None = ...,
-        ignore_eos: bool = ...,
     ) -> FloatArray | list[FloatArray]: ...
     def capture(
         self,
