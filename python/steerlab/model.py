@@ -165,7 +165,9 @@ class _Sampling:
             raise InvalidArgumentError(f"seed must be < 2**64, got {seed}")
         self.stop = _check_stop(stop)
 
-    def args(self, seed_offset: int = 0) -> tuple[Any, ...]:
+    def args(
+        self, seed_offset: int = 0
+    ) -> tuple[int, float, int | None, float | None, int | None, list[str] | None]:
         # The engine seeds row r of a call with seed + r; offsetting by the batch's first
         # row gives prompt i the seed `seed + i` whatever the batch size.
         seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
