@@ -217,9 +217,10 @@ impl Gguf {
         self.get_str("general.architecture")
     }
 
-    /// Read one tensor's data onto `device`. The error names the tensor when it is not in
-    /// the file.
-    pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+    /// One tensor's ggml type, dims (row-major, as candle reports them: [rows, cols] for a
+    /// matrix) and raw bytes.
+    /// The error names the tensor when it is not in the file.
+    pub fn raw(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| {
             Error::format(format!(
                 "{}: tensor '{name}' not found in the GGUF file ({} tensors present)",
@@ -253,7 +254,13 @@ impl Gguf {
         })?;
         let mut raw = vec![0u8; size];
         read_exact_at(&self.file, &mut raw, start).map_err(|e| Error::io(&self.path, e))?;
-        let dtype = info.ggml_dtype;
+        Ok((info.ggml_dtype, dims, raw))
+    }
+
+    /// Read one tensor's data onto `device`. The error names the tensor when it is not in
+    /// the file.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let (dtype, dims, raw) = self.raw(name)?;
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             ggml_file::qtensor_from_ggml(dtype, &raw, dims, device)
         }));

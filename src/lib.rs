@@ -7,6 +7,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod intervene;
+pub mod kernels;
 pub mod model;
 pub mod tokenize;
 

@@ -1,11 +1,10 @@
 //! Rotary self-attention with grouped KV heads, a per-call KV cache, left padding and
 //! optional sliding windows. Shared by every architecture family.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor, D};
 
 use super::config::{Arch, Config};
-use super::weights::Weights;
+use super::weights::{Linear, Weights};
 use super::RmsNorm;
 use crate::error::Result;
 
@@ -23,10 +22,10 @@ pub struct AttnInput<'a> {
 }
 
 pub struct Attention {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
     v_bias: Option<Tensor>,
@@ -81,7 +80,7 @@ impl Attention {
 
     fn project(
         &self,
-        m: &QMatMul,
+        m: &Linear,
         bias: &Option<Tensor>,
         x: &Tensor,
         heads: usize,

@@ -14,7 +14,6 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 use sha2::{Digest, Sha256};
 
@@ -25,7 +24,7 @@ use crate::tokenize::Tokenizer;
 use attention::{AttnInput, LayerCache};
 pub use config::{Activation, Arch, Config, RopeScaling};
 pub use weights::WeightDtype;
-use weights::{Embedding, Weights};
+use weights::{Embedding, Linear, Weights};
 
 /// Root-mean-square norm: x / sqrt(mean(x^2) + eps) * w (Gemma's 1 + w is folded in at
 /// load time).
@@ -58,9 +57,9 @@ impl Module for RmsNorm {
 
 /// Gated MLP: down(act(gate(x)) * up(x)).
 pub struct Mlp {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     act: Activation,
 }
 
@@ -212,7 +211,7 @@ pub struct Model {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Linear,
     inv_freq_global: Tensor,
     inv_freq_local: Tensor,
 }

@@ -5,12 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 
 use super::config::Arch;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use crate::kernels::{self, QLinear};
 
 /// `auto` keeps GGUF weights quantized; `f32` dequantizes everything (exact path,
 /// differentiable w.r.t. activations and intervention parameters).
@@ -41,6 +43,8 @@ impl WeightDtype {
 /// A token embedding table: quantized rows are dequantized on lookup.
 #[derive(Debug, Clone)]
 pub enum Embedding {
+    /// Repacked for the CPU kernels; the tied output projection shares it.
+    Packed(Arc<QLinear>),
     Quantized(Arc<QTensor>),
     Dense(Tensor),
 }
@@ -49,6 +53,21 @@ impl Embedding {
     /// ids [b, t] u32 -> [b, t, d] f32
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Embedding::Packed(q) => {
+                let (b, t) = ids.dims2()?;
+                let d = q.k();
+                let flat = ids.flatten_all()?.to_vec1::<u32>()?;
+                let mut out = vec![0f32; flat.len() * d];
+                for (&id, row) in flat.iter().zip(out.chunks_exact_mut(d)) {
+                    q.dequantize_row(id as usize, row).map_err(|_| {
+                        Error::out_of_range(format!(
+                            "token id {id} is out of range for a vocabulary of {}",
+                            q.n()
+                        ))
+                    })?;
+                }
+                Tensor::from_vec(out, (b, t, d), ids.device())?
+            }
             Embedding::Quantized(q) => q.embedding(ids)?,
             Embedding::Dense(w) => {
                 let (b, t) = ids.dims2()?;
@@ -60,11 +79,96 @@ impl Embedding {
     }
 
     /// The same table as an output projection (tied embeddings).
-    pub fn as_linear(&self) -> Result<QMatMul> {
+    pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
-            Embedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
-            Embedding::Dense(w) => QMatMul::Tensor(w.clone()),
+            Embedding::Packed(q) => Linear::Packed(q.clone()),
+            Embedding::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
+            Embedding::Dense(w) => Linear::Dense(w.clone()),
         })
+    }
+}
+
+/// A projection y = x · Wᵀ with W [out, in].
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// f32 weights: candle's matmul (the `gemm` crate), differentiable.
+    Dense(Tensor),
+    /// GGUF blocks repacked for steerlab's CPU kernels (`crate::kernels`): 8-bit
+    /// activation blocks and integer dots, batch-invariant by construction.
+    Packed(Arc<QLinear>),
+    /// candle's quantized matmul: CUDA, and the formats the CPU kernels do not cover.
+    Candle(QMatMul),
+}
+
+impl Linear {
+    /// Keep GGUF blocks on the CPU kernels when they cover the format, else candle's.
+    fn quantized(q: QTensor) -> Result<Linear> {
+        if q.device().is_cpu() {
+            if let Some(fmt) = kernels::format_of(q.dtype()) {
+                let (n, k) = q.shape().dims2()?;
+                let raw = q.data()?;
+                return Ok(Linear::Packed(Arc::new(QLinear::from_gguf(
+                    fmt, &raw, n, k,
+                )?)));
+            }
+        }
+        Ok(Linear::Candle(QMatMul::from_qtensor(q)?))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Dense(w) => {
+                let w = match *xs.dims() {
+                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+                    [bsize, _, _] => w.broadcast_left(bsize)?.t()?,
+                    _ => w.t()?,
+                };
+                xs.matmul(&w)
+            }
+            Linear::Packed(q) => xs.contiguous()?.apply_op1_no_bwd(&PackedMatMul(q.clone())),
+            Linear::Candle(m) => m.forward(xs),
+        }
+    }
+}
+
+/// `Linear::Packed` as a candle op: reads the activations in place, writes y.
+struct PackedMatMul(Arc<QLinear>);
+
+impl CustomOp1 for PackedMatMul {
+    fn name(&self) -> &'static str {
+        "steerlab-packed-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = &self.0;
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!(
+                "quantized matmul expects f32 activations, got {:?}",
+                s.dtype()
+            )
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("quantized matmul expects contiguous activations")
+        };
+        let dims = l.shape().dims();
+        let k = dims.last().copied().unwrap_or(0);
+        if k != q.k() {
+            candle_core::bail!(
+                "quantized matmul: activations have {k} features, the weight expects {}",
+                q.k()
+            )
+        }
+        let m = l.shape().elem_count() / k;
+        let mut y = vec![0f32; m * q.n()];
+        q.forward(&data[o0..o1], m, &mut y)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = q.n();
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
     }
 }
 
@@ -325,7 +429,7 @@ impl Weights {
     }
 
     /// A projection matrix [out, in] as a matmul (quantized or dense).
-    pub fn linear(&self, logical: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+    pub fn linear(&self, logical: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
         let name = self.resolve(logical);
         if !self.has(&name) {
             return Err(self.missing(&name));
@@ -334,12 +438,12 @@ impl Weights {
             Source::Gguf(g) if self.dtype == WeightDtype::Auto => {
                 let q = g.tensor(&name, &self.device)?;
                 check_dims(&self.origin(), &name, q.shape().dims(), out_dim, in_dim)?;
-                Ok(QMatMul::from_qtensor(q)?)
+                Linear::quantized(q)
             }
             _ => {
                 let t = self.dense(&name)?;
                 check_dims(&self.origin(), &name, t.dims(), out_dim, in_dim)?;
-                Ok(QMatMul::Tensor(t))
+                Ok(Linear::Dense(t))
             }
         }
     }
@@ -353,7 +457,14 @@ impl Weights {
             Source::Gguf(g) if self.dtype == WeightDtype::Auto => {
                 let q = g.tensor(&name, &self.device)?;
                 check_dims(&self.origin(), &name, q.shape().dims(), vocab, d)?;
-                Ok(Embedding::Quantized(Arc::new(q)))
+                Ok(match Linear::quantized(q)? {
+                    Linear::Packed(p) => Embedding::Packed(p),
+                    Linear::Candle(QMatMul::QTensor(q)) => Embedding::Quantized(q),
+                    Linear::Candle(_) | Linear::Dense(_) => {
+                        let t = self.dense(&name)?;
+                        Embedding::Dense(t)
+                    }
+                })
             }
             _ => {
                 let t = self.dense(&name)?;
