@@ -25,6 +25,7 @@
 
 pub mod formats;
 pub mod scalar;
+pub mod vecops;
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub mod avx2;

@@ -1,25 +1,123 @@
 //! Rotary self-attention with grouped KV heads, a per-call KV cache, left padding and
 //! optional sliding windows. Shared by every architecture family.
+//!
+//! Two paths compute the same thing:
+//! - on the CPU without gradients, a direct loop (`attend`): rotary applied while the
+//!   keys are written into a preallocated cache, scores and the weighted sum of values
+//!   per (row, head, query), masked keys skipped, output written straight in
+//!   [b, t, heads * hd] order. No candle op per step besides the projections.
+//! - with gradients (or on CUDA), candle ops with backward passes.
+//!
+//! Each (row, head, query) only reads its own row's keys, in key order, and masked
+//! keys contribute nothing, so a row's output does not depend on the rest of the batch.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Storage, Tensor, D};
+use rayon::prelude::*;
 
 use super::config::{Arch, Config};
 use super::weights::{Linear, Weights};
 use super::RmsNorm;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kernels::{vecops, Isa};
 
-/// Per-layer keys and values cached across decode steps: [b, n_kv, T, head_dim] each.
-pub type LayerCache = Option<(Tensor, Tensor)>;
+/// Per-layer keys and values cached across decode steps.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<Kv>,
+}
+
+#[derive(Debug, Clone)]
+enum Kv {
+    /// candle tensors [b, n_kv, T, hd] (the differentiable path).
+    Tensors(Tensor, Tensor),
+    /// Preallocated [b, n_kv, cap, hd] buffers; a step writes its keys in place.
+    Buffers(KvBuffers),
+}
+
+#[derive(Debug, Clone)]
+struct KvBuffers {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    b: usize,
+    n_kv: usize,
+    hd: usize,
+    len: usize,
+    cap: usize,
+}
+
+impl KvBuffers {
+    fn new(b: usize, n_kv: usize, hd: usize) -> Self {
+        KvBuffers {
+            k: Vec::new(),
+            v: Vec::new(),
+            b,
+            n_kv,
+            hd,
+            len: 0,
+            cap: 0,
+        }
+    }
+
+    /// Room for `extra` more keys (capacity doubles, so decode appends are amortised).
+    fn reserve(&mut self, extra: usize) {
+        let need = self.len + extra;
+        if need <= self.cap {
+            return;
+        }
+        let cap = need.max(2 * self.cap).max(64);
+        let (hd, old) = (self.hd, self.cap);
+        let grow = |src: &Vec<f32>| {
+            let mut dst = vec![0f32; self.b * self.n_kv * cap * hd];
+            for bg in 0..self.b * self.n_kv {
+                dst[bg * cap * hd..(bg * cap + self.len) * hd]
+                    .copy_from_slice(&src[bg * old * hd..(bg * old + self.len) * hd]);
+            }
+            dst
+        };
+        self.k = grow(&self.k);
+        self.v = grow(&self.v);
+        self.cap = cap;
+    }
+
+    /// The cached keys and values as [b, n_kv, len, hd] tensors.
+    fn to_tensors(&self, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let (b, g, hd, len, cap) = (self.b, self.n_kv, self.hd, self.len, self.cap);
+        let take = |src: &Vec<f32>| -> Result<Tensor> {
+            let mut out = Vec::with_capacity(b * g * len * hd);
+            for bg in 0..b * g {
+                out.extend_from_slice(&src[bg * cap * hd..(bg * cap + len) * hd]);
+            }
+            Ok(Tensor::from_vec(out, (b, g, len, hd), dev)?)
+        };
+        Ok((take(&self.k)?, take(&self.v)?))
+    }
+}
+
+/// Rotary cos/sin for one step's positions, as tensors [b, t, hd/2] (candle path) and
+/// as row-major values (direct path).
+pub struct Rotary {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub cos_v: Vec<f32>,
+    pub sin_v: Vec<f32>,
+}
+
+/// Additive attention mask (0 or -inf) for one step: [b, 1, 1, t, T] with T = cached +
+/// t keys, as a tensor and as row-major values.
+pub struct Mask {
+    pub t: Tensor,
+    pub v: Vec<f32>,
+}
 
 /// What one layer's attention needs for one step besides its weights.
 pub struct AttnInput<'a> {
-    /// Rotary cos/sin for this step's positions: [b, t, head_dim/2].
-    pub cos: &'a Tensor,
-    pub sin: &'a Tensor,
-    /// Additive mask (0 or -inf): [b, 1, 1, t, T] with T = cached + t keys.
-    pub mask: &'a Tensor,
+    pub rot: &'a Rotary,
+    pub mask: &'a Mask,
     pub cache: &'a mut LayerCache,
 }
+
+/// Multiply-adds above which the direct attention splits rows over threads.
+const PAR_ATTN_WORK: usize = 1 << 20;
 
 pub struct Attention {
     q: Linear,
@@ -78,41 +176,168 @@ impl Attention {
         })
     }
 
-    fn project(
-        &self,
-        m: &Linear,
-        bias: &Option<Tensor>,
-        x: &Tensor,
-        heads: usize,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let mut y = m.forward(x)?; // [b, t, heads * hd]
-        if let Some(bias) = bias {
-            y = y.broadcast_add(bias)?;
+    pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        // Weights are constants; gradients can only come in through x.
+        let direct =
+            x.device().is_cpu() && !x.track_op() && !matches!(a.cache.kv, Some(Kv::Tensors(..)));
+        if direct {
+            self.forward_direct(x, a)
+        } else {
+            self.forward_candle(x, a)
         }
-        Ok(y.reshape((b, t, heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?) // [b, heads, t, hd]
     }
 
-    pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+    /// Projections [b, t, heads * hd] with biases, and the per-head norms (Gemma).
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
-        let mut q = self.project(&self.q, &self.q_bias, x, self.n_heads)?;
-        let mut k = self.project(&self.k, &self.k_bias, x, self.n_kv)?;
-        let v = self.project(&self.v, &self.v_bias, x, self.n_kv)?;
+        let proj = |m: &Linear, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+            let mut y = m.forward(x)?; // [b, t, heads * hd]
+            if let Some(bias) = bias {
+                y = y.broadcast_add(bias)?;
+            }
+            Ok(y.reshape((b, t, heads, self.head_dim))?)
+        };
+        let mut q = proj(&self.q, &self.q_bias, self.n_heads)?;
+        let mut k = proj(&self.k, &self.k_bias, self.n_kv)?;
+        let v = proj(&self.v, &self.v_bias, self.n_kv)?;
         if let Some(n) = &self.q_norm {
             q = n.forward(&q)?;
         }
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
-        let q = rope(&q, a.cos, a.sin, self.interleaved)?;
-        let k = rope(&k, a.cos, a.sin, self.interleaved)?;
-        let (k, v) = match a.cache.take() {
+        Ok((q, k, v))
+    }
+
+    fn forward_direct(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv);
+        let (q, k, v) = self.qkv(x)?; // [b, t, heads, hd]
+        let kv = a
+            .cache
+            .kv
+            .get_or_insert_with(|| Kv::Buffers(KvBuffers::new(b, nkv, hd)));
+        let Kv::Buffers(c) = kv else {
+            return Err(Error::invalid("KV cache holds tensors; expected buffers"));
+        };
+        if (c.b, c.n_kv, c.hd) != (b, nkv, hd) {
+            return Err(Error::shape(format!(
+                "KV cache is for {} rows x {} heads x {}, this step has {b} x {nkv} x {hd}",
+                c.b, c.n_kv, c.hd
+            )));
+        }
+        let start = c.len;
+        let total = start + t;
+        if a.mask.v.len() != b * t * total || a.rot.cos_v.len() != b * t * hd / 2 {
+            return Err(Error::shape(format!(
+                "attention step: mask has {} values and rotary {}, expected {} and {}                  ({b} rows, {t} new and {start} cached keys)",
+                a.mask.v.len(),
+                a.rot.cos_v.len(),
+                b * t * total,
+                b * t * hd / 2
+            )));
+        }
+        c.reserve(t);
+        let cap = c.cap;
+        let (cos, sin) = (&a.rot.cos_v, &a.rot.sin_v);
+        let half = hd / 2;
+        let inter = self.interleaved;
+        // Rotate the new keys into the cache; copy the values.
+        with_f32(&k, |kx| {
+            with_f32(&v, |vx| {
+                for r in 0..b {
+                    for j in 0..t {
+                        let cs = &cos[(r * t + j) * half..(r * t + j + 1) * half];
+                        let sn = &sin[(r * t + j) * half..(r * t + j + 1) * half];
+                        for g in 0..nkv {
+                            let src = ((r * t + j) * nkv + g) * hd;
+                            let dst = ((r * nkv + g) * cap + start + j) * hd;
+                            rope_into(&kx[src..src + hd], cs, sn, inter, &mut c.k[dst..dst + hd]);
+                            c.v[dst..dst + hd].copy_from_slice(&vx[src..src + hd]);
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        c.len = total;
+        let c = &*c;
+        let isa = Isa::detect();
+        let scale = self.scale as f32;
+        let group = nh / nkv;
+        let mut out = vec![0f32; b * t * nh * hd];
+        with_f32(&q, |qx| {
+            let row = |r: usize, out: &mut [f32]| {
+                let mut qr = vec![0f32; hd];
+                let mut sc = vec![0f32; total];
+                for j in 0..t {
+                    let cs = &cos[(r * t + j) * half..(r * t + j + 1) * half];
+                    let sn = &sin[(r * t + j) * half..(r * t + j + 1) * half];
+                    let mrow = &a.mask.v[(r * t + j) * total..(r * t + j + 1) * total];
+                    for h in 0..nh {
+                        let src = ((r * t + j) * nh + h) * hd;
+                        rope_into(&qx[src..src + hd], cs, sn, inter, &mut qr);
+                        let g = h / group;
+                        let kb = &c.k[(r * nkv + g) * cap * hd..];
+                        let vb = &c.v[(r * nkv + g) * cap * hd..];
+                        let mut mx = f32::NEG_INFINITY;
+                        for (ci, (s, &m)) in sc.iter_mut().zip(mrow).enumerate() {
+                            if m == f32::NEG_INFINITY {
+                                continue;
+                            }
+                            *s = vecops::dot(isa, &qr, &kb[ci * hd..(ci + 1) * hd]) * scale + m;
+                            mx = mx.max(*s);
+                        }
+                        let mut sum = 0f32;
+                        for (s, &m) in sc.iter_mut().zip(mrow) {
+                            if m != f32::NEG_INFINITY {
+                                *s = (*s - mx).exp();
+                                sum += *s;
+                            }
+                        }
+                        let o = &mut out[(j * nh + h) * hd..(j * nh + h + 1) * hd];
+                        for (ci, (&s, &m)) in sc.iter().zip(mrow).enumerate() {
+                            if m != f32::NEG_INFINITY {
+                                vecops::axpy(isa, o, s / sum, &vb[ci * hd..(ci + 1) * hd]);
+                            }
+                        }
+                    }
+                }
+            };
+            let work = b * t * total * nh * hd;
+            if b > 1 && work >= PAR_ATTN_WORK {
+                out.par_chunks_mut(t * nh * hd)
+                    .enumerate()
+                    .for_each(|(r, o)| row(r, o));
+            } else {
+                for (r, o) in out.chunks_mut(t * nh * hd).enumerate() {
+                    row(r, o);
+                }
+            }
+            Ok(())
+        })?;
+        let out = Tensor::from_vec(out, (b, t, nh * hd), x.device())?;
+        Ok(self.o.forward(&out)?) // [b, t, d]
+    }
+
+    fn forward_candle(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (q, k, v) = self.qkv(x)?; // [b, t, heads, hd]
+        let q = q.transpose(1, 2)?.contiguous()?; // [b, heads, t, hd]
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = rope(&q, &a.rot.cos, &a.rot.sin, self.interleaved)?;
+        let k = rope(&k, &a.rot.cos, &a.rot.sin, self.interleaved)?;
+        let prev = match a.cache.kv.take() {
+            Some(Kv::Tensors(pk, pv)) => Some((pk, pv)),
+            Some(Kv::Buffers(c)) if c.len > 0 => Some(c.to_tensors(x.device())?),
+            _ => None,
+        };
+        let (k, v) = match prev {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
-        *a.cache = Some((k.clone(), v.clone()));
+        a.cache.kv = Some(Kv::Tensors(k.clone(), v.clone()));
         let kv_len = k.dim(2)?;
         let g = self.n_heads / self.n_kv;
         // Group query heads onto their shared KV head: [b, n_kv, g * t, hd].
@@ -120,7 +345,7 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? * self.scale)?; // [b, n_kv, g*t, T]
         let scores = scores
             .reshape((b, self.n_kv, g, t, kv_len))?
-            .broadcast_add(a.mask)?;
+            .broadcast_add(&a.mask.t)?;
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
@@ -133,6 +358,39 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
         Ok(self.o.forward(&out)?) // [b, t, d]
+    }
+}
+
+/// Run `f` on the f32 values of a contiguous CPU tensor, in place (no copy).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        return Err(Error::invalid(
+            "attention: expected f32 activations on the CPU",
+        ));
+    };
+    let Some((o0, o1)) = layout.contiguous_offsets() else {
+        return Err(Error::invalid("attention: expected contiguous activations"));
+    };
+    f(&data[o0..o1])
+}
+
+/// Rotary embedding of one head vector into `out` (the formulas of candle-nn's `rope` /
+/// `rope_i`, i.e. Hugging Face's `rotate_half` and llama.cpp's pairwise layout).
+fn rope_into(x: &[f32], cos: &[f32], sin: &[f32], interleaved: bool, out: &mut [f32]) {
+    let half = cos.len();
+    if interleaved {
+        for i in 0..half {
+            let (x0, x1) = (x[2 * i], x[2 * i + 1]);
+            out[2 * i] = x0 * cos[i] - x1 * sin[i];
+            out[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+        }
+    } else {
+        for i in 0..half {
+            let (x0, x1) = (x[i], x[i + half]);
+            out[i] = x0 * cos[i] - x1 * sin[i];
+            out[i + half] = x1 * cos[i] + x0 * sin[i];
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::capture::Capture;
 use crate::error::{Error, Result};
 use crate::intervene::SteeringPlan;
 use crate::tokenize::Tokenizer;
-use attention::{AttnInput, LayerCache};
+use attention::{AttnInput, LayerCache, Mask, Rotary};
 pub use config::{Activation, Arch, Config, RopeScaling};
 pub use weights::WeightDtype;
 use weights::{Embedding, Linear, Weights};
@@ -212,8 +212,8 @@ pub struct Model {
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
-    inv_freq_global: Tensor,
-    inv_freq_local: Tensor,
+    inv_freq_global: Vec<f32>,
+    inv_freq_local: Vec<f32>,
 }
 
 impl Model {
@@ -311,10 +311,9 @@ impl Model {
         let dev = w.device.clone();
         let ig = inv_freq(&cfg, cfg.rope_theta, true);
         let il = inv_freq(&cfg, cfg.rope_local_theta, false);
-        let n = ig.len();
         Ok(Model {
-            inv_freq_global: Tensor::from_vec(ig, (1, 1, n), &dev)?,
-            inv_freq_local: Tensor::from_vec(il, (1, 1, n), &dev)?,
+            inv_freq_global: ig,
+            inv_freq_local: il,
             tokenizer,
             dtype: w.dtype,
             device: dev,
@@ -349,7 +348,7 @@ impl Model {
     }
 
     /// Additive attention mask [b, 1, 1, t, T] for one step.
-    fn mask(&self, ctx: &StepCtx, window: Option<usize>) -> Result<Tensor> {
+    fn mask(&self, ctx: &StepCtx, window: Option<usize>) -> Result<Mask> {
         let b = ctx.layout.rows();
         let kv = ctx.start + ctx.t;
         let mut m = vec![f32::NEG_INFINITY; b * ctx.t * kv];
@@ -372,21 +371,35 @@ impl Model {
                 }
             }
         }
-        Ok(Tensor::from_vec(m, (b, 1, 1, ctx.t, kv), &self.device)?)
+        Ok(Mask {
+            t: Tensor::from_slice(&m, (b, 1, 1, ctx.t, kv), &self.device)?,
+            v: m,
+        })
     }
 
     /// cos/sin [b, t, hd/2] for this step's positions.
-    fn rotary(&self, ctx: &StepCtx, inv: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn rotary(&self, ctx: &StepCtx, inv: &[f32]) -> Result<Rotary> {
         let b = ctx.layout.rows();
-        let mut pos = Vec::with_capacity(b * ctx.t);
+        let half = inv.len();
+        let mut cos_v = Vec::with_capacity(b * ctx.t * half);
+        let mut sin_v = Vec::with_capacity(b * ctx.t * half);
         for r in 0..b {
             for j in 0..ctx.t {
-                pos.push(ctx.position(r, j).unwrap_or(0) as f32);
+                let pos = ctx.position(r, j).unwrap_or(0) as f32;
+                for &f in inv {
+                    let ang = pos * f;
+                    cos_v.push(ang.cos());
+                    sin_v.push(ang.sin());
+                }
             }
         }
-        let pos = Tensor::from_vec(pos, (b, ctx.t, 1), &self.device)?;
-        let ang = pos.broadcast_mul(inv)?; // [b, t, hd/2]
-        Ok((ang.cos()?.contiguous()?, ang.sin()?.contiguous()?))
+        let shape = (b, ctx.t, half);
+        Ok(Rotary {
+            cos: Tensor::from_slice(&cos_v, shape, &self.device)?,
+            sin: Tensor::from_slice(&sin_v, shape, &self.device)?,
+            cos_v,
+            sin_v,
+        })
     }
 
     /// Token embeddings (scaled for Gemma): ids [b, t] -> [b, t, d].
@@ -418,19 +431,19 @@ impl Model {
                 self.cfg.n_layers
             )));
         }
-        let (cos_g, sin_g) = self.rotary(ctx, &self.inv_freq_global)?;
-        let (cos_l, sin_l) = if self.cfg.arch == Arch::Gemma3 {
-            self.rotary(ctx, &self.inv_freq_local)?
+        let rot_g = self.rotary(ctx, &self.inv_freq_global)?;
+        let rot_l = if self.cfg.arch == Arch::Gemma3 {
+            Some(self.rotary(ctx, &self.inv_freq_local)?)
         } else {
-            (cos_g.clone(), sin_g.clone())
+            None
         };
         let mask_global = self.mask(ctx, None)?;
-        let mut mask_local: Option<(usize, Tensor)> = None;
+        let mut mask_local: Option<(usize, Mask)> = None;
         let mut h = self.site(Site::Embed, h, ctx, sites)?;
         for (i, (block, c)) in self.blocks.iter().zip(cache.iter_mut()).enumerate() {
             let window = self.cfg.sliding_window[i];
-            let (cos, sin, mask) = match window {
-                None => (&cos_g, &sin_g, &mask_global),
+            let (rot, mask) = match window {
+                None => (&rot_g, &mask_global),
                 Some(w) => {
                     if mask_local.as_ref().map(|(mw, _)| *mw) != Some(w) {
                         mask_local = Some((w, self.mask(ctx, Some(w))?));
@@ -439,12 +452,11 @@ impl Model {
                         Some((_, m)) => m,
                         None => &mask_global,
                     };
-                    (&cos_l, &sin_l, m)
+                    (rot_l.as_ref().unwrap_or(&rot_g), m)
                 }
             };
             let mut a = AttnInput {
-                cos,
-                sin,
+                rot,
                 mask,
                 cache: c,
             };
@@ -495,7 +507,7 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> Vec<LayerCache> {
-        vec![None; self.cfg.n_layers]
+        vec![LayerCache::default(); self.cfg.n_layers]
     }
 
     /// Left-pad a batch of token id rows into one [b, width] tensor.

@@ -1,0 +1,84 @@
+//! Steered decode and capture timings in Rust alone (no Python), for profiling:
+//!
+//!     cargo run --release --example bench_decode -- model.gguf [auto|f32] [decode|capture]
+//!
+//! decode: a 20-token prompt, 128 greedy new tokens, batch 1, a vector added after
+//! block 15 at every position (the W2 workload of bench/bench_steerlab.py).
+//! capture: 64 prompts of 64 tokens, batch 16, every layer, last position (W1).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use steerlab::capture::Reduce;
+use steerlab::generate::{forward_batch, GenParams, Generation};
+use steerlab::intervene::{Intervention, Positions};
+use steerlab::model::{Model, Site, WeightDtype};
+
+fn main() -> steerlab::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(path) = args.get(1) else {
+        eprintln!("usage: bench_decode MODEL.gguf [auto|f32] [decode|capture]");
+        return Ok(());
+    };
+    let dtype = WeightDtype::parse(args.get(2).map(String::as_str).unwrap_or("auto"))?;
+    let what = args.get(3).map(String::as_str).unwrap_or("decode");
+    let model = Arc::new(Model::load(std::path::Path::new(path), dtype, Device::Cpu)?);
+    let d = model.d_model();
+    if what == "capture" {
+        let rows: Vec<Vec<u32>> = (0..64)
+            .map(|i| {
+                (0..64)
+                    .map(|j| (100 + 37 * i + 11 * j) as u32 % 4000 + 10)
+                    .collect()
+            })
+            .collect();
+        let sites: Vec<Site> = (0..model.n_layers()).map(Site::Layer).collect();
+        let run = || -> steerlab::Result<()> {
+            for chunk in rows.chunks(16) {
+                forward_batch(&model, chunk, sites.clone(), Reduce::Last, None, false)?;
+            }
+            Ok(())
+        };
+        run()?;
+        let t0 = Instant::now();
+        let reps = 3;
+        for _ in 0..reps {
+            run()?;
+        }
+        let s = t0.elapsed().as_secs_f64() / reps as f64;
+        println!("capture: {:.3} s -> {:.0} tokens/s", s, 64.0 * 64.0 / s);
+        return Ok(());
+    }
+    let v: Vec<f32> = (0..d).map(|i| ((i as f32) * 0.37).sin() * 0.1).collect();
+    let steer = vec![Intervention {
+        layer: 15,
+        vector: Tensor::from_vec(v, d, &Device::Cpu)?,
+        positions: Positions::All,
+    }];
+    let prompt: Vec<u32> = (0..20).map(|j| 200 + 13 * j).collect();
+    let params = GenParams {
+        max_new_tokens: 128,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let run = || -> steerlab::Result<usize> {
+        let g = Generation::new(
+            model.clone(),
+            std::slice::from_ref(&prompt),
+            Some(std::slice::from_ref(&steer)),
+            params.clone(),
+        )?;
+        Ok(g.run()?[0].len())
+    };
+    run()?;
+    let reps = 5;
+    let t0 = Instant::now();
+    let mut n = 0;
+    for _ in 0..reps {
+        n += run()?;
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!("steered decode: {:.1} tokens/s", n as f64 / s);
+    Ok(())
+}
