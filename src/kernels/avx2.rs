@@ -22,18 +22,28 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32((p as *const i32).read_unaligned())
 }
 
+/// 8 scales from `p` (f16 if `H`, else f32), scale index `i`.
+#[inline(always)]
+unsafe fn scales8<const H: bool>(p: *const u8, i: usize) -> __m256 {
+    if H {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i))
+    } else {
+        _mm256_loadu_ps(p.add(4 * i) as *const f32)
+    }
+}
+
 /// U4 tile: `qs` points at the group's first block (128 bytes per block), `d`/`m` at its
-/// first 8 scales/offsets (8 per block). `xq[c]`, `xd[c]`, `xs[c]` are row c's codes,
+/// first 8 scales/offsets (8 per block; f16 if `H`, else f32). `xq[c]`, `xd[c]`, `xs[c]` are row c's codes,
 /// block scales and block sums.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `qs`, `d`, `m` must be valid for `nb` blocks and
+/// The CPU must support AVX2, FMA and F16C; `qs`, `d`, `m` must be valid for `nb` blocks and
 /// each `xq[c]` for `32 * nb` codes, `xd[c]`/`xs[c]` for `nb` values.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn u4_tile<const C: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn u4_tile<const C: usize, const H: bool>(
     qs: *const u8,
-    d: *const f32,
-    m: *const f32,
+    d: *const u8,
+    m: *const u8,
     nb: usize,
     xq: [*const i8; C],
     xd: [*const f32; C],
@@ -57,8 +67,8 @@ pub unsafe fn u4_tile<const C: usize>(
                 isum[c] = _mm256_add_epi16(isum[c], _mm256_maddubs_epi16(hi, bcast4(xp.add(16))));
             }
         }
-        let dv = _mm256_loadu_ps(d.add(b * 8));
-        let mv = _mm256_loadu_ps(m.add(b * 8));
+        let dv = scales8::<H>(d, b * 8);
+        let mv = scales8::<H>(m, b * 8);
         for c in 0..C {
             let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum[c], ones));
             let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*xd[c].add(b)));
@@ -78,10 +88,10 @@ pub unsafe fn u4_tile<const C: usize>(
 ///
 /// # Safety
 /// As `u4_tile`.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn i8_tile<const C: usize, const STEPS: usize, const SPLIT: bool>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn i8_tile<const C: usize, const STEPS: usize, const SPLIT: bool, const H: bool>(
     qs: *const i8,
-    d: *const f32,
+    d: *const u8,
     nb: usize,
     xq: [*const i8; C],
     xd: [*const f32; C],
@@ -118,9 +128,9 @@ pub unsafe fn i8_tile<const C: usize, const STEPS: usize, const SPLIT: bool>(
             }
         }
         let dstride = if SPLIT { 16 } else { 8 };
-        let d0 = _mm256_loadu_ps(d.add(b * dstride));
+        let d0 = scales8::<H>(d, b * dstride);
         if SPLIT {
-            let d1 = _mm256_loadu_ps(d.add(b * 16 + 8));
+            let d1 = scales8::<H>(d, b * 16 + 8);
             for c in 0..C {
                 let xdc = _mm256_set1_ps(*xd[c].add(b));
                 let f0 = _mm256_cvtepi32_ps(lo32[c]);
@@ -146,7 +156,7 @@ pub unsafe fn i8_tile<const C: usize, const STEPS: usize, const SPLIT: bool>(
 /// # Safety
 /// The CPU must support AVX2 and FMA; `q` must hold `x.len()` codes and `d`, `s`
 /// `x.len() / 32` values.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     let sign = _mm256_set1_ps(-0.0);
     let lim = _mm256_set1_ps(127.0);

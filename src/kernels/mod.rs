@@ -30,6 +30,7 @@ pub mod vecops;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub mod avx2;
 
+use half::f16;
 use rayon::prelude::*;
 
 pub use formats::Format;
@@ -67,6 +68,7 @@ impl Isa {
         {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Isa::Avx2;
             }
@@ -89,16 +91,78 @@ pub fn format_of(dtype: candle_core::quantized::GgmlDType) -> Option<Format> {
     })
 }
 
+/// Per-(group, block) scales: f16 when every value is exactly an f16 (Q4_0, Q4_1, Q5_0
+/// and Q8_0 scales come from f16 fields), else f32 (K-quant products d * sc). f16 keeps
+/// the packed U4 weights at 20 bytes per 32, as in the file: decode streams the
+/// weights from memory once per token, so their size sets its speed.
+enum Scales {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+/// A borrowed run of scales.
+#[derive(Clone, Copy)]
+pub enum ScaleSlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl ScaleSlice<'_> {
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            ScaleSlice::F32(v) => v[i],
+            ScaleSlice::F16(v) => f16::from_bits(v[i]).to_f32(),
+        }
+    }
+}
+
+fn exact_f16(v: &[f32]) -> bool {
+    v.iter()
+        .all(|x| f16::from_f32(*x).to_f32().to_bits() == x.to_bits())
+}
+
+impl Scales {
+    /// f16 storage if all of `vs` are exact f16 values, else f32.
+    fn pack(vs: Vec<Vec<f32>>) -> Vec<Scales> {
+        if vs.iter().all(|v| exact_f16(v)) {
+            vs.into_iter()
+                .map(|v| Scales::F16(v.iter().map(|x| f16::from_f32(*x).to_bits()).collect()))
+                .collect()
+        } else {
+            vs.into_iter().map(Scales::F32).collect()
+        }
+    }
+    fn is_f16(&self) -> bool {
+        matches!(self, Scales::F16(_))
+    }
+    fn nbytes(&self) -> usize {
+        match self {
+            Scales::F32(v) => 4 * v.len(),
+            Scales::F16(v) => 2 * v.len(),
+        }
+    }
+    fn get(&self, i: usize) -> f32 {
+        self.slice(i..i + 1).get(0)
+    }
+    fn slice(&self, r: std::ops::Range<usize>) -> ScaleSlice<'_> {
+        match self {
+            Scales::F32(v) => ScaleSlice::F32(&v[r]),
+            Scales::F16(v) => ScaleSlice::F16(&v[r]),
+        }
+    }
+    /// Address of scale `i` (for the AVX2 kernels, which know the element type).
+    fn ptr(&self, i: usize) -> *const u8 {
+        match self {
+            Scales::F32(v) => v[i..].as_ptr() as *const u8,
+            Scales::F16(v) => v[i..].as_ptr() as *const u8,
+        }
+    }
+}
+
 enum Packed {
-    U4 {
-        qs: Vec<u8>,
-        d: Vec<f32>,
-        m: Vec<f32>,
-    },
-    I8 {
-        qs: Vec<i8>,
-        d: Vec<f32>,
-    },
+    U4 { qs: Vec<u8>, d: Scales, m: Scales },
+    I8 { qs: Vec<i8>, d: Scales },
 }
 
 /// A quantized weight matrix W [n, k] (n output features) in the kernels' layout.
@@ -232,7 +296,11 @@ impl QLinear {
                         m[gb * 8 + r] = blk.m;
                     }
                 }
-                Packed::U4 { qs, d, m }
+                let mut sc = Scales::pack(vec![d, m]).into_iter();
+                match (sc.next(), sc.next()) {
+                    (Some(d), Some(m)) => Packed::U4 { qs, d, m },
+                    _ => unreachable!("Scales::pack returns one entry per input"),
+                }
             }
             Family::I8 => {
                 let ds = fmt.d_stride();
@@ -257,7 +325,10 @@ impl QLinear {
                         }
                     }
                 }
-                Packed::I8 { qs, d }
+                match Scales::pack(vec![d]).pop() {
+                    Some(d) => Packed::I8 { qs, d },
+                    None => unreachable!("Scales::pack returns one entry per input"),
+                }
             }
         };
         Ok(QLinear {
@@ -282,11 +353,18 @@ impl QLinear {
         self.k
     }
 
+    /// Whether the scales are stored as f16 (else f32).
+    pub fn f16_scales(&self) -> bool {
+        match &self.w {
+            Packed::U4 { d, .. } | Packed::I8 { d, .. } => d.is_f16(),
+        }
+    }
+
     /// Bytes held by the packed weights.
     pub fn nbytes(&self) -> usize {
         match &self.w {
-            Packed::U4 { qs, d, m } => qs.len() + 4 * (d.len() + m.len()),
-            Packed::I8 { qs, d } => qs.len() + 4 * d.len(),
+            Packed::U4 { qs, d, m } => qs.len() + d.nbytes() + m.nbytes(),
+            Packed::I8 { qs, d } => qs.len() + d.nbytes(),
         }
     }
 
@@ -307,7 +385,7 @@ impl QLinear {
             match &self.w {
                 Packed::U4 { qs, d, m } => {
                     let base = gb * U4_GROUP_BLOCK;
-                    let (db, mb) = (d[gb * 8 + r], m[gb * 8 + r]);
+                    let (db, mb) = (d.get(gb * 8 + r), m.get(gb * 8 + r));
                     for s in 0..4 {
                         for t in 0..4 {
                             let byte = qs[base + s * 32 + r * 4 + t];
@@ -321,7 +399,7 @@ impl QLinear {
                     let ds = self.fmt.d_stride();
                     for s in 0..8 {
                         let half = if ds == 16 { s / 4 } else { 0 };
-                        let db = d[gb * ds + half * 8 + r];
+                        let db = d.get(gb * ds + half * 8 + r);
                         for t in 0..4 {
                             o[4 * s + t] = db * qs[base + s * 32 + r * 4 + t] as f32;
                         }
@@ -483,8 +561,8 @@ impl QLinear {
             (Packed::U4 { qs, d, m }, Isa::Scalar) => {
                 let (qs, d, m) = (
                     &qs[g * nb * U4_GROUP_BLOCK..(g + 1) * nb * U4_GROUP_BLOCK],
-                    &d[g * nb * 8..(g + 1) * nb * 8],
-                    &m[g * nb * 8..(g + 1) * nb * 8],
+                    d.slice(g * nb * 8..(g + 1) * nb * 8),
+                    m.slice(g * nb * 8..(g + 1) * nb * 8),
                 );
                 for (c, o) in out.iter_mut().enumerate() {
                     let (xq, xd, xs) = acts.row(r + c);
@@ -495,7 +573,7 @@ impl QLinear {
                 let ds = self.fmt.d_stride();
                 let (qs, d) = (
                     &qs[g * nb * I8_GROUP_BLOCK..(g + 1) * nb * I8_GROUP_BLOCK],
-                    &d[g * nb * ds..(g + 1) * nb * ds],
+                    d.slice(g * nb * ds..(g + 1) * nb * ds),
                 );
                 let split = self.fmt.split_scales();
                 for (c, o) in out.iter_mut().enumerate() {
@@ -511,17 +589,17 @@ impl QLinear {
                 // SAFETY: `forward_isa` only passes Avx2 when the CPU has AVX2 and FMA;
                 // the group's slices hold `nb` blocks (checked at packing) and each
                 // activation row `k = 32 * nb` codes and `nb` scales and sums.
+                let (qp, dp, mp) = (
+                    qs[g * nb * U4_GROUP_BLOCK..].as_ptr(),
+                    d.ptr(g * nb * 8),
+                    m.ptr(g * nb * 8),
+                );
                 unsafe {
-                    avx2::u4_tile::<C>(
-                        qs[g * nb * U4_GROUP_BLOCK..].as_ptr(),
-                        d[g * nb * 8..].as_ptr(),
-                        m[g * nb * 8..].as_ptr(),
-                        nb,
-                        xq,
-                        xd,
-                        xs,
-                        out,
-                    )
+                    if d.is_f16() {
+                        avx2::u4_tile::<C, true>(qp, dp, mp, nb, xq, xd, xs, out)
+                    } else {
+                        avx2::u4_tile::<C, false>(qp, dp, mp, nb, xq, xd, xs, out)
+                    }
                 }
             }
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -530,14 +608,26 @@ impl QLinear {
                 let xd: [*const f32; C] = std::array::from_fn(|c| acts.row(r + c).1.as_ptr());
                 let (qp, dp) = (
                     qs[g * nb * I8_GROUP_BLOCK..].as_ptr(),
-                    d[g * nb * self.fmt.d_stride()..].as_ptr(),
+                    d.ptr(g * nb * self.fmt.d_stride()),
                 );
+                let h = d.is_f16();
                 // SAFETY: as for U4 above.
                 unsafe {
-                    match self.fmt {
-                        Format::Q5_0 => avx2::i8_tile::<C, 8, false>(qp, dp, nb, xq, xd, out),
-                        Format::Q6K => avx2::i8_tile::<C, 4, true>(qp, dp, nb, xq, xd, out),
-                        _ => avx2::i8_tile::<C, 1, false>(qp, dp, nb, xq, xd, out),
+                    match (self.fmt, h) {
+                        (Format::Q5_0, true) => {
+                            avx2::i8_tile::<C, 8, false, true>(qp, dp, nb, xq, xd, out)
+                        }
+                        (Format::Q5_0, false) => {
+                            avx2::i8_tile::<C, 8, false, false>(qp, dp, nb, xq, xd, out)
+                        }
+                        (Format::Q6K, true) => {
+                            avx2::i8_tile::<C, 4, true, true>(qp, dp, nb, xq, xd, out)
+                        }
+                        (Format::Q6K, false) => {
+                            avx2::i8_tile::<C, 4, true, false>(qp, dp, nb, xq, xd, out)
+                        }
+                        (_, true) => avx2::i8_tile::<C, 1, false, true>(qp, dp, nb, xq, xd, out),
+                        (_, false) => avx2::i8_tile::<C, 1, false, false>(qp, dp, nb, xq, xd, out),
                     }
                 }
             }

@@ -4,7 +4,7 @@
 //! multiply-adds (`f32::mul_add`), so on any machine these agree with the AVX2 kernels
 //! bit for bit.
 
-use super::{I8_GROUP_BLOCK, U4_GROUP_BLOCK};
+use super::{ScaleSlice, I8_GROUP_BLOCK, U4_GROUP_BLOCK};
 
 /// The 4-bit code of weight `e` (0..32) of packed row `r` in one U4 group block.
 #[inline(always)]
@@ -17,8 +17,8 @@ fn u4_code(blk: &[u8], r: usize, e: usize) -> i32 {
 /// One activation row against one U4 group: 8 outputs.
 pub fn u4_group(
     qs: &[u8],
-    d: &[f32],
-    m: &[f32],
+    d: ScaleSlice,
+    m: ScaleSlice,
     nb: usize,
     xq: &[i8],
     xd: &[f32],
@@ -33,15 +33,22 @@ pub fn u4_group(
             for (e, &xv) in x.iter().enumerate() {
                 idot += u4_code(blk, r, e) * xv as i32;
             }
-            *a = (idot as f32).mul_add(d[b * 8 + r] * xd[b], *a);
-            *a = m[b * 8 + r].mul_add(xs[b], *a);
+            *a = (idot as f32).mul_add(d.get(b * 8 + r) * xd[b], *a);
+            *a = m.get(b * 8 + r).mul_add(xs[b], *a);
         }
     }
     acc
 }
 
 /// One activation row against one I8 group: 8 outputs.
-pub fn i8_group(qs: &[i8], d: &[f32], nb: usize, split: bool, xq: &[i8], xd: &[f32]) -> [f32; 8] {
+pub fn i8_group(
+    qs: &[i8],
+    d: ScaleSlice,
+    nb: usize,
+    split: bool,
+    xq: &[i8],
+    xd: &[f32],
+) -> [f32; 8] {
     let mut acc = [0f32; 8];
     for b in 0..nb {
         let blk = &qs[b * I8_GROUP_BLOCK..(b + 1) * I8_GROUP_BLOCK];
@@ -53,11 +60,11 @@ pub fn i8_group(qs: &[i8], d: &[f32], nb: usize, split: bool, xq: &[i8], xd: &[f
                 half[e / 16] += w * xv as i32;
             }
             if split {
-                let (d0, d1) = (d[b * 16 + r], d[b * 16 + 8 + r]);
+                let (d0, d1) = (d.get(b * 16 + r), d.get(b * 16 + 8 + r));
                 *a = (half[0] as f32).mul_add(d0 * xd[b], *a);
                 *a = (half[1] as f32).mul_add(d1 * xd[b], *a);
             } else {
-                *a = ((half[0] + half[1]) as f32).mul_add(d[b * 8 + r] * xd[b], *a);
+                *a = ((half[0] + half[1]) as f32).mul_add(d.get(b * 8 + r) * xd[b], *a);
             }
         }
     }

@@ -82,6 +82,9 @@ fn decoding_matches_candle_dequantization() {
         for (n, k) in shapes(fmt) {
             let (raw, deq) = weight(dt, n, k, 7);
             let ql = QLinear::from_gguf(fmt, &raw, n, k).unwrap();
+            // Scales from f16 fields stay f16; K-quant products d * sc need f32.
+            let f16 = !matches!(fmt, Format::Q4K | Format::Q6K);
+            assert_eq!(ql.f16_scales(), f16, "{}", fmt.name());
             let ours = ql.dequantize();
             for (i, (a, b)) in ours.iter().zip(&deq).enumerate() {
                 // Q4_0 is d * (q - 8) in ggml and d * q - 8d here: one rounding apart.
