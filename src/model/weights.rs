@@ -119,6 +119,11 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            // Inference on the CPU: the same GEMM call candle makes, without candle's
+            // per-call thread-count lookup (which parses /proc/cpuinfo every time).
+            Linear::Dense(w) if !xs.track_op() && xs.device().is_cpu() => {
+                xs.contiguous()?.apply_op1_no_bwd(&DenseMatMul(w.clone()))
+            }
             Linear::Dense(w) => {
                 let w = match *xs.dims() {
                     [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
@@ -130,6 +135,81 @@ impl Module for Linear {
             Linear::Packed(q) => xs.contiguous()?.apply_op1_no_bwd(&PackedMatMul(q.clone())),
             Linear::Candle(m) => m.forward(xs),
         }
+    }
+}
+
+/// `Linear::Dense` without gradients on the CPU: y = x · Wᵀ by the `gemm` crate with the
+/// arguments candle's CPU matmul passes it (so the same results), threads from rayon.
+struct DenseMatMul(Tensor);
+
+impl CustomOp1 for DenseMatMul {
+    fn name(&self) -> &'static str {
+        "steerlab-dense-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("dense matmul expects f32 activations, got {:?}", s.dtype())
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("dense matmul expects contiguous activations")
+        };
+        let (n, k) = self.0.dims2()?;
+        let dims = l.shape().dims();
+        if dims.last().copied() != Some(k) {
+            candle_core::bail!(
+                "dense matmul: activations {dims:?}, the weight expects {k} features"
+            )
+        }
+        let x = &data[o0..o1];
+        let m = x.len() / k.max(1);
+        let (ws, wl) = self.0.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(wd)) = &*ws else {
+            candle_core::bail!("dense matmul expects an f32 CPU weight")
+        };
+        let Some((w0, w1)) = wl.contiguous_offsets() else {
+            candle_core::bail!("dense matmul expects a contiguous weight")
+        };
+        let w = &wd[w0..w1];
+        let mut y = vec![0f32; m * n];
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        if m > 0 && n > 0 && k > 0 && w.len() == n * k && x.len() == m * k {
+            // SAFETY: dst is m x n (row stride n), lhs m x k (row stride k), rhs is Wᵀ read
+            // from the n x k row-major W (column stride k, row stride 1); lengths checked.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    y.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        }
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out)))
     }
 }
 
