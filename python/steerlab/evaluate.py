@@ -38,10 +38,13 @@ if TYPE_CHECKING:
     from steerlab.model import Model
 
 __all__ = [
+    "BehaviourReliability",
     "GenerationReport",
     "PromptTypeComparison",
+    "ReliabilityTable",
     "SteerabilityResult",
     "compare_prompt_types",
+    "reliability_table",
     "spearman",
     "steerability",
     "steered_generations",
@@ -488,3 +491,155 @@ def steered_generations(
         perplexity=perplexity,
         topic=topic_set.name if topic_set is not None else None,
     )
+
+
+@dataclass
+class BehaviourReliability:
+    """Diagnostics and steerability of one behaviour's CAA vector at its best layer."""
+
+    name: str
+    layer: int
+    diagnosis: DiagnosisReport
+    vector: SteeringVector
+    steerability: SteerabilityResult
+
+    def record(self) -> dict[str, Any]:
+        d = self.diagnosis[self.layer]
+        s = self.steerability
+        return {
+            "behaviour": self.name,
+            "best_layer": self.layer,
+            "mean_cosine": d.mean_cosine,
+            "d_prime": d.d_prime,
+            "relative_norm": d.relative_norm,
+            "mean_effect": s.mean_effect,
+            "mean_slope": s.mean_slope,
+            "anti_steerable": s.anti_steerable,
+            "n_train": len(self.diagnosis.pairs),
+            "n_eval": s.n_samples,
+        }
+
+
+@dataclass
+class ReliabilityTable:
+    """`BehaviourReliability` per behaviour, and how diagnostics predict steerability."""
+
+    rows: list[BehaviourReliability]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r.record() for r in self.rows]
+
+    def to_pandas(self) -> pd.DataFrame:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.records()).set_index("behaviour")
+
+    def correlation(self, predictor: str = "mean_cosine", outcome: str = "mean_slope") -> float:
+        """Spearman's rho across behaviours between a diagnostic and a steerability
+        measure (columns of `records`)."""
+        recs = self.records()
+        return spearman([r[predictor] for r in recs], [r[outcome] for r in recs])
+
+    def markdown(self) -> str:
+        head = (
+            "| behaviour | best layer | mean cos | d' | mean effect | mean slope | "
+            "anti-steerable | train / eval |\n|---|---|---|---|---|---|---|---|"
+        )
+        lines = [head]
+        for r in self.records():
+            lines.append(
+                f"| {r['behaviour']} | {r['best_layer']} | {r['mean_cosine']:.3f} | "
+                f"{r['d_prime']:.2f} | {r['mean_effect']:+.3f} | {r['mean_slope']:+.3f} | "
+                f"{r['anti_steerable']:.0%} | {r['n_train']} / {r['n_eval']} |"
+            )
+        if len(self.rows) >= 3:
+            lines.append("")
+            for pred in ("mean_cosine", "d_prime"):
+                for out in ("mean_slope", "mean_effect"):
+                    lines.append(
+                        f"- Spearman rho({pred}, {out}) = {self.correlation(pred, out):+.2f} "
+                        f"over {len(self.rows)} behaviours"
+                    )
+        return "\n".join(lines)
+
+
+def reliability_table(
+    model: Model,
+    behaviours: Iterable[Any] | None = None,
+    *,
+    layers: Iterable[int] | None = None,
+    n_train: int = 60,
+    n_eval: int = 40,
+    multipliers: Iterable[float] = (-1.0, 0.0, 1.0),
+    prompt_type: str = "prefilled",
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> ReliabilityTable:
+    """Per behaviour: diagnose a CAA vector over layers on ``n_train`` records, take the
+    recommended layer, and measure its steerability on ``n_eval`` held-out records.
+
+    Args:
+        model: the model.
+        behaviours: `steerlab.datasets.Behaviour` objects or shipped names (default:
+            every shipped behaviour).
+        layers: layers to diagnose (default: all).
+        n_train, n_eval: records to build / evaluate each vector (disjoint; taken after
+            a seeded shuffle; capped by the records available).
+        multipliers: as in `steerability`.
+        prompt_type: how the contrast pairs are rendered (`PROMPT_TYPES`).
+        seed: shuffling and letter assignment.
+        batch_size: rows per forward pass.
+        progress: progress bar over behaviours.
+
+    Returns:
+        A `ReliabilityTable` (``.to_pandas()``, ``.markdown()``, ``.correlation()``).
+    """
+    from steerlab.datasets import behaviour_names, load_behaviour
+    from steerlab.diagnostics import diagnose
+
+    items = list(behaviour_names() if behaviours is None else behaviours)
+    if not items:
+        raise InvalidArgumentError("no behaviours to evaluate")
+    rows: list[BehaviourReliability] = []
+    bar = progress_bar(
+        progress if progress is not None else True, len(items), 1, "behaviours", "behaviour"
+    )
+    try:
+        for item in items:
+            beh = load_behaviour(item) if isinstance(item, str) else item
+            recs = as_records(beh)
+            order = np.random.default_rng(seed).permutation(len(recs))
+            k_train = min(n_train, len(recs) - 1)
+            k_eval = min(n_eval, len(recs) - k_train)
+            train = [recs[int(i)] for i in order[:k_train]]
+            test = [recs[int(i)] for i in order[k_train : k_train + k_eval]]
+            name = getattr(beh, "name", f"behaviour {len(rows)}")
+            pairs = ContrastPairs.from_records(
+                train,
+                prompt_type=prompt_type,
+                instruction_matching=getattr(beh, "instruction_matching", None),
+                instruction_not_matching=getattr(beh, "instruction_not_matching", None),
+                seed=seed,
+                name=name,
+            )
+            diag = diagnose(model, pairs, layers, batch_size=batch_size, progress=False)
+            layer = diag.recommended_layer
+            vec = diag.vector(layer)
+            steer = steerability(
+                model,
+                test,
+                vec,
+                multipliers,
+                seed=seed,
+                batch_size=batch_size,
+                name=name,
+                progress=False,
+            )
+            rows.append(BehaviourReliability(name, layer, diag, vec, steer))
+            bar.update(1)
+    finally:
+        bar.close()
+    return ReliabilityTable(rows)
