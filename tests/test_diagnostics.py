@@ -191,7 +191,7 @@ def test_steerability_equals_hand_computed_logit_differences(tiny: Any) -> None:
 def test_compare_prompt_types(tiny: Any) -> None:
     # the tiny model's 256-token context is too short for few-shot prompts; notebook 02
     # compares all seven types on the real model
-    beh = sl.datasets.load_behaviour(sl.datasets.behaviour_names()[0])
+    beh = sl.datasets.load_behaviour("formality")
     types = [t for t in PROMPT_TYPES if "few_shot" not in t]
     cmp = sl.evaluate.compare_prompt_types(
         tiny, beh, layer=1, prompt_types=types, n_train=8, n_eval=4, progress=False
