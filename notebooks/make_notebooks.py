@@ -252,8 +252,8 @@ import numpy as np
 import steerlab as sl
 
 FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
-N_TRAIN, N_EVAL = (24, 16) if FAST else (60, 40)
-N_TYPE_TRAIN, N_TYPE_EVAL = (10, 10) if FAST else (30, 30)
+N_TRAIN, N_EVAL = (16, 12) if FAST else (60, 40)
+N_TYPE_TRAIN, N_TYPE_EVAL, N_SHOTS = (6, 6, 2) if FAST else (30, 30, 5)
 t0 = time.perf_counter()
 model = sl.Model.load(dtype="f32")  # the exact path (equal to transformers)
 print(model)
@@ -281,7 +281,7 @@ print(pairs[0].positive)""",
     (
         "code",
         """\
-report = sl.diagnose(model, pairs)
+report = sl.diagnose(model, pairs, progress=False)
 print(report)
 print(report.summary())
 report.plot();""",
@@ -367,7 +367,8 @@ combination. Each gives its own vector; how similar are they, and which steers b
         "code",
         """\
 cmp = sl.evaluate.compare_prompt_types(
-    model, beh, layer=layer, n_train=N_TYPE_TRAIN, n_eval=N_TYPE_EVAL, progress=False
+    model, beh, layer=layer, n_train=N_TYPE_TRAIN, n_eval=N_TYPE_EVAL, n_shots=N_SHOTS,
+    progress=False,
 )
 cmp.plot()
 cmp.to_pandas().round(3)""",
@@ -418,14 +419,14 @@ import steerlab as sl
 
 FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
 TOPICS = ["space", "cooking"] if FAST else sl.datasets.topic_names()
-N_PROMPTS = 8 if FAST else 24
-NEW_TOKENS = 24 if FAST else 40
+N_PROMPTS = 6 if FAST else 24
+NEW_TOKENS = 16 if FAST else 40
 LAYER = 12
 DOSE = 0.2
 t0 = time.perf_counter()
 model = sl.Model.load(dtype="f32")
 prompts = sl.datasets.open_prompts()[:N_PROMPTS]
-background = sl.datasets.background_corpus()[: 160 if FAST else None]
+background = sl.datasets.background_corpus()[: 120 if FAST else None]
 print(model, f"\\n{len(prompts)} prompts, {len(background)} background sentences")""",
     ),
     (
