@@ -37,6 +37,7 @@ def main() -> None:
         f"steered at every position with multipliers -1, 0, +1; effect = m(+1) - m(0), "
         f"m = logit(y+) - logit(y-).\n\n{table.markdown()}\n"
     )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
 
