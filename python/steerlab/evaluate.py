@@ -574,6 +574,7 @@ def reliability_table(
     n_eval: int = 40,
     multipliers: Iterable[float] = (-1.0, 0.0, 1.0),
     prompt_type: str = "prefilled",
+    dose: float | None = 0.2,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool | None = None,
@@ -590,6 +591,10 @@ def reliability_table(
             a seeded shuffle; capped by the records available).
         multipliers: as in `steerability`.
         prompt_type: how the contrast pairs are rendered (`PROMPT_TYPES`).
+        dose: scale each vector to this relative dose before applying the multipliers
+            (``||v|| = dose * mean ||h||``), so behaviours compare at equal strength;
+            None keeps the raw mean difference (whose norm is often ~3% of ||h|| on
+            small models, too weak to move the answer).
         seed: shuffling and letter assignment.
         batch_size: rows per forward pass.
         progress: progress bar over behaviours.
@@ -628,6 +633,8 @@ def reliability_table(
             diag = diagnose(model, pairs, layers, batch_size=batch_size, progress=False)
             layer = diag.recommended_layer
             vec = diag.vector(layer)
+            if dose is not None:
+                vec = vec.dose(dose)
             steer = steerability(
                 model,
                 test,
