@@ -212,6 +212,298 @@ for label, row in zip(["unsteered", "joyful +v", "gloomy -v"], logits):
     ),
 ]
 
+RELIABILITY = [
+    (
+        "md",
+        """\
+# Will this steering vector work? Reliability diagnostics (Braun et al. 2025)
+
+Contrastive activation addition (CAA) builds a steering vector as the mean difference of
+activations between texts that show a behaviour and texts that do not. Braun et al.
+(2025) found that such vectors are unreliable for many behaviours, and that two
+properties of the training activations predict it **before** deployment:
+
+- **directional agreement**: the cosine of each pair's difference with the mean
+  difference; when pairs disagree about the direction, the mean steers weakly;
+- **separability** `d'`: positives and negatives projected on the difference-of-means
+  line (normalised so the means sit at +1 and -1) and their discriminability.
+
+This notebook, on SmolLM2-135M-Instruct and the five A/B behaviours shipped in
+`steerlab.datasets`:
+
+1. diagnoses each behaviour over all layers and picks a layer;
+2. measures steerability on held-out records: the change of
+   `m = logit(y+) - logit(y-)` under steering, and the share of anti-steerable samples;
+3. compares the seven prompt types (subsets of {prefilled answer, instruction, 5-shot});
+4. correlates directional agreement and `d'` with steerability across behaviours.
+
+`FAST` (set by the test suite) shrinks the sample sizes so the notebook runs in a few
+minutes on two CPU cores; the code path is the same.""",
+    ),
+    (
+        "code",
+        """\
+import os
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import steerlab as sl
+
+FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
+N_TRAIN, N_EVAL = (16, 12) if FAST else (60, 40)
+N_TYPE_TRAIN, N_TYPE_EVAL, N_SHOTS = (6, 6, 2) if FAST else (30, 30, 5)
+t0 = time.perf_counter()
+model = sl.Model.load(dtype="f32")  # the exact path (equal to transformers)
+print(model)
+print("behaviours:", sl.datasets.behaviour_names())""",
+    ),
+    (
+        "md",
+        """\
+## 1. One behaviour in detail
+
+Each record is a question with two answers. `ContrastPairs.from_records` renders it as
+an A/B prompt and prefills the answer letter: the positive text ends with the letter of
+the answer that shows the behaviour, the negative with the other letter. Which letter
+that is alternates between records, so the letter itself carries no signal.""",
+    ),
+    (
+        "code",
+        """\
+beh = sl.datasets.load_behaviour("optimism")
+train, test = beh.records[:N_TRAIN], beh.records[N_TRAIN : N_TRAIN + N_EVAL]
+pairs = sl.ContrastPairs.from_records(beh, prompt_type="prefilled")[:N_TRAIN]
+print(pairs)
+print(pairs[0].positive)""",
+    ),
+    (
+        "code",
+        """\
+report = sl.diagnose(model, pairs, progress=False)
+print(report)
+print(report.summary())
+report.plot();""",
+    ),
+    (
+        "md",
+        """\
+The layer sweep shows where the behaviour is linearly represented; the histogram shows
+how much the individual pairs agree with the mean direction at the recommended layer,
+and the right panel how well that direction separates the two sides.
+
+## 2. Steerability on held-out records
+
+The vector, scaled to a relative dose of 0.2 (its norm is 20% of the mean residual norm
+at that layer), is added at every position with multipliers -1, 0 and +1 (all three rows
+of a sample run in one batch). For each held-out record, `m = logit(y+) - logit(y-)` is
+read at the answer position.""",
+    ),
+    (
+        "code",
+        """\
+layer = report.recommended_layer
+vec = report.vector(layer)
+print(vec, "dose per layer:", {k: round(v, 3) for k, v in vec.doses().items()})
+vec = vec.dose(0.2)  # the raw mean difference is a few % of the residual norm
+res = sl.evaluate.steerability(model, test, vec, multipliers=(-1.0, 0.0, 1.0), name="optimism")
+print(res)
+res.plot();""",
+    ),
+    (
+        "md",
+        """\
+## 3. Every behaviour
+
+`reliability_table` repeats this for each shipped behaviour: diagnose on a training
+split, take the recommended layer, measure steerability on a held-out split.""",
+    ),
+    (
+        "code",
+        """\
+table = sl.evaluate.reliability_table(model, n_train=N_TRAIN, n_eval=N_EVAL, progress=False)
+df = table.to_pandas()
+df.round(3)""",
+    ),
+    (
+        "code",
+        """\
+fig, axes = plt.subplots(1, len(table.rows), figsize=(4.2 * len(table.rows), 3.6), sharey=True)
+for ax, row in zip(axes, table.rows):
+    row.steerability.plot(ax=ax)
+    ax.set_title(f"{row.name} (layer {row.layer})", fontsize=10)
+fig.tight_layout()""",
+    ),
+    (
+        "md",
+        """\
+## 4. Do the diagnostics predict steerability?
+
+Across behaviours, Braun et al. report that directional agreement and separability
+correlate with steerability. With five behaviours the rank correlation is coarse, but it
+is the question a user asks before trusting a vector.""",
+    ),
+    (
+        "code",
+        """\
+names = [r["behaviour"] for r in table.records()]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+sl.plots.plot_correlation(df["mean_cosine"], df["mean_slope"], names,
+                          xlabel="mean cosine (directional agreement)", ylabel="mean slope", ax=axes[0])
+sl.plots.plot_correlation(df["d_prime"], df["mean_slope"], names,
+                          xlabel="d' (separability)", ylabel="mean slope", ax=axes[1])
+fig.tight_layout()
+print(table.markdown())""",
+    ),
+    (
+        "md",
+        """\
+## 5. Prompt types
+
+The same records can be rendered seven ways: with the answer prefilled, with an
+instruction to show (or not show) the behaviour, with five answered examples, or any
+combination. Each gives its own vector; how similar are they, and which steers best?""",
+    ),
+    (
+        "code",
+        """\
+cmp = sl.evaluate.compare_prompt_types(
+    model, beh, layer=layer, n_train=N_TYPE_TRAIN, n_eval=N_TYPE_EVAL, n_shots=N_SHOTS,
+    progress=False,
+)
+cmp.plot()
+cmp.to_pandas().round(3)""",
+    ),
+    (
+        "code",
+        """\
+print(f"notebook ran in {time.perf_counter() - t0:.0f} s")""",
+    ),
+]
+
+MEAN_CENTRING = [
+    (
+        "md",
+        """\
+# Mean-centring: steering toward a topic without contrast pairs (Jorgensen et al. 2023)
+
+Contrastive vectors need pairs. Mean-centring needs only examples of the target: the
+steering vector is the mean activation on target texts **minus** the mean activation over
+a general background corpus. Subtracting the background removes what every text shares
+(the huge common component of the residual stream), leaving what is specific to the
+target.
+
+We compare four ways of steering SmolLM2-135M-Instruct toward a topic, on neutral
+prompts:
+
+- **unsteered**;
+- **mean of target**: the plain mean activation of the target texts;
+- **mean-centring**: target mean minus background mean (background: the ~490 neutral
+  sentences shipped in `steerlab/data/background.txt`);
+- **mean difference**: target mean minus the mean of *another* topic's texts.
+
+Each vector is scaled to the same relative dose (its norm as a fraction of the mean
+residual norm at that layer), so only the direction differs. Scores: the share of
+continuations that mention the topic (keyword match), and their perplexity under the
+unsteered model (fluency).""",
+    ),
+    (
+        "code",
+        """\
+import os
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import steerlab as sl
+
+FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
+TOPICS = ["space", "cooking"] if FAST else sl.datasets.topic_names()
+N_PROMPTS = 6 if FAST else 24
+NEW_TOKENS = 16 if FAST else 40
+LAYER = 12
+DOSE = 0.2
+t0 = time.perf_counter()
+model = sl.Model.load(dtype="f32")
+prompts = sl.datasets.open_prompts()[:N_PROMPTS]
+background = sl.datasets.background_corpus()[: 120 if FAST else None]
+print(model, f"\\n{len(prompts)} prompts, {len(background)} background sentences")""",
+    ),
+    (
+        "code",
+        """\
+def vectors_for(topic, other):
+    target = list(sl.datasets.load_topic(topic).texts)
+    contrast = list(sl.datasets.load_topic(other).texts)
+    centred = sl.SteeringVector.mean_centring(model, target, background, layers=[LAYER])
+    plain = sl.SteeringVector.mean_of(model, target, layers=[LAYER])
+    mean_t = plain[LAYER].astype(np.float64)
+    mean_o = sl.SteeringVector.mean_of(model, contrast, layers=[LAYER])[LAYER].astype(np.float64)
+    diff = sl.SteeringVector({LAYER: mean_t - mean_o}, centred.info)
+    return {
+        "unsteered": None,
+        "mean of target": plain.dose(DOSE),
+        "mean-centring": centred.dose(DOSE),
+        "mean difference": diff.dose(DOSE),
+    }
+
+
+reports = {}
+for i, topic in enumerate(TOPICS):
+    other = TOPICS[(i + 1) % len(TOPICS)]
+    reports[topic] = sl.evaluate.steered_generations(
+        model, prompts, vectors_for(topic, other), topic=topic, max_new_tokens=NEW_TOKENS
+    )
+    print(topic, reports[topic].to_pandas().round(3).to_dict("index"))""",
+    ),
+    (
+        "md",
+        """\
+## Results
+
+On-topic rate (higher is better) and median perplexity under the unsteered model
+(lower is more fluent), per topic and method.""",
+    ),
+    (
+        "code",
+        """\
+import pandas as pd
+
+table = pd.concat({t: r.to_pandas() for t, r in reports.items()}, names=["topic"])
+summary = table.groupby("condition")[["on_topic", "median_perplexity"]].mean()
+display(table.round(3))
+summary.round(3)""",
+    ),
+    (
+        "code",
+        """\
+reports[TOPICS[0]].plot();""",
+    ),
+    (
+        "code",
+        """\
+for condition in ["unsteered", "mean of target", "mean-centring"]:
+    print(f"--- {condition}")
+    for text in reports[TOPICS[0]].samples(condition, 3):
+        print(repr(text))""",
+    ),
+    (
+        "md",
+        """\
+The plain mean of the target texts is dominated by the component every text shares, so
+at the same dose it pushes the model off-distribution without much topic; subtracting the
+background (mean-centring) keeps the part specific to the topic. The contrastive mean
+difference also works but needs a second dataset chosen by hand.""",
+    ),
+    (
+        "code",
+        """\
+print(f"notebook ran in {time.perf_counter() - t0:.0f} s")""",
+    ),
+]
+
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = new_notebook()
@@ -228,9 +520,14 @@ def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 
 
 def main() -> None:
-    nb = build(QUICKSTART)
-    nbformat.validate(nb)
-    nbformat.write(nb, HERE / "01_quickstart.ipynb")
+    for name, cells in (
+        ("01_quickstart.ipynb", QUICKSTART),
+        ("02_reliability.ipynb", RELIABILITY),
+        ("03_mean_centring.ipynb", MEAN_CENTRING),
+    ):
+        nb = build(cells)
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / name)
 
 
 if __name__ == "__main__":

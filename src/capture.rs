@@ -14,6 +14,10 @@ pub enum Reduce {
     Last,
     /// Mean over the row's real (non-padding) tokens.
     Mean,
+    /// Mean over the row's real tokens after the first (whose residual is the attention
+    /// sink's, often tens of times larger than the others); the first token when the row
+    /// has only one.
+    MeanSkipFirst,
     /// One position of the unpadded prompt (negative: from the end).
     Index(i64),
     /// Every real token: one [n_sites, len, d] array per row.
@@ -25,9 +29,10 @@ impl Reduce {
         match s {
             "last" => Ok(Reduce::Last),
             "mean" => Ok(Reduce::Mean),
+            "mean_skip_first" => Ok(Reduce::MeanSkipFirst),
             "all" => Ok(Reduce::All),
             other => Err(Error::invalid(format!(
-                "unknown position '{other}' for capture (expected 'last', 'mean', 'all' or an int)"
+                "unknown position '{other}' for capture (expected 'last', 'mean', 'mean_skip_first', 'all' or an int)"
             ))),
         }
     }
@@ -81,13 +86,16 @@ impl Capture {
         let b = ctx.layout.rows();
         let reduced = match &self.reduce {
             Reduce::Last => h.narrow(1, ctx.t - 1, 1)?.squeeze(1)?, // [b, d]
-            Reduce::Mean => {
+            Reduce::Mean | Reduce::MeanSkipFirst => {
+                let skip = usize::from(self.reduce == Reduce::MeanSkipFirst);
                 let mut m = vec![0f32; b * ctx.t];
                 for r in 0..b {
-                    let len = ctx.layout.lens[r] as f32;
+                    let len = ctx.layout.lens[r];
+                    let from = if len > 1 { skip } else { 0 };
+                    let w = 1.0 / (len - from) as f32;
                     for j in 0..ctx.t {
-                        if ctx.position(r, j).is_some() {
-                            m[r * ctx.t + j] = 1.0 / len;
+                        if ctx.position(r, j).is_some_and(|p| p >= from) {
+                            m[r * ctx.t + j] = w;
                         }
                     }
                 }

@@ -125,6 +125,44 @@ pub fn forward_batch(
     Ok((captured, logits))
 }
 
+/// Log-probability of every token given the ones before it, per row (steering applied):
+/// row r gets `len_r - 1` values, `log p(ids[j] | ids[..j])` for j = 1..len_r.
+pub fn token_logprobs(
+    model: &Model,
+    rows: &[Vec<u32>],
+    steering: Option<&[RowSteering]>,
+) -> Result<Vec<Vec<f32>>> {
+    let (ids, layout) = model.pad_batch(rows)?;
+    let plan = plan_steering(model, steering, rows.len())?;
+    let ctx = StepCtx {
+        layout: &layout,
+        start: 0,
+        t: layout.width,
+    };
+    let mut cache = model.new_cache();
+    let mut hooks = Sites {
+        steering: plan.as_ref(),
+        capture: None,
+    };
+    let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?; // [b, t, d]
+    let mut out = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        let len = row.len();
+        if len < 2 {
+            out.push(Vec::new());
+            continue;
+        }
+        // Columns pad..pad+len-1 predict tokens 1..len of the row.
+        let hr = h.narrow(0, r, 1)?.narrow(1, layout.pad(r), len - 1)?; // [1, len-1, d]
+        let logits = model.logits_all(&hr)?.squeeze(0)?; // [len-1, vocab]
+        let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+        let next = Tensor::from_slice(&row[1..], (len - 1, 1), &model.device)?;
+        let picked = lp.gather(&next, 1)?.squeeze(1)?; // [len-1]
+        out.push(picked.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
 /// A generation in progress; `step` produces one token per row.
 pub struct Generation {
     model: Arc<Model>,

@@ -1,7 +1,9 @@
 //! steerlab's engine: model loading, the forward pass with intervention sites,
-//! capture, generation. Free of pyo3; the Python bindings live in `bindings/`
+//! capture, generation, steering-vector maths and diagnostics. Free of pyo3; the Python bindings live in `bindings/`
 //! behind the `python` feature.
 
+pub mod analysis;
+pub mod artifacts;
 pub mod capture;
 pub mod error;
 pub mod generate;
@@ -10,6 +12,7 @@ pub mod intervene;
 pub mod kernels;
 pub mod model;
 pub mod tokenize;
+pub mod vectors;
 
 #[cfg(feature = "python")]
 mod bindings;

@@ -38,6 +38,7 @@ def kernel_name(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mp.setenv("JUPYTER_PLATFORM_DIRS", "1")
         mp.setenv("MPLBACKEND", "Agg")
         mp.setenv("TQDM_DISABLE", "1")
+        mp.setenv("STEERLAB_NOTEBOOK_FAST", "1")
         yield KERNEL
 
 

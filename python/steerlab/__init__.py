@@ -15,9 +15,11 @@ Layer ``i`` is the residual stream after decoder block ``i`` (Hugging Face
 ``hidden_states[i + 1]``); negative indices count from the end.
 """
 
-from steerlab import models
+from steerlab import datasets, evaluate, models, plots
 from steerlab._core import __version__
 from steerlab._progress import set_progress
+from steerlab.contrast import PROMPT_TYPES, ContrastPair, ContrastPairs
+from steerlab.diagnostics import DiagnosisReport, diagnose
 from steerlab.errors import (
     BackendError,
     ContextLengthError,
@@ -33,10 +35,15 @@ from steerlab.errors import (
 )
 from steerlab.model import Model
 from steerlab.steering import Steering
+from steerlab.vectors import SteeringVector
 
 __all__ = [
+    "PROMPT_TYPES",
     "BackendError",
     "ContextLengthError",
+    "ContrastPair",
+    "ContrastPairs",
+    "DiagnosisReport",
     "InvalidArgumentError",
     "InvalidTypeError",
     "Model",
@@ -45,10 +52,15 @@ __all__ = [
     "OutOfRangeError",
     "ShapeError",
     "Steering",
+    "SteeringVector",
     "SteerlabError",
     "TokenizerError",
     "UnsupportedModelError",
     "__version__",
+    "datasets",
+    "diagnose",
+    "evaluate",
     "models",
+    "plots",
     "set_progress",
 ]

@@ -25,6 +25,15 @@ __all__ = [
     "TokenizerError",
     "UnsupportedModelError",
     "__version__",
+    "fit_direction",
+    "load_control_vector",
+    "load_vector",
+    "mean_centring",
+    "pair_stats",
+    "save_control_vector",
+    "save_vector",
+    "spearman",
+    "steerability",
 ]
 
 __version__: str
@@ -107,11 +116,17 @@ class Model:
         """Run one batch (left-padded internally). Returns (captures, logits).
 
         layers: ints (negative from the end) or "embed" for the embedding output.
-        captures: None when `layers` is empty; for reduce "last" / "mean" / int an
+        captures: None when `layers` is empty; for reduce "last" / "mean" /
+        "mean_skip_first" / int an
         array [batch, len(layers), d_model]; for "all" a list with one
         [len(layers), seq_i, d_model] array per row (seq_i = that row's length).
         logits: [batch, vocab] float32 at each row's last position, or None.
         The GIL is released for the whole call."""
+
+    def token_logprobs(
+        self, batch: list[list[int]], steering: list[_RowSteering] | None = None
+    ) -> list[npt.NDArray[np.float32]]:
+        """log p(token_j | tokens before it) for j >= 1, one array per row."""
 
     def generate(
         self,
@@ -148,3 +163,27 @@ class Generation:
     def step(self) -> list[int | None] | None:
         """Run one decode step: the new token of each row (None for rows already
         finished), or None when every row has finished."""
+
+# -- steering-vector maths (numpy in, numpy out; the GIL is released) -----------------
+
+_F32 = npt.NDArray[np.float32]
+_F64 = npt.NDArray[np.float64]
+
+def fit_direction(pos: _F32, neg: _F32, method: str) -> tuple[_F32, float | None]:
+    """Direction from paired activations [n, d]; method: mean_diff, pca_diff, pca_center,
+    logistic. Returns (direction [d], PCA explained share / probe accuracy / None)."""
+
+def mean_centring(target: _F32, background: _F32) -> _F32:
+    """mean(target) - mean(background)."""
+
+def pair_stats(pos: _F32, neg: _F32) -> dict[str, float | _F64]:
+    """mean_cosine, d_prime, diff_norm, mean_norm (floats); cosines, proj_pos, proj_neg."""
+
+def steerability(margins: _F64, multipliers: list[float]) -> dict[str, float | _F64]:
+    """mean_effect, mean_slope, anti_steerable (floats); unsteered, effect, slope."""
+
+def spearman(x: list[float], y: list[float]) -> float: ...
+def save_vector(path: str, directions: dict[int, _F32], metadata: str) -> None: ...
+def load_vector(path: str) -> tuple[dict[int, _F32], str]: ...
+def save_control_vector(path: str, directions: dict[int, _F32], model_hint: str) -> None: ...
+def load_control_vector(path: str) -> tuple[dict[int, _F32], str | None, int | None]: ...

@@ -31,6 +31,8 @@ from steerlab.errors import (
     InvalidTypeError,
     ModelFormatError,
     ModelNotFoundError,
+    OutOfRangeError,
+    SteerlabError,
 )
 from steerlab.models import default_model_path
 from steerlab.steering import PreparedSteering, Row, batch_rows, prepare
@@ -44,7 +46,7 @@ FloatArray: TypeAlias = npt.NDArray[np.float32]
 
 _DTYPES = ("auto", "f32")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-_CAPTURE_POSITIONS = ("last", "mean", "all")
+_CAPTURE_POSITIONS = ("last", "mean", "mean_skip_first", "all")
 _HF_PATTERNS = [
     "*.json",
     "*.safetensors",
@@ -122,12 +124,14 @@ def _check_position(position: Any) -> str | int:
     if isinstance(position, str):
         if position not in _CAPTURE_POSITIONS:
             raise InvalidArgumentError(
-                f"unknown position {position!r}; expected 'last', 'mean', 'all' or an int"
+                f"unknown position {position!r}; expected 'last', 'mean', 'mean_skip_first', "
+                f"'all' or an int"
             )
         return position
     if isinstance(position, bool) or not isinstance(position, numbers.Integral):
         raise InvalidTypeError(
-            f"position must be 'last', 'mean', 'all' or an int, got {type(position).__name__}"
+            f"position must be 'last', 'mean', 'mean_skip_first', 'all' or an int, got "
+            f"{type(position).__name__}"
         )
     return int(position)
 
@@ -608,6 +612,8 @@ class Model:
             InvalidTypeError, ShapeError, InvalidArgumentError: an invalid steering
                 (checked on entry; the width is checked by each call).
         """
+        if steering is not None:
+            self._check_compatible(steering)
         prepared = prepare(steering)
         active = dict(_ACTIVE.get() or {})
         active[id(self)] = prepared
@@ -618,8 +624,40 @@ class Model:
             _ACTIVE.reset(token)
 
     def _rows(self, steering: Any, n_rows: int) -> list[Row] | None:
-        prepared = (_ACTIVE.get() or {}).get(id(self)) if steering is None else prepare(steering)
+        if steering is None:
+            prepared = (_ACTIVE.get() or {}).get(id(self))
+        else:
+            self._check_compatible(steering)
+            prepared = prepare(steering)
         return None if prepared is None else prepared.rows(n_rows)
+
+    def _check_compatible(self, steering: Any) -> None:
+        """Let vectors that know their model (e.g. `SteeringVector`) check this one."""
+        items = steering if isinstance(steering, list | tuple) else [steering]
+        for i, item in enumerate(items):
+            check = getattr(item, "check_model", None)
+            if callable(check):
+                try:
+                    check(self)
+                except SteerlabError as exc:
+                    if len(items) > 1 or isinstance(steering, list | tuple):
+                        raise type(exc)(f"steering[{i}]: {exc}") from None
+                    raise
+
+    def _resolve_layer(self, layer: int) -> int:
+        """A layer index (negative: from the end) -> 0..n_layers-1.
+
+        Raises:
+            OutOfRangeError: outside the model.
+        """
+        n = self.n_layers
+        resolved = layer + n if layer < 0 else layer
+        if not 0 <= resolved < n:
+            raise OutOfRangeError(
+                f"layer {layer} is out of range for a model with {n} layers "
+                f"(expected -{n}..{n - 1})"
+            )
+        return resolved
 
     # -- reading the residual stream ---------------------------------------------------
 
@@ -639,7 +677,7 @@ class Model:
         self,
         texts: str | Sequence[str],
         layers: int | Iterable[int],
-        position: Literal["last", "mean"] | int = ...,
+        position: Literal["last", "mean", "mean_skip_first"] | int = ...,
         batch_size: int = ...,
         *,
         steering: Any = ...,
@@ -673,7 +711,9 @@ class Model:
                 reference tokenizer adds them). A single str counts as a list of one.
             layers: a layer index or several (negative: from the end).
             position: ``"last"`` (last token), ``"mean"`` (mean over the text's
-                tokens), an int (a token index; negative from the end), or ``"all"``.
+                tokens), ``"mean_skip_first"`` (mean over the tokens after the first,
+                leaving out the attention sink), an int (a token index; negative from
+                the end), or ``"all"``.
             batch_size: texts per forward pass.
             steering: steering applied during the forward (see `steerlab.steering`);
                 None uses the active ``with model.steering(...)`` block, if any.
@@ -759,6 +799,91 @@ class Model:
         finally:
             bar.close()
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def token_logprobs(
+        self,
+        texts: str | Sequence[str],
+        steering: Any = None,
+        batch_size: int = 8,
+        *,
+        progress: bool | None = None,
+    ) -> list[FloatArray]:
+        """Log-probability of each token of each text given the tokens before it.
+
+        Args:
+            texts: a str or a list of str (tokenized with special tokens).
+            steering: as in `capture`.
+            batch_size: texts per forward pass.
+            progress: show a progress bar (None: when there is more than one batch).
+
+        Returns:
+            One float32 array per text with ``n_tokens - 1`` entries:
+            ``log p(token_j | tokens_<j)`` for ``j = 1 .. n_tokens - 1``.
+
+        Raises:
+            As `capture`.
+        """
+        items, _ = _check_texts(texts, "texts")
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        rows = self._rows(steering, len(items))
+        ids = self._encode_prompts(items, "texts")
+        out: list[FloatArray] = []
+        bar = progress_bar(progress, len(ids), batch_size, "score", "text")
+        try:
+            for start in range(0, len(ids), batch_size):
+                stop = min(start + batch_size, len(ids))
+                part = self._core.token_logprobs(ids[start:stop], batch_rows(rows, start, stop))
+                out.extend(np.asarray(a, dtype=np.float32) for a in part)
+                bar.update(stop - start)
+        finally:
+            bar.close()
+        return out
+
+    def perplexity(
+        self,
+        texts: str | Sequence[str],
+        steering: Any = None,
+        batch_size: int = 8,
+        *,
+        prefix: str | Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Perplexity of each text under the model (exp of the mean negative log-prob).
+
+        Args:
+            texts: a str or a list of str.
+            steering: as in `capture` (None: the unsteered model, the usual fluency
+                yardstick for steered generations).
+            batch_size: texts per forward pass.
+            prefix: a prompt (or one per text) that conditions the text but is not
+                scored: the score covers the tokens after ``prefix``.
+            progress: show a progress bar (None: when there is more than one batch).
+
+        Returns:
+            float64 ``[n_texts]``; NaN for a text with no scored token.
+
+        Raises:
+            As `capture`; InvalidArgumentError when `prefix` is a list of another length.
+        """
+        items, _ = _check_texts(texts, "texts")
+        if prefix is None:
+            prefixes = [""] * len(items)
+        else:
+            prefixes, single = _check_texts(prefix, "prefix")
+            if single:
+                prefixes = prefixes * len(items)
+            elif len(prefixes) != len(items):
+                raise InvalidArgumentError(
+                    f"prefix has {len(prefixes)} entries but there are {len(items)} texts"
+                )
+        full = [p + t for p, t in zip(prefixes, items, strict=True)]
+        lps = self.token_logprobs(full, steering, batch_size, progress=progress)
+        out = np.empty(len(items), dtype=np.float64)
+        for i, (p, lp) in enumerate(zip(prefixes, lps, strict=True)):
+            skip = len(self.encode(p)) - 1 if p else 0
+            scored = lp[max(skip, 0) :]
+            out[i] = float(np.exp(-scored.mean())) if scored.size else float("nan")
+        return out
 
     # -- generation ----------------------------------------------------------------------
 

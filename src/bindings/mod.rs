@@ -3,6 +3,7 @@
 mod arrays;
 mod errors;
 mod model;
+mod vectors;
 
 use pyo3::prelude::*;
 
@@ -12,6 +13,15 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::PyModel>()?;
     m.add_class::<model::PyGeneration>()?;
+    m.add_function(wrap_pyfunction!(vectors::fit_direction, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::mean_centring, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::pair_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::steerability, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::spearman, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::save_vector, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::load_vector, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::save_control_vector, m)?)?;
+    m.add_function(wrap_pyfunction!(vectors::load_control_vector, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use super::arrays::{to_numpy, vector_from_numpy};
 use super::errors::invalid;
 use crate::capture::{Captured, Reduce};
 use crate::error::Error;
-use crate::generate::{forward_batch, GenParams, Generation};
+use crate::generate::{forward_batch, token_logprobs, GenParams, Generation};
 use crate::intervene::{Intervention, Positions, RowSteering};
 use crate::model::{Model, Site, WeightDtype};
 
@@ -153,7 +153,7 @@ fn extract_reduce(reduce: &Bound<'_, PyAny>) -> PyResult<Reduce> {
         return Ok(Reduce::Index(i));
     }
     Err(invalid(
-        "reduce must be 'last', 'mean', 'all' or an int position",
+        "reduce must be 'last', 'mean', 'mean_skip_first', 'all' or an int position",
     ))
 }
 
@@ -321,6 +321,25 @@ impl PyModel {
             Some((data, shape)) => to_numpy(py, data, &shape)?.into_any().unbind(),
         };
         Ok((cap_obj, lg_obj))
+    }
+
+    #[pyo3(signature = (batch, steering = None))]
+    fn token_logprobs<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &Bound<'py, PyAny>,
+        steering: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let m = &self.inner;
+        let rows = extract_batch(batch)?;
+        let steering = extract_steering(m, steering)?;
+        let out = py.detach(|| token_logprobs(m, &rows, steering.as_deref()))?;
+        let list = PyList::empty(py);
+        for row in out {
+            let n = row.len();
+            list.append(to_numpy(py, row, &[n])?)?;
+        }
+        Ok(list)
     }
 
     #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]

@@ -506,6 +506,16 @@ impl Model {
         Ok(y.to_dtype(DType::F32)?)
     }
 
+    /// Next-token logits at every column: h [b, t, d] -> [b, t, vocab] (f32).
+    pub fn logits_all(&self, h: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(&h.contiguous()?)?;
+        let mut y = self.lm_head.forward(&x)?; // [b, t, vocab]
+        if let Some(c) = self.cfg.final_logit_softcap {
+            y = ((y / c)?.tanh()? * c)?;
+        }
+        Ok(y.to_dtype(DType::F32)?)
+    }
+
     pub fn new_cache(&self) -> Vec<LayerCache> {
         vec![LayerCache::default(); self.cfg.n_layers]
     }

@@ -1,0 +1,264 @@
+//! Steering vectors on disk.
+//!
+//! - steerlab's own format: safetensors with one f32 tensor per layer (`layer.N`, width
+//!   `d_model`) and the vector's metadata as JSON under the header key `steerlab`.
+//! - llama.cpp control vectors (also written and read by repeng): GGUF with
+//!   `general.architecture = "controlvector"`, `controlvector.model_hint` (string),
+//!   `controlvector.layer_count` (u32) and one f32 tensor `direction.N` per layer.
+//!   llama.cpp adds `direction.N` to the output of block N (0-based), which is steerlab
+//!   layer N: the indices are written unchanged. llama.cpp has no slot for block 0's
+//!   output (`direction.0` is rejected), so a vector with layer 0 cannot be exported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+
+/// Per-layer directions as stored: layer index -> f32 values.
+pub type Directions = BTreeMap<usize, Vec<f32>>;
+
+fn check_directions(dirs: &Directions) -> Result<usize> {
+    let Some(width) = dirs.values().next().map(Vec::len) else {
+        return Err(Error::invalid("a steering vector needs at least one layer"));
+    };
+    for (layer, v) in dirs {
+        if v.len() != width || width == 0 {
+            return Err(Error::shape(format!(
+                "every layer of a steering vector must have the same non-zero width; layer \
+                 {layer} has {} values, expected {width}",
+                v.len()
+            )));
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(format!(
+                "layer {layer} of the steering vector has a NaN or inf value at index {i}"
+            )));
+        }
+    }
+    Ok(width)
+}
+
+/// Write directions and a metadata JSON string as safetensors.
+pub fn save_safetensors(path: &Path, dirs: &Directions, metadata_json: &str) -> Result<()> {
+    check_directions(dirs)?;
+    let bytes: Vec<(String, Vec<u8>, usize)> = dirs
+        .iter()
+        .map(|(layer, v)| {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (format!("layer.{layer}"), b, v.len())
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, b, n)| {
+            TensorView::new(Dtype::F32, vec![*n], b)
+                .map(|t| (name.clone(), t))
+                .map_err(|e| Error::format(format!("cannot describe tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("steerlab".to_string(), metadata_json.to_string());
+    meta.insert("format".to_string(), "steerlab.steering_vector".to_string());
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
+        other => Error::format(format!("{}: cannot write: {other}", path.display())),
+    })
+}
+
+/// Read a steerlab safetensors vector: directions and the metadata JSON string.
+pub fn load_safetensors(path: &Path) -> Result<(Directions, String)> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
+    let (_, header) = SafeTensors::read_metadata(&data)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("steerlab"))
+        .cloned()
+        .ok_or_else(|| {
+            bad("no 'steerlab' metadata in the header: not a steerlab steering vector".into())
+        })?;
+    let st = SafeTensors::deserialize(&data)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let mut dirs = Directions::new();
+    for (name, view) in st.tensors() {
+        let layer = name
+            .strip_prefix("layer.")
+            .and_then(|s| s.parse::<usize>().ok())
+            .ok_or_else(|| bad(format!("unexpected tensor '{name}' (expected layer.N)")))?;
+        if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} {:?}; expected a 1-D F32 tensor",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        let v: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        dirs.insert(layer, v);
+    }
+    check_directions(&dirs).map_err(|e| bad(e.to_string()))?;
+    Ok((dirs, meta_json))
+}
+
+/// Write a llama.cpp control vector (GGUF). Layer 0 has no slot in llama.cpp.
+pub fn save_control_vector(path: &Path, dirs: &Directions, model_hint: &str) -> Result<()> {
+    check_directions(dirs)?;
+    if dirs.contains_key(&0) {
+        return Err(Error::invalid(
+            "llama.cpp control vectors cannot steer layer 0 (the output of block 0: llama.cpp \
+             rejects direction.0); drop it with vec.at([...]) before exporting",
+        ));
+    }
+    let tensors = dirs
+        .iter()
+        .map(|(layer, v)| {
+            let t = Tensor::from_slice(v, v.len(), &Device::Cpu)?;
+            Ok((
+                format!("direction.{layer}"),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let arch = Value::String("controlvector".into());
+    let hint = Value::String(model_hint.into());
+    let count = Value::U32(u32::try_from(dirs.len()).unwrap_or(u32::MAX));
+    let metadata = [
+        ("general.architecture", &arch),
+        ("controlvector.model_hint", &hint),
+        ("controlvector.layer_count", &count),
+    ];
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = BufWriter::new(file);
+    gguf_file::write(&mut w, &metadata, &refs)?;
+    w.into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+/// A control vector read from GGUF.
+#[derive(Debug)]
+pub struct ControlVector {
+    pub directions: Directions,
+    pub model_hint: Option<String>,
+    pub layer_count: Option<u32>,
+}
+
+/// Read a llama.cpp / repeng control vector (GGUF).
+pub fn load_control_vector(path: &Path) -> Result<ControlVector> {
+    let g = crate::gguf::open(path)?;
+    let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
+    match g.opt_str("general.architecture")? {
+        Some("controlvector") => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "general.architecture is '{other}', expected 'controlvector' (is this a model \
+                 file rather than a control vector?)"
+            )))
+        }
+        None => return Err(bad("no general.architecture; not a control vector".into())),
+    }
+    let model_hint = g.opt_str("controlvector.model_hint")?.map(str::to_string);
+    let layer_count = g.opt_u32("controlvector.layer_count")?;
+    let mut dirs = Directions::new();
+    for name in g.content.tensor_infos.keys() {
+        let layer = name
+            .strip_prefix("direction.")
+            .and_then(|s| s.parse::<usize>().ok())
+            .ok_or_else(|| bad(format!("unexpected tensor '{name}' (expected direction.N)")))?;
+        if layer == 0 {
+            return Err(bad(
+                "tensor direction.0 is not a valid llama.cpp slot (layers start at 1)".into(),
+            ));
+        }
+        let t = g.tensor(name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        dirs.insert(layer, v);
+    }
+    if dirs.is_empty() {
+        return Err(bad("the control vector has no direction.N tensors".into()));
+    }
+    check_directions(&dirs).map_err(|e| bad(e.to_string()))?;
+    Ok(ControlVector {
+        directions: dirs,
+        model_hint,
+        layer_count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs() -> Directions {
+        let mut d = Directions::new();
+        d.insert(3, vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE]);
+        d.insert(15, vec![0.1, 0.2, 0.3, -1e-30]);
+        d
+    }
+
+    #[test]
+    fn safetensors_round_trip_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.safetensors");
+        save_safetensors(&p, &dirs(), "{\"method\":\"mean_diff\"}").unwrap();
+        let (back, meta) = load_safetensors(&p).unwrap();
+        assert_eq!(back, dirs());
+        assert_eq!(meta, "{\"method\":\"mean_diff\"}");
+    }
+
+    #[test]
+    fn control_vector_round_trip_is_exact_and_keeps_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.gguf");
+        save_control_vector(&p, &dirs(), "llama").unwrap();
+        let cv = load_control_vector(&p).unwrap();
+        assert_eq!(cv.directions, dirs());
+        assert_eq!(cv.model_hint.as_deref(), Some("llama"));
+        assert_eq!(cv.layer_count, Some(2));
+    }
+
+    #[test]
+    fn bad_vectors_and_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.gguf");
+        let mut zero = dirs();
+        zero.insert(0, vec![0.0; 4]);
+        let e = save_control_vector(&p, &zero, "llama").unwrap_err();
+        assert!(e.to_string().contains("layer 0"), "{e}");
+        let mut nan = dirs();
+        nan.insert(4, vec![0.0, f32::NAN, 0.0, 0.0]);
+        assert!(save_safetensors(&p, &nan, "{}").is_err());
+        let mut ragged = dirs();
+        ragged.insert(4, vec![0.0; 3]);
+        assert!(save_control_vector(&p, &ragged, "x").is_err());
+        std::fs::write(&p, b"not a file at all").unwrap();
+        assert!(matches!(load_control_vector(&p), Err(Error::Format(_))));
+        assert!(matches!(load_safetensors(&p), Err(Error::Format(_))));
+        let missing = dir.path().join("missing.gguf");
+        assert!(matches!(
+            load_control_vector(&missing),
+            Err(Error::NotFound { .. })
+        ));
+        // Truncated file.
+        let good = dir.path().join("good.safetensors");
+        save_safetensors(&good, &dirs(), "{}").unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(matches!(load_safetensors(&p), Err(Error::Format(_))));
+    }
+}
