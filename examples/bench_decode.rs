@@ -1,9 +1,10 @@
 //! Steered decode and capture timings in Rust alone (no Python), for profiling:
 //!
-//!     cargo run --release --example bench_decode -- model.gguf [auto|f32] [decode|capture]
+//!     cargo run --release --example bench_decode -- model.gguf [auto|f32] [decode|capture|batch|load]
 //!
 //! decode: a 20-token prompt, 128 greedy new tokens, batch 1, a vector added after
 //! block 15 at every position (the W2 workload of bench/bench_steerlab.py).
+//! batch: 16 prompts of 20 tokens, 64 new tokens, one vector per row (W3).
 //! capture: 64 prompts of 64 tokens, batch 16, every layer, last position (W1).
 
 use std::sync::Arc;
@@ -18,12 +19,17 @@ use steerlab::model::{Model, Site, WeightDtype};
 fn main() -> steerlab::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
-        eprintln!("usage: bench_decode MODEL.gguf [auto|f32] [decode|capture]");
+        eprintln!("usage: bench_decode MODEL.gguf [auto|f32] [decode|capture|batch|load]");
         return Ok(());
     };
     let dtype = WeightDtype::parse(args.get(2).map(String::as_str).unwrap_or("auto"))?;
     let what = args.get(3).map(String::as_str).unwrap_or("decode");
+    let t_load = Instant::now();
     let model = Arc::new(Model::load(std::path::Path::new(path), dtype, Device::Cpu)?);
+    println!("load: {:.3} s", t_load.elapsed().as_secs_f64());
+    if what == "load" {
+        return Ok(());
+    }
     let d = model.d_model();
     if what == "capture" {
         let rows: Vec<Vec<u32>> = (0..64)
@@ -48,6 +54,46 @@ fn main() -> steerlab::Result<()> {
         }
         let s = t0.elapsed().as_secs_f64() / reps as f64;
         println!("capture: {:.3} s -> {:.0} tokens/s", s, 64.0 * 64.0 / s);
+        return Ok(());
+    }
+    if what == "batch" {
+        // W3: 16 prompts of 20 tokens, 64 new tokens each, one vector per row.
+        let prompts: Vec<Vec<u32>> = (0..16)
+            .map(|i| (0..20).map(|j| (300 + 41 * i + 13 * j) as u32).collect())
+            .collect();
+        let steer: Vec<Vec<Intervention>> = (0..16)
+            .map(|i| -> steerlab::Result<Vec<Intervention>> {
+                let v: Vec<f32> = (0..d)
+                    .map(|k| ((k as f32) * 0.37 + i as f32).sin() * 0.1)
+                    .collect();
+                Ok(vec![Intervention {
+                    layer: 15,
+                    vector: Tensor::from_vec(v, d, &Device::Cpu)?,
+                    positions: Positions::All,
+                }])
+            })
+            .collect::<steerlab::Result<_>>()?;
+        let params = GenParams {
+            max_new_tokens: 64,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let run = || -> steerlab::Result<usize> {
+            let g = Generation::new(model.clone(), &prompts, Some(&steer), params.clone())?;
+            Ok(g.run()?.iter().map(Vec::len).sum())
+        };
+        run()?;
+        let reps = 3;
+        let t0 = Instant::now();
+        let mut n = 0;
+        for _ in 0..reps {
+            n += run()?;
+        }
+        let s = t0.elapsed().as_secs_f64();
+        println!(
+            "batched per-row steered generation: {:.1} tokens/s",
+            n as f64 / s
+        );
         return Ok(());
     }
     let v: Vec<f32> = (0..d).map(|i| ((i as f32) * 0.37).sin() * 0.1).collect();

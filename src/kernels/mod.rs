@@ -118,7 +118,7 @@ impl ScaleSlice<'_> {
 }
 
 fn exact_f16(v: &[f32]) -> bool {
-    v.iter()
+    v.par_iter()
         .all(|x| f16::from_f32(*x).to_f32().to_bits() == x.to_bits())
 }
 
@@ -127,7 +127,7 @@ impl Scales {
     fn pack(vs: Vec<Vec<f32>>) -> Vec<Scales> {
         if vs.iter().all(|v| exact_f16(v)) {
             vs.into_iter()
-                .map(|v| Scales::F16(v.iter().map(|x| f16::from_f32(*x).to_bits()).collect()))
+                .map(|v| Scales::F16(v.par_iter().map(|x| f16::from_f32(*x).to_bits()).collect()))
                 .collect()
         } else {
             vs.into_iter().map(Scales::F32).collect()
@@ -278,24 +278,29 @@ impl QLinear {
                 let mut qs = vec![0u8; groups * nb * U4_GROUP_BLOCK];
                 let mut d = vec![0f32; groups * nb * 8];
                 let mut m = vec![0f32; groups * nb * 8];
-                let mut blocks: Vec<U4Block> = Vec::with_capacity(nb);
-                for (j, row) in raw.chunks_exact(row_bytes).enumerate() {
-                    blocks.clear();
-                    formats::decode_u4_row(fmt, row, &mut blocks);
-                    let (g, r) = (j / 8, j % 8);
-                    for (b, blk) in blocks.iter().enumerate() {
-                        let gb = g * nb + b;
-                        let base = gb * U4_GROUP_BLOCK;
-                        for s in 0..4 {
-                            for t in 0..4 {
-                                qs[base + s * 32 + r * 4 + t] =
-                                    blk.q[4 * s + t] | (blk.q[16 + 4 * s + t] << 4);
+                // Groups of 8 rows are independent: repack them in parallel.
+                qs.par_chunks_mut(nb * U4_GROUP_BLOCK)
+                    .zip(d.par_chunks_mut(nb * 8))
+                    .zip(m.par_chunks_mut(nb * 8))
+                    .zip(raw.par_chunks(8 * row_bytes))
+                    .for_each(|(((qs, d), m), rows)| {
+                        let mut blocks: Vec<U4Block> = Vec::with_capacity(nb);
+                        for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+                            blocks.clear();
+                            formats::decode_u4_row(fmt, row, &mut blocks);
+                            for (b, blk) in blocks.iter().enumerate() {
+                                let base = b * U4_GROUP_BLOCK;
+                                for s in 0..4 {
+                                    for t in 0..4 {
+                                        qs[base + s * 32 + r * 4 + t] =
+                                            blk.q[4 * s + t] | (blk.q[16 + 4 * s + t] << 4);
+                                    }
+                                }
+                                d[b * 8 + r] = blk.d;
+                                m[b * 8 + r] = blk.m;
                             }
                         }
-                        d[gb * 8 + r] = blk.d;
-                        m[gb * 8 + r] = blk.m;
-                    }
-                }
+                    });
                 let mut sc = Scales::pack(vec![d, m]).into_iter();
                 match (sc.next(), sc.next()) {
                     (Some(d), Some(m)) => Packed::U4 { qs, d, m },
@@ -306,25 +311,28 @@ impl QLinear {
                 let ds = fmt.d_stride();
                 let mut qs = vec![0i8; groups * nb * I8_GROUP_BLOCK];
                 let mut d = vec![0f32; groups * nb * ds];
-                let mut blocks: Vec<I8Block> = Vec::with_capacity(nb);
-                for (j, row) in raw.chunks_exact(row_bytes).enumerate() {
-                    blocks.clear();
-                    formats::decode_i8_row(fmt, row, &mut blocks);
-                    let (g, r) = (j / 8, j % 8);
-                    for (b, blk) in blocks.iter().enumerate() {
-                        let gb = g * nb + b;
-                        let base = gb * I8_GROUP_BLOCK;
-                        for s in 0..8 {
-                            for t in 0..4 {
-                                qs[base + s * 32 + r * 4 + t] = blk.q[4 * s + t];
+                qs.par_chunks_mut(nb * I8_GROUP_BLOCK)
+                    .zip(d.par_chunks_mut(nb * ds))
+                    .zip(raw.par_chunks(8 * row_bytes))
+                    .for_each(|((qs, d), rows)| {
+                        let mut blocks: Vec<I8Block> = Vec::with_capacity(nb);
+                        for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+                            blocks.clear();
+                            formats::decode_i8_row(fmt, row, &mut blocks);
+                            for (b, blk) in blocks.iter().enumerate() {
+                                let base = b * I8_GROUP_BLOCK;
+                                for s in 0..8 {
+                                    for t in 0..4 {
+                                        qs[base + s * 32 + r * 4 + t] = blk.q[4 * s + t];
+                                    }
+                                }
+                                d[b * ds + r] = blk.d[0];
+                                if ds == 16 {
+                                    d[b * ds + 8 + r] = blk.d[1];
+                                }
                             }
                         }
-                        d[gb * ds + r] = blk.d[0];
-                        if ds == 16 {
-                            d[gb * ds + 8 + r] = blk.d[1];
-                        }
-                    }
-                }
+                    });
                 match Scales::pack(vec![d]).pop() {
                     Some(d) => Packed::I8 { qs, d },
                     None => unreachable!("Scales::pack returns one entry per input"),

@@ -277,13 +277,22 @@ impl Model {
 
     fn build(cfg: Config, tokenizer: Tokenizer, w: Weights, path: &Path) -> Result<Model> {
         let embed = w.embedding(cfg.vocab_size, cfg.d_model)?;
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            blocks.push(match cfg.arch {
-                Arch::Llama | Arch::Qwen2 => Block::Llama(llama::LlamaBlock::load(&w, &cfg, i)?),
-                Arch::Gemma3 => Block::Gemma3(gemma3::Gemma3Block::load(&w, &cfg, i)?),
-            });
-        }
+        // Blocks read and repack their tensors independently (positional reads): in
+        // parallel, the first error wins.
+        let blocks = crate::generate::in_pool(|| {
+            use rayon::prelude::*;
+            (0..cfg.n_layers)
+                .into_par_iter()
+                .map(|i| -> Result<Block> {
+                    Ok(match cfg.arch {
+                        Arch::Llama | Arch::Qwen2 => {
+                            Block::Llama(llama::LlamaBlock::load(&w, &cfg, i)?)
+                        }
+                        Arch::Gemma3 => Block::Gemma3(gemma3::Gemma3Block::load(&w, &cfg, i)?),
+                    })
+                })
+                .collect::<Result<Vec<Block>>>()
+        })?;
         let norm = RmsNorm::load(&w, "norm", cfg.d_model, cfg.rms_eps)?;
         let lm_head = if cfg.tie_embeddings || !w.exists("lm_head") {
             embed.as_linear()?

@@ -516,6 +516,9 @@ impl Weights {
         }
         match &self.source {
             Source::Gguf(g) if self.dtype == WeightDtype::Auto => {
+                if let Some(packed) = self.packed(g, &name, out_dim, in_dim)? {
+                    return Ok(Linear::Packed(packed));
+                }
                 let q = g.tensor(&name, &self.device)?;
                 check_dims(&self.origin(), &name, q.shape().dims(), out_dim, in_dim)?;
                 Linear::quantized(q)
@@ -528,6 +531,34 @@ impl Weights {
         }
     }
 
+    /// A GGUF matrix in a format the CPU kernels cover, repacked straight from the file's
+    /// bytes (no candle tensor in between: one read, one repack). None on other devices
+    /// or formats.
+    fn packed(
+        &self,
+        g: &Gguf,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<Option<Arc<QLinear>>> {
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let Some(fmt) = g
+            .content
+            .tensor_infos
+            .get(name)
+            .and_then(|i| kernels::format_of(i.ggml_dtype))
+        else {
+            return Ok(None);
+        };
+        let (_, dims, raw) = g.raw(name)?;
+        check_dims(&self.origin(), name, &dims, out_dim, in_dim)?;
+        let packed = QLinear::from_gguf(fmt, &raw, out_dim, in_dim)
+            .map_err(|e| Error::format(format!("{}: tensor '{name}': {e}", self.origin())))?;
+        Ok(Some(Arc::new(packed)))
+    }
+
     pub fn embedding(&self, vocab: usize, d: usize) -> Result<Embedding> {
         let name = self.resolve("embed");
         if !self.has(&name) {
@@ -535,6 +566,9 @@ impl Weights {
         }
         match &self.source {
             Source::Gguf(g) if self.dtype == WeightDtype::Auto => {
+                if let Some(packed) = self.packed(g, &name, vocab, d)? {
+                    return Ok(Embedding::Packed(packed));
+                }
                 let q = g.tensor(&name, &self.device)?;
                 check_dims(&self.origin(), &name, q.shape().dims(), vocab, d)?;
                 Ok(match Linear::quantized(q)? {
