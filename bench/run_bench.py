@@ -558,6 +558,12 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         *meta.get("check_lines", []),
         "",
     ]
+    # The hand-written reading of the figures (profiles of missed targets, what would
+    # close them) lives in ANALYSIS.md, next to this script, and is carried into every
+    # report; it names the run it was written for.
+    analysis = BENCH / "ANALYSIS.md"
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
     lines += ["## How it was measured", "", *METHOD_NOTES, ""]
     noisy = [
         (name, s["foreign_cpu_max"])
@@ -813,6 +819,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=BENCH, help="where RESULTS.md and results.json go"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite RESULTS.md from the results.json in --out "
+        "(after editing ANALYSIS.md)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs = 1
@@ -948,6 +960,11 @@ def main() -> None:
     """Prepare the workloads, run the sanity check and every round, write the report
     (after every round, so an interrupted run still leaves its figures)."""
     args = parse_args()
+    if args.report_only:
+        result = json.loads((args.out / "results.json").read_text())
+        write_report(result, args.out / "RESULTS.md")
+        print(f"== rewrote {args.out / 'RESULTS.md'} from results.json")
+        return
     started = time.perf_counter()
     env = {**os.environ, **THREAD_ENV, "BENCH_CAP_S": str(args.cap_s)}
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="steerlab-bench-"))

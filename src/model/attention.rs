@@ -117,7 +117,7 @@ pub struct AttnInput<'a> {
 }
 
 /// Multiply-adds above which the direct attention splits rows over threads.
-const PAR_ATTN_WORK: usize = 1 << 20;
+const PAR_ATTN_WORK: usize = 1 << 16;
 
 pub struct Attention {
     q: Linear,
