@@ -78,8 +78,13 @@ fn main() -> steerlab::Result<()> {
             ignore_eos: true,
             ..Default::default()
         };
+        // BENCH_NO_STEER=1: the same generation without vectors (overhead A/B).
+        let steering = match std::env::var("BENCH_NO_STEER").as_deref() {
+            Ok("1") => None,
+            _ => Some(steer.as_slice()),
+        };
         let run = || -> steerlab::Result<usize> {
-            let g = Generation::new(model.clone(), &prompts, Some(&steer), params.clone())?;
+            let g = Generation::new(model.clone(), &prompts, steering, params.clone())?;
             Ok(g.run()?.iter().map(Vec::len).sum())
         };
         run()?;
