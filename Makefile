@@ -86,6 +86,8 @@ bench-setup:
 
 bench: bench-setup
 	$(CURDIR)/.bench-venv/bin/python bench/run_bench.py $(BENCH_ARGS)
+	$(CURDIR)/.bench-venv/bin/python bench/overhead.py $(filter --quick,$(BENCH_ARGS))
+	$(CURDIR)/.bench-venv/bin/python bench/run_bench.py --report-only
 
 clean:
 	rm -rf $(VENV) target python/steerlab/*.so
