@@ -97,17 +97,17 @@ pub fn forward_batch(
     in_pool(|| forward_batch_inner(model, rows, sites, reduce, steering, want_logits))
 }
 
-fn forward_batch_inner(
+/// Pad `rows`, plan their steering and run one forward over the whole prompts (a fresh
+/// KV cache), recording into `capture` if given: the residual after the last block
+/// [b, t, d] and the batch layout.
+fn prefill(
     model: &Model,
     rows: &[Vec<u32>],
-    sites: Vec<Site>,
-    reduce: crate::capture::Reduce,
     steering: Option<&[RowSteering]>,
-    want_logits: bool,
-) -> Result<(Option<Captured>, Option<Logits>)> {
+    capture: Option<&mut Capture>,
+) -> Result<(Tensor, BatchLayout)> {
     let (ids, layout) = model.pad_batch(rows)?;
     let plan = plan_steering(model, steering, rows.len())?;
-    let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
     if let Some(c) = &capture {
         c.check(&layout.lens)?;
     }
@@ -119,9 +119,22 @@ fn forward_batch_inner(
     let mut cache = model.new_cache();
     let mut hooks = Sites {
         steering: plan.as_ref(),
-        capture: capture.as_mut(),
+        capture,
     };
     let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?;
+    Ok((h, layout))
+}
+
+fn forward_batch_inner(
+    model: &Model,
+    rows: &[Vec<u32>],
+    sites: Vec<Site>,
+    reduce: crate::capture::Reduce,
+    steering: Option<&[RowSteering]>,
+    want_logits: bool,
+) -> Result<(Option<Captured>, Option<Logits>)> {
+    let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
+    let (h, layout) = prefill(model, rows, steering, capture.as_mut())?;
     let logits = if want_logits {
         let l = model.logits_last(&h)?;
         let (b, v) = l.dims2()?;
@@ -151,19 +164,7 @@ fn token_logprobs_inner(
     rows: &[Vec<u32>],
     steering: Option<&[RowSteering]>,
 ) -> Result<Vec<Vec<f32>>> {
-    let (ids, layout) = model.pad_batch(rows)?;
-    let plan = plan_steering(model, steering, rows.len())?;
-    let ctx = StepCtx {
-        layout: &layout,
-        start: 0,
-        t: layout.width,
-    };
-    let mut cache = model.new_cache();
-    let mut hooks = Sites {
-        steering: plan.as_ref(),
-        capture: None,
-    };
-    let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?; // [b, t, d]
+    let (h, layout) = prefill(model, rows, steering, None)?; // [b, t, d]
     let mut out = Vec::with_capacity(rows.len());
     for (r, row) in rows.iter().enumerate() {
         let len = row.len();
