@@ -40,19 +40,8 @@ fn main() {
         let mut y = vec![0f32; m * n];
         ql.forward(&xv, m, &mut y).unwrap();
         let oy = Tensor::from_vec(y, (m, n), &Device::Cpu).unwrap();
-        let rms = refy
-            .sqr()
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let e = |t: &Tensor| {
-            (t - &refy)
-                .unwrap()
-                .sqr()
+        let rms_of = |t: &Tensor| {
+            t.sqr()
                 .unwrap()
                 .mean_all()
                 .unwrap()
@@ -60,8 +49,9 @@ fn main() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()
-                / rms
         };
+        let rms = rms_of(&refy);
+        let e = |t: &Tensor| rms_of(&(t - &refy).unwrap()) / rms;
         let mx = |t: &Tensor| {
             (t - &refy)
                 .unwrap()

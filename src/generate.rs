@@ -94,7 +94,20 @@ pub fn forward_batch(
     steering: Option<&[RowSteering]>,
     want_logits: bool,
 ) -> Result<(Option<Captured>, Option<Logits>)> {
-    in_pool(|| forward_batch_inner(model, rows, sites, reduce, steering, want_logits))
+    let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
+    let (h, layout) = prefill(model, rows, steering, capture.as_mut())?;
+    let logits = if want_logits {
+        let l = model.logits_last(&h)?;
+        let (b, v) = l.dims2()?;
+        Some((l.flatten_all()?.to_vec1::<f32>()?, [b, v]))
+    } else {
+        None
+    };
+    let captured = match capture {
+        Some(c) => Some(c.finish(&layout.lens, layout.width)?),
+        None => None,
+    };
+    Ok((captured, logits))
 }
 
 /// Pad `rows`, plan their steering and run one forward over the whole prompts (a fresh
@@ -121,45 +134,13 @@ fn prefill(
         steering: plan.as_ref(),
         capture,
     };
-    let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?;
+    let h = in_pool(|| model.forward(&ids, &ctx, &mut cache, &mut hooks))?;
     Ok((h, layout))
-}
-
-fn forward_batch_inner(
-    model: &Model,
-    rows: &[Vec<u32>],
-    sites: Vec<Site>,
-    reduce: crate::capture::Reduce,
-    steering: Option<&[RowSteering]>,
-    want_logits: bool,
-) -> Result<(Option<Captured>, Option<Logits>)> {
-    let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
-    let (h, layout) = prefill(model, rows, steering, capture.as_mut())?;
-    let logits = if want_logits {
-        let l = model.logits_last(&h)?;
-        let (b, v) = l.dims2()?;
-        Some((l.flatten_all()?.to_vec1::<f32>()?, [b, v]))
-    } else {
-        None
-    };
-    let captured = match capture {
-        Some(c) => Some(c.finish(&layout.lens, layout.width)?),
-        None => None,
-    };
-    Ok((captured, logits))
 }
 
 /// Log-probability of every token given the ones before it, per row (steering applied):
 /// row r gets `len_r - 1` values, `log p(ids[j] | ids[..j])` for j = 1..len_r.
 pub fn token_logprobs(
-    model: &Model,
-    rows: &[Vec<u32>],
-    steering: Option<&[RowSteering]>,
-) -> Result<Vec<Vec<f32>>> {
-    in_pool(|| token_logprobs_inner(model, rows, steering))
-}
-
-fn token_logprobs_inner(
     model: &Model,
     rows: &[Vec<u32>],
     steering: Option<&[RowSteering]>,
