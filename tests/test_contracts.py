@@ -156,6 +156,15 @@ def test_positions_outside_the_prompt_raise(model: sl.Model) -> None:
         model.logits([long, short], steering=sl.Steering({layer: v}, positions=[n + 2]))
     with pytest.raises(sl.OutOfRangeError, match=rf"row 1: steering position {n + 2} "):
         model.logits([long, short], steering=[None, sl.Steering({layer: v}, positions=[n + 2])])
+    # Across batches, the message says which inputs the engine's batch holds.
+    with pytest.raises(
+        sl.OutOfRangeError,
+        match=rf"^in the batch of inputs 1..1 \(its row r is input 1 \+ r\): row 0: steering "
+        rf"position {n + 2} ",
+    ):
+        model.logits(
+            [long, short], steering=sl.Steering({layer: v}, positions=[n + 2]), batch_size=1
+        )
     # A per-row list: only the row that carries the position is checked.
     ok = model.logits([long, short], steering=[sl.Steering({layer: v}, positions=[n + 2]), None])
     assert ok.shape == (2, model.vocab_size)
@@ -964,3 +973,13 @@ def test_messages_name_argument_value_and_expectation(model: sl.Model) -> None:
         _core.save_vector("unused.safetensors", {0: np.zeros(0, np.float32)}, "{}")
     with pytest.raises(sl.ShapeError, match=r"layer 2 has 3 values, expected 8 \(the width"):
         _core.save_vector("unused.safetensors", {0: V8, 2: np.zeros(3, np.float32)}, "{}")
+    with pytest.raises(
+        sl.InvalidArgumentError, match=r"vector layers must be ints in 0\.\.2\*\*63, got 'a'"
+    ):
+        _core.save_vector("unused.safetensors", {"a": V8}, "{}")
+    with pytest.raises(sl.OutOfRangeError, match="vector layer -1 is negative; expected a layer"):
+        _core.save_vector("unused.safetensors", {-1: V8}, "{}")
+    with pytest.raises(
+        sl.InvalidTypeError, match=r"messages\[0\] must be a mapping .*got \('user', 'x'\)"
+    ):
+        model.chat_prompt([("user", "x")])  # type: ignore[list-item]

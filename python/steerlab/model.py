@@ -245,6 +245,19 @@ def _compile_template(source: str) -> jinja2.Template:
         raise ModelFormatError(f"the chat template does not parse: {exc}") from None
 
 
+@contextlib.contextmanager
+def _batch_errors(start: int, stop: int, total: int) -> Iterator[None]:
+    """The engine numbers rows within a batch: say which prompts the batch holds."""
+    try:
+        yield
+    except SteerlabError as exc:
+        if stop - start == total:
+            raise
+        raise type(exc)(
+            f"in the batch of inputs {start}..{stop - 1} (its row r is input {start} + r): {exc}"
+        ) from None
+
+
 def _reload(path: str, dtype: str, device: str) -> Model:
     return Model.load(path, dtype=dtype, device=device)
 
@@ -539,12 +552,16 @@ class Model:
                 f"write the prompt text yourself"
             )
         if isinstance(messages, str | Mapping) or not isinstance(messages, Iterable):
-            raise InvalidTypeError("messages must be a list of {'role': ..., 'content': ...}")
+            raise InvalidTypeError(
+                "messages must be a list of {'role': ..., 'content': ...}, got "
+                f"{type(messages).__name__}"
+            )
         checked = []
         for i, message in enumerate(messages):
             if not isinstance(message, Mapping) or "role" not in message:
                 raise InvalidTypeError(
-                    f"messages[{i}] must be a mapping with 'role' and 'content', got {message!r}"
+                    f"messages[{i}] must be a mapping with 'role' and 'content', got "
+                    f"{_args.show(message)}"
                 )
             checked.append(dict(message))
         variables: dict[str, Any] = {}
@@ -710,9 +727,10 @@ class Model:
         try:
             for start in range(0, len(ids), batch_size):
                 stop = min(start + batch_size, len(ids))
-                captures, _ = self._core.forward(
-                    ids[start:stop], layer_list, reduce, batch_rows(rows, start, stop), False
-                )
+                with _batch_errors(start, stop, len(ids)):
+                    captures, _ = self._core.forward(
+                        ids[start:stop], layer_list, reduce, batch_rows(rows, start, stop), False
+                    )
                 if captures is None:
                     raise BackendError("the forward pass returned no captures")
                 if reduce == "all":
@@ -757,9 +775,10 @@ class Model:
         try:
             for start in range(0, len(ids), batch_size):
                 stop = min(start + batch_size, len(ids))
-                _, logits = self._core.forward(
-                    ids[start:stop], [], "last", batch_rows(rows, start, stop), True
-                )
+                with _batch_errors(start, stop, len(ids)):
+                    _, logits = self._core.forward(
+                        ids[start:stop], [], "last", batch_rows(rows, start, stop), True
+                    )
                 if logits is None:
                     raise BackendError("the forward pass returned no logits")
                 parts.append(np.asarray(logits, dtype=np.float32))
@@ -800,7 +819,8 @@ class Model:
         try:
             for start in range(0, len(ids), batch_size):
                 stop = min(start + batch_size, len(ids))
-                part = self._core.token_logprobs(ids[start:stop], batch_rows(rows, start, stop))
+                with _batch_errors(start, stop, len(ids)):
+                    part = self._core.token_logprobs(ids[start:stop], batch_rows(rows, start, stop))
                 out.extend(np.asarray(a, dtype=np.float32) for a in part)
                 bar.update(stop - start)
         finally:
@@ -991,6 +1011,7 @@ class Model:
         """
         items, single = _args.texts(prompts, "prompts")
         return_ids = _args.flag(return_ids, "return_ids")
+        ignore_eos = _args.flag(ignore_eos, "ignore_eos")
         sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
         rows = self._rows(steering, len(items))
@@ -1003,12 +1024,13 @@ class Model:
             try:
                 for start in range(0, len(ids), batch_size):
                     stop_at = min(start + batch_size, len(ids))
-                    out = self._core.generate(
-                        ids[start:stop_at],
-                        batch_rows(rows, start, stop_at),
-                        *sampling.args(seed_offset=start),
-                        ignore_eos=_args.flag(ignore_eos, "ignore_eos"),
-                    )
+                    with _batch_errors(start, stop_at, len(ids)):
+                        out = self._core.generate(
+                            ids[start:stop_at],
+                            batch_rows(rows, start, stop_at),
+                            *sampling.args(seed_offset=start),
+                            ignore_eos=ignore_eos,
+                        )
                     new_ids.extend(list(row) for row in out)
                     bar.update(stop_at - start)
             finally:
