@@ -983,3 +983,151 @@ def test_messages_name_argument_value_and_expectation(model: sl.Model) -> None:
         sl.InvalidTypeError, match=r"messages\[0\] must be a mapping .*got \('user', 'x'\)"
     ):
         model.chat_prompt([("user", "x")])  # type: ignore[list-item]
+
+
+# ------------------------------------------- every entry point x every odd value
+
+ODD_VALUES: dict[str, Any] = {
+    "2**64": 2**64,
+    "2**63": 2**63,
+    "-1": -1,
+    "10**5000": HUGE,
+    "True": True,
+    "np.bool_": np.bool_(False),
+    "np.int64": np.int64(2),
+    "np.uint64 2**63": np.uint64(2**63),
+    "np.float32": np.float32(1.5),
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "-inf": -float("inf"),
+    "str": "x",
+    "surrogate": "\ud800",
+    "bytes": b"x",
+    "None": None,
+    "[]": [],
+    "[None]": [None],
+    "['x']": ["x"],
+    "[1]": [1],
+    "{}": {},
+    "object()": object(),
+    "2-D array": np.zeros((2, 2)),
+    "str array": np.array(["a"]),
+    "complex": 1j,
+    "1.5": 1.5,
+    "1e308": 1e308,
+    "5e-324": 5e-324,
+}
+
+# entry point -> (arguments, call with one argument replaced, words that may name it)
+ENTRY_POINTS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "generate": (
+        "prompts steering max_new_tokens temperature top_k top_p seed stop return_ids "
+        "batch_size progress ignore_eos",
+        lambda m, t, **k: m.generate(**{"prompts": "hi", "max_new_tokens": 2, **k}),
+    ),
+    "generate_stream": (
+        "prompt steering max_new_tokens temperature top_k top_p seed stop",
+        lambda m, t, **k: list(m.generate_stream(**{"prompt": "hi", "max_new_tokens": 2, **k})),
+    ),
+    "capture": (
+        "texts layers position batch_size steering progress",
+        lambda m, t, **k: m.capture(**{"texts": "hi", "layers": [0], **k}),
+    ),
+    "logits": (
+        "texts steering batch_size progress",
+        lambda m, t, **k: m.logits(**{"texts": "hi", **k}),
+    ),
+    "token_logprobs": (
+        "texts steering batch_size progress",
+        lambda m, t, **k: m.token_logprobs(**{"texts": "hi", **k}),
+    ),
+    "perplexity": (
+        "texts steering batch_size prefix progress",
+        lambda m, t, **k: m.perplexity(**{"texts": "hi there", **k}),
+    ),
+    "encode": ("text add_special_tokens", lambda m, t, **k: m.encode(**{"text": "hi", **k})),
+    "decode": ("ids skip_special_tokens", lambda m, t, **k: m.decode(**{"ids": [1], **k})),
+    "chat_prompt": (
+        "messages add_generation_prompt chat_template",
+        lambda m, t, **k: m.chat_prompt(**{"messages": MESSAGES, **k}),
+    ),
+    "steering": ("steering", lambda m, t, **k: m.steering(**k).__enter__()),
+    "Model.load": (
+        "path dtype device",
+        lambda m, t, **k: sl.Model.load(**{"path": t / "missing.gguf", **k}),
+    ),
+    "Steering": ("vectors positions", lambda m, t, **k: sl.Steering(**{"vectors": {3: V8}, **k})),
+    "SteeringVector": (
+        "directions info positions",
+        lambda m, t, **k: sl.SteeringVector(**{"directions": {3: V8}, **k}),
+    ),
+    "SteeringVector.save": (
+        "path",
+        lambda m, t, **k: sl.SteeringVector({3: V8}).save(**{"path": t / "o.st", **k}),
+    ),
+    "SteeringVector.load": (
+        "path model check_fingerprint",
+        lambda m, t, **k: sl.SteeringVector.load(**{"path": t / "missing.st", **k}),
+    ),
+    "SteeringVector.from_gguf": (
+        "path model",
+        lambda m, t, **k: sl.SteeringVector.from_gguf(**{"path": t / "missing.gguf", **k}),
+    ),
+    "SteeringVector.to_gguf": (
+        "path model_hint",
+        lambda m, t, **k: sl.SteeringVector({3: V8}).to_gguf(**{"path": t / "o.gguf", **k}),
+    ),
+    "SteeringVector.dose": (
+        "dose",
+        lambda m, t, **k: sl.SteeringVector(
+            {3: V8}, VectorInfo(d_model=8, residual_norms={3: 1.0})
+        ).dose(**k),
+    ),
+    "SteeringVector.at": ("layers", lambda m, t, **k: sl.SteeringVector({3: V8}).at(**k)),
+    "SteeringVector.with_positions": (
+        "positions",
+        lambda m, t, **k: sl.SteeringVector({3: V8}).with_positions(**k),
+    ),
+    "SteeringVector.cosine": ("other", lambda m, t, **k: sl.SteeringVector({3: V8}).cosine(**k)),
+    "Steering *": ("factor", lambda m, t, factor: sl.Steering({3: V8}) * factor),
+    "SteeringVector /": ("factor", lambda m, t, factor: sl.SteeringVector({3: V8}) / factor),
+}
+
+# How a message may name an argument besides its own name.
+ALIASES = {
+    "layers": ("layer",),
+    "steering": ("layer index", "steering"),
+    "vectors": ("layer index", "steering vector for layer"),
+    "directions": ("layer", "direction for layer"),
+    "positions": ("steering position",),
+    "factor": ("Steering",),
+    "dose": ("SteeringVector",),
+    "other": ("cosine",),
+    "path": ("missing", "o.st", "o.gguf"),
+}
+
+
+@pytest.mark.parametrize(
+    ("entry", "arg"),
+    [(e, a) for e, (args, _) in ENTRY_POINTS.items() for a in args.split()],
+)
+def test_every_argument_rejects_odd_values_with_a_steerlab_error(
+    model: sl.Model, tmp_path: Path, entry: str, arg: str
+) -> None:
+    """Each odd value is accepted or raises a SteerlabError naming the argument; never a
+    bare OverflowError / UnicodeEncodeError / ValueError from deeper down."""
+    call = ENTRY_POINTS[entry][1]
+    names = (arg, *ALIASES.get(arg, ()))
+    for what, value in ODD_VALUES.items():
+        try:
+            call(model, tmp_path, **{arg: value})
+        except sl.SteerlabError as exc:
+            if isinstance(exc, sl.ModelNotFoundError | sl.ModelFormatError) and (
+                arg == "path" or "missing" in str(exc)
+            ):
+                continue  # the value was accepted; there is no file (or model) there
+            assert any(n in str(exc) for n in names), f"{entry}({arg}={what}): {exc}"
+        except ZeroDivisionError:
+            assert entry == "SteeringVector /" and value == 0
+        except BaseException as exc:
+            pytest.fail(f"{entry}({arg}={what}) raised {type(exc).__name__}: {exc}")

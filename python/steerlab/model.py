@@ -65,14 +65,16 @@ _ACTIVE: ContextVar[Mapping[int, PreparedSteering | None] | None] = ContextVar(
 def _check_dtype(dtype: Any) -> str:
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise InvalidArgumentError(
-            f"dtype must be 'auto' (GGUF weights stay quantized) or 'f32', got {dtype!r}"
+            f"dtype must be 'auto' (GGUF weights stay quantized) or 'f32', got {_args.show(dtype)}"
         )
     return dtype
 
 
 def _check_device(device: Any) -> str:
     if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
-        raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise InvalidArgumentError(
+            f"device must be 'cpu', 'cuda' or 'cuda:N', got {_args.show(device)}"
+        )
     return device
 
 

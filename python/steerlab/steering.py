@@ -126,7 +126,7 @@ class Steering:
     def __init__(self, vectors: Mapping[int, npt.ArrayLike], positions: PositionsLike = "all"):
         if not isinstance(vectors, Mapping):
             raise InvalidTypeError(
-                f"Steering expects a mapping {{layer: vector}}, got {type(vectors).__name__}"
+                f"vectors must be a mapping {{layer: vector}}, got {type(vectors).__name__}"
             )
         checked: dict[int, npt.NDArray[np.float32]] = {}
         for layer, vector in vectors.items():
@@ -183,15 +183,11 @@ class Steering:
         return Steering._trusted(_args.scaled(self._vectors, k, f"scaling by {k}"), self._positions)
 
     def __mul__(self, k: float) -> Steering:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         return self._scaled(_check_scalar(k, "multiplied by"))
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> Steering:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         value = _check_scalar(k, "divided by")
         if value == 0.0:
             raise ZeroDivisionError("cannot divide a Steering by zero")
@@ -205,7 +201,9 @@ class Steering:
 
     def __add__(self, other: Steering) -> Steering:
         if not isinstance(other, Steering):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a Steering can be added to a Steering, got {type(other).__name__}"
+            )
         if self._positions != other._positions:
             raise InvalidArgumentError(
                 f"cannot add steerings with different positions ({self._positions!r} and "
@@ -233,7 +231,9 @@ class Steering:
 
     def __sub__(self, other: Steering) -> Steering:
         if not isinstance(other, Steering):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a Steering can be subtracted from a Steering, got {type(other).__name__}"
+            )
         return self + (-other)
 
     def __eq__(self, other: object) -> bool:
@@ -293,7 +293,8 @@ def _one_row(item: Any) -> Row:
         return Steering(item).to_rows()
     if isinstance(item, np.ndarray):
         raise InvalidTypeError(
-            "a bare array has no layer: pass {layer: vector} or steerlab.Steering({layer: vector})"
+            f"steering is a bare array of shape {item.shape}, but a bare array has no layer: "
+            "pass {layer: vector} or steerlab.Steering({layer: vector})"
         )
     raise InvalidTypeError(
         f"steering must be None, a steerlab.Steering, a {{layer: vector}} mapping, an object "

@@ -276,7 +276,7 @@ class SteeringVector:
                 f"directions must be a mapping {{layer: vector}}, got {type(directions).__name__}"
             )
         if not directions:
-            raise InvalidArgumentError("a SteeringVector needs at least one layer")
+            raise InvalidArgumentError("directions is empty: a SteeringVector needs at least one layer")
         if info is not None and not isinstance(info, VectorInfo):
             raise InvalidTypeError(f"info must be a VectorInfo or None, got {type(info).__name__}")
         dirs: dict[int, FloatArray] = {}
@@ -384,15 +384,11 @@ class SteeringVector:
         return SteeringVector._make(dirs, self._info, self._positions)
 
     def __mul__(self, k: float) -> SteeringVector:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         return self._scaled(_check_scalar(k, "multiplied by"))
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> SteeringVector:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         value = _check_scalar(k, "divided by")
         if value == 0.0:
             raise ZeroDivisionError("cannot divide a SteeringVector by zero")
@@ -416,7 +412,9 @@ class SteeringVector:
 
     def __add__(self, other: SteeringVector) -> SteeringVector:
         if not isinstance(other, SteeringVector):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a SteeringVector can be added to a SteeringVector, got {type(other).__name__}"
+            )
         self._check_same_model(other, "add")
         dirs = dict(self._dirs)
         for layer, v in other._dirs.items():
@@ -444,7 +442,9 @@ class SteeringVector:
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         if not isinstance(other, SteeringVector):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a SteeringVector can be subtracted from a SteeringVector, got {type(other).__name__}"
+            )
         return self + (-other)
 
     def __eq__(self, other: object) -> bool:
@@ -928,6 +928,9 @@ def _capture(
     progress: bool | None,
 ) -> FloatArray:
     """`Model.capture` for one-vector-per-text positions (never 'all')."""
+    from steerlab.model import _check_position
+
+    position = _check_position(position)
     if position == "all":
         raise InvalidArgumentError("read position 'all' does not give one vector per text")
     acts = model.capture(texts, layers, position, batch_size, progress=progress)
