@@ -276,7 +276,9 @@ class SteeringVector:
                 f"directions must be a mapping {{layer: vector}}, got {type(directions).__name__}"
             )
         if not directions:
-            raise InvalidArgumentError("directions is empty: a SteeringVector needs at least one layer")
+            raise InvalidArgumentError(
+                "directions is empty: a SteeringVector needs at least one layer"
+            )
         if info is not None and not isinstance(info, VectorInfo):
             raise InvalidTypeError(f"info must be a VectorInfo or None, got {type(info).__name__}")
         dirs: dict[int, FloatArray] = {}
