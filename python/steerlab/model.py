@@ -179,7 +179,9 @@ def _check_stop(stop: Any) -> list[str] | None:
                 f"stop strings must be str, got {type(s).__name__} {_args.show(s)}"
             )
         if not s:
-            raise InvalidArgumentError("a stop string is empty")
+            raise InvalidArgumentError(
+                f"a stop string is empty (stop[{i}]); expected non-empty str"
+            )
         out.append(_args.text(s, f"stop[{i}]"))
     return out or None
 

@@ -498,7 +498,7 @@ class SteeringVector:
             [layers] if isinstance(layers, numbers.Integral) else _iterable(layers, "layers")
         )
         if not items:
-            raise InvalidArgumentError("at(): name at least one layer")
+            raise InvalidArgumentError("layers is empty; at() needs at least one layer")
         wanted = [_args.index(layer, "layer") for layer in items]
         missing = [layer for layer in wanted if layer not in self._dirs]
         if missing:
