@@ -1112,10 +1112,11 @@ ALIASES = {
     [(e, a) for e, (args, _) in ENTRY_POINTS.items() for a in args.split()],
 )
 def test_every_argument_rejects_odd_values_with_a_steerlab_error(
-    model: sl.Model, tmp_path: Path, entry: str, arg: str
+    model: sl.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str, arg: str
 ) -> None:
     """Each odd value is accepted or raises a SteerlabError naming the argument; never a
     bare OverflowError / UnicodeEncodeError / ValueError from deeper down."""
+    monkeypatch.chdir(tmp_path)  # path="x" is a valid path: write it there
     call = ENTRY_POINTS[entry][1]
     names = (arg, *ALIASES.get(arg, ()))
     for what, value in ODD_VALUES.items():
