@@ -29,10 +29,16 @@ fn check_directions(dirs: &Directions) -> Result<usize> {
         return Err(Error::invalid("a steering vector needs at least one layer"));
     };
     for (layer, v) in dirs {
-        if v.len() != width || width == 0 {
+        if v.is_empty() {
             return Err(Error::shape(format!(
-                "every layer of a steering vector must have the same non-zero width; layer \
-                 {layer} has {} values, expected {width}",
+                "the direction for layer {layer} has 0 values; expected a non-empty 1-D \
+                 vector [d_model]"
+            )));
+        }
+        if v.len() != width {
+            return Err(Error::shape(format!(
+                "every layer of a steering vector must have the same width: layer {layer} \
+                 has {} values, expected {width} (the width of the first layer)",
                 v.len()
             )));
         }

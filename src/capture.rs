@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
+use crate::intervene::resolve_index;
 use crate::model::{Site, StepCtx};
 
 /// How a captured [b, t, d] residual is reduced per row.
@@ -66,11 +67,10 @@ impl Capture {
     pub fn check(&self, lens: &[usize]) -> Result<()> {
         if let Reduce::Index(i) = self.reduce {
             for (r, &len) in lens.iter().enumerate() {
-                let p = if i < 0 { i + len as i64 } else { i };
-                if p < 0 || p >= len as i64 {
+                if resolve_index(i, len).is_none_or(|p| p >= len) {
                     return Err(Error::out_of_range(format!(
-                        "position {i} is out of range for prompt {r} with {len} tokens \
-                         (valid: 0..{} or -{len}..-1)",
+                        "row {r}: capture position {i} is outside the row, which has {len} \
+                         tokens (expected 0..{} or -{len}..-1)",
                         len.saturating_sub(1)
                     )));
                 }
@@ -108,9 +108,13 @@ impl Capture {
             Reduce::Index(i) => {
                 let mut rows = Vec::with_capacity(b);
                 for r in 0..b {
-                    let len = ctx.layout.lens[r] as i64;
-                    let p = if *i < 0 { i + len } else { *i };
-                    let col = ctx.layout.pad(r) + p as usize;
+                    let len = ctx.layout.lens[r];
+                    let p = resolve_index(*i, len).filter(|&p| p < len).ok_or_else(|| {
+                        Error::out_of_range(format!(
+                            "row {r}: capture position {i} is outside the row"
+                        ))
+                    })?;
+                    let col = ctx.layout.pad(r) + p;
                     rows.push(h.get(r)?.get(col)?);
                 }
                 Tensor::stack(&rows, 0)? // [b, d]

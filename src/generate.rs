@@ -65,20 +65,30 @@ impl GenParams {
     }
 }
 
-/// Check a steering list against the batch and build its plan.
+/// Check a steering list against the batch (`lens`: each row's prompt length; `extra`:
+/// generated tokens the model reads after each prompt) and build its plan.
 pub fn plan_steering(
     model: &Model,
     steering: Option<&[RowSteering]>,
-    rows: usize,
+    lens: &[usize],
+    extra: usize,
 ) -> Result<Option<SteeringPlan>> {
     let Some(st) = steering else { return Ok(None) };
+    let rows = lens.len();
     if st.len() != rows {
         return Err(Error::invalid(format!(
             "steering has {} entries but there are {rows} prompts; pass one steering (or None) per prompt",
             st.len()
         )));
     }
-    let plan = SteeringPlan::new(st, model.n_layers(), model.d_model(), &model.device)?;
+    let plan = SteeringPlan::new(
+        st,
+        lens,
+        extra,
+        model.n_layers(),
+        model.d_model(),
+        &model.device,
+    )?;
     Ok((!plan.is_empty()).then_some(plan))
 }
 
@@ -120,7 +130,7 @@ fn prefill(
     capture: Option<&mut Capture>,
 ) -> Result<(Tensor, BatchLayout)> {
     let (ids, layout) = model.pad_batch(rows)?;
-    let plan = plan_steering(model, steering, rows.len())?;
+    let plan = plan_steering(model, steering, &layout.lens, 0)?;
     if let Some(c) = &capture {
         c.check(&layout.lens)?;
     }
@@ -187,7 +197,9 @@ impl Generation {
     ) -> Result<Self> {
         params.validate()?;
         let (ids, layout) = model.pad_batch(rows)?;
-        let plan = plan_steering(&model, steering, rows.len())?;
+        // The last new token is sampled but never fed: max_new_tokens - 1 are read.
+        let extra = params.max_new_tokens.saturating_sub(1);
+        let plan = plan_steering(&model, steering, &layout.lens, extra)?;
         let base = params.seed.unwrap_or_else(|| rand::rng().random());
         let rngs = (0..rows.len())
             .map(|r| StdRng::seed_from_u64(base.wrapping_add(r as u64)))
@@ -308,11 +320,16 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Pick a token from one row of logits.
+///
+/// Softmax of `logits / temperature` in f64 with the maximum subtracted before the
+/// division, so no temperature overflows: `(l - max) / t` is 0 for the best tokens and
+/// at most a large negative number (or -inf) for the others, never inf - inf = NaN. A
+/// temperature so small that every other token's weight underflows to 0 is greedy.
 pub fn sample(logits: &[f32], p: &GenParams, rng: &mut StdRng) -> u32 {
     if p.temperature == 0.0 {
         return argmax(logits);
     }
-    let t = p.temperature as f32;
+    let t = p.temperature;
     let mut idx: Vec<usize> = (0..logits.len())
         .filter(|&i| logits[i].is_finite())
         .collect();
@@ -323,10 +340,10 @@ pub fn sample(logits: &[f32], p: &GenParams, rng: &mut StdRng) -> u32 {
     if let Some(k) = p.top_k {
         idx.truncate(k.max(1));
     }
-    let mx = logits[idx[0]] / t;
+    let mx = f64::from(logits[idx[0]]);
     let mut probs: Vec<f64> = idx
         .iter()
-        .map(|&i| ((logits[i] / t - mx) as f64).exp())
+        .map(|&i| ((f64::from(logits[i]) - mx) / t).exp())
         .collect();
     let z: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|x| *x /= z);
@@ -403,6 +420,30 @@ mod tests {
             .count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.03, "{frac}");
+    }
+
+    #[test]
+    fn tiny_temperature_is_greedy() {
+        // logits / t overflowed f32 for t = 1e-38 (inf - inf = NaN), and sampling then
+        // picked the least likely token. Every weight but the best is 0 now.
+        let logits = [1.0f32, 3.0, -2.0, 2.5, 0.0];
+        let mut rng = StdRng::seed_from_u64(7);
+        for t in [1e-38, 1e-30, 1e-300, 5e-324, 1e-6] {
+            let p = GenParams {
+                temperature: t,
+                ..Default::default()
+            };
+            for _ in 0..50 {
+                assert_eq!(sample(&logits, &p, &mut rng), 1, "temperature {t}");
+            }
+        }
+        // Large logits and a tiny temperature: still the argmax.
+        let big = [3.0e38f32, -3.0e38, 1.0e38];
+        let p = GenParams {
+            temperature: 1e-38,
+            ..Default::default()
+        };
+        assert_eq!(sample(&big, &p, &mut rng), 0);
     }
 
     #[test]

@@ -44,12 +44,63 @@ impl Positions {
             Positions::Prompt => pos < prompt_len,
             Positions::Generated => pos >= prompt_len,
             Positions::Last => pos + 1 >= prompt_len,
-            Positions::Indices(ix) => ix.iter().any(|&i| {
-                let p = if i < 0 { i + prompt_len as i64 } else { i };
-                p == pos as i64
-            }),
+            Positions::Indices(ix) => ix
+                .iter()
+                .any(|&i| resolve_index(i, prompt_len) == Some(pos)),
         }
     }
+
+    /// Check that these positions touch a token of a row with `len` prompt tokens
+    /// whose model reads `extra` generated tokens after the prompt (0 for a prefill
+    /// only: capture, logits, token_logprobs; `max_new_tokens - 1` for generation, as
+    /// the last new token is sampled but never fed). Nothing is skipped silently.
+    pub fn check(&self, row: usize, len: usize, extra: usize) -> Result<()> {
+        match self {
+            Positions::Generated if extra == 0 => Err(Error::invalid(format!(
+                "row {row}: steering positions 'generated' touch no token here: this call \
+                 reads only the prompt ({len} tokens) and no generated token (capture, \
+                 logits, token_logprobs, or generate with max_new_tokens=1); expected \
+                 'all', 'prompt', 'last' or prompt indices"
+            ))),
+            Positions::Indices(ix) if ix.is_empty() => Err(Error::invalid(format!(
+                "row {row}: steering positions is an empty list; expected at least one index"
+            ))),
+            Positions::Indices(ix) => {
+                let end = len.saturating_add(extra);
+                match ix
+                    .iter()
+                    .find(|&&i| resolve_index(i, len).is_none_or(|p| p >= end))
+                {
+                    None => Ok(()),
+                    Some(&i) => {
+                        let gen = if extra == 0 {
+                            String::from("this call reads no generated token")
+                        } else {
+                            format!(
+                                "or {len}..{} for the {extra} generated token(s) the model \
+                                 reads",
+                                end - 1
+                            )
+                        };
+                        Err(Error::out_of_range(format!(
+                            "row {row}: steering position {i} is outside the row, which has \
+                             {len} prompt tokens (expected 0..{} or -{len}..-1, {gen})",
+                            len.saturating_sub(1)
+                        )))
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Index `i` of a row with `len` prompt tokens (negative: from the end of the prompt)
+/// as a position from the row's start, or None when it lies before the start.
+pub fn resolve_index(i: i64, len: usize) -> Option<usize> {
+    let len = i64::try_from(len).ok()?;
+    let p = if i < 0 { i.checked_add(len)? } else { i };
+    usize::try_from(p).ok()
 }
 
 /// Add `vector` [d_model] at the residual stream after block `layer`.
@@ -77,18 +128,29 @@ pub struct SteeringPlan {
 }
 
 impl SteeringPlan {
-    /// Check and group per-row interventions. `rows.len()` must equal the batch size.
+    /// Check and group per-row interventions. `rows` and `lens` (each row's prompt
+    /// length) have one entry per batch row; `extra` is the number of generated tokens
+    /// the model reads after each prompt (see [`Positions::check`]).
     pub fn new(
         rows: &[RowSteering],
+        lens: &[usize],
+        extra: usize,
         n_layers: usize,
         d_model: usize,
         device: &Device,
     ) -> Result<Self> {
         let b = rows.len();
+        if lens.len() != b {
+            return Err(Error::invalid(format!(
+                "steering has {b} rows but the batch has {} prompts",
+                lens.len()
+            )));
+        }
         let mut per_layer: Vec<Vec<Slot>> = (0..n_layers).map(|_| Vec::new()).collect();
         // Validate first.
         for (r, row) in rows.iter().enumerate() {
             for iv in row {
+                iv.positions.check(r, lens[r], extra)?;
                 if iv.layer >= n_layers {
                     return Err(Error::out_of_range(format!(
                         "row {r}: steering layer {} is out of range for a model with {n_layers} layers",
@@ -203,5 +265,73 @@ impl SteeringPlan {
             });
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(positions: Positions) -> Vec<RowSteering> {
+        vec![vec![Intervention {
+            layer: 0,
+            vector: Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            positions,
+        }]]
+    }
+
+    fn plan(positions: Positions, len: usize, extra: usize) -> Result<SteeringPlan> {
+        SteeringPlan::new(&row(positions), &[len], extra, 2, 4, &Device::Cpu)
+    }
+
+    #[test]
+    fn indices_resolve_from_either_end() {
+        assert_eq!(resolve_index(0, 3), Some(0));
+        assert_eq!(resolve_index(-1, 3), Some(2));
+        assert_eq!(resolve_index(-3, 3), Some(0));
+        assert_eq!(resolve_index(-4, 3), None);
+        assert_eq!(resolve_index(i64::MIN, 3), None);
+        assert_eq!(resolve_index(5, 3), Some(5));
+    }
+
+    #[test]
+    fn positions_outside_the_row_are_refused() {
+        let e = plan(Positions::Indices(vec![-8]), 3, 0).unwrap_err();
+        assert!(matches!(e, Error::OutOfRange(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "row 0: steering position -8 is outside the row, which has 3 prompt tokens \
+             (expected 0..2 or -3..-1, this call reads no generated token)"
+        );
+        let e = plan(Positions::Indices(vec![3]), 3, 0).unwrap_err();
+        assert!(matches!(e, Error::OutOfRange(_)), "{e}");
+        // Decode step k is position len + k: 3 and 4 are read when 2 generated tokens are.
+        assert!(plan(Positions::Indices(vec![3, 4]), 3, 2).is_ok());
+        let e = plan(Positions::Indices(vec![5]), 3, 2).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("or 3..4 for the 2 generated token(s)"),
+            "{e}"
+        );
+        assert!(plan(Positions::Indices(vec![-3, 0, 2]), 3, 0).is_ok());
+        assert!(matches!(
+            plan(Positions::Indices(vec![]), 3, 0),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn generated_needs_generated_tokens() {
+        let e = plan(Positions::Generated, 3, 0).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(plan(Positions::Generated, 3, 1).is_ok());
+        assert!(plan(Positions::Last, 3, 0).is_ok());
+        assert!(plan(Positions::Prompt, 3, 0).is_ok());
+    }
+
+    #[test]
+    fn lens_must_match_rows() {
+        let r = SteeringPlan::new(&row(Positions::All), &[3, 4], 0, 2, 4, &Device::Cpu);
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
     }
 }

@@ -401,16 +401,20 @@ impl Tokenizer {
         }
     }
 
-    /// Token ids for `text`. Special tokens written literally in the text (e.g.
+    /// Token ids for `text`: the ids the model is fed for it (every call that runs the
+    /// model tokenizes through here). Special tokens written literally in the text (e.g.
     /// `<|im_start|>`) are parsed as those tokens, as Hugging Face does. With
     /// `add_special_tokens`, BOS/EOS are added when the model asks for them
-    /// ([`Tokenizer::add_bos`], [`Tokenizer::add_eos`]).
+    /// ([`Tokenizer::add_bos`], [`Tokenizer::add_eos`]), except that a text which
+    /// already starts with the BOS token (a rendered chat template, e.g. Gemma's
+    /// `<bos><start_of_turn>...`) does not get a second one: Hugging Face would return
+    /// `[bos, bos, ...]` there, which no model was trained on (llama.cpp warns about it).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode_fast(text, add_special_tokens)
             .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        Ok(self.single_bos(text, enc.get_ids().to_vec(), add_special_tokens))
     }
 
     /// [`Tokenizer::encode`] for many texts at once (in parallel).
@@ -419,7 +423,28 @@ impl Tokenizer {
             .inner
             .encode_batch_fast(texts.to_vec(), add_special_tokens)
             .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
-        Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(texts
+            .iter()
+            .zip(encs)
+            .map(|(t, e)| self.single_bos(t, e.get_ids().to_vec(), add_special_tokens))
+            .collect())
+    }
+
+    /// Drop the BOS that `add_special_tokens` put before a text that starts with the BOS
+    /// token itself.
+    fn single_bos(&self, text: &str, mut ids: Vec<u32>, add_special_tokens: bool) -> Vec<u32> {
+        let doubled = add_special_tokens
+            && self.add_bos
+            && ids.len() >= 2
+            && self.bos_id.is_some_and(|b| ids[0] == b && ids[1] == b)
+            && self
+                .bos_token
+                .as_deref()
+                .is_some_and(|t| !t.is_empty() && text.starts_with(t));
+        if doubled {
+            ids.remove(0);
+        }
+        ids
     }
 
     /// Text for `ids`. With `skip_special_tokens`, special tokens (BOS, EOS, chat markers)

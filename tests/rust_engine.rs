@@ -275,7 +275,21 @@ fn positions_select_the_right_tokens() {
             .collect()
     };
     assert_eq!(changed(&all(Some(Positions::All))), [true; 4]);
-    assert_eq!(changed(&all(Some(Positions::Generated))), [false; 4]);
+    // A prefill reads no generated token: 'generated' would steer nothing, so it is
+    // refused rather than ignored, as is an index outside the row.
+    for bad in [
+        Positions::Generated,
+        Positions::Indices(vec![4]),
+        Positions::Indices(vec![-5]),
+    ] {
+        let st = vec![vec![Intervention {
+            layer: 1,
+            vector: direction(2.0),
+            positions: bad.clone(),
+        }]];
+        let r = forward_batch(&m, &row, site.clone(), Reduce::All, Some(&st), false);
+        assert!(r.is_err(), "{bad:?} was accepted");
+    }
     assert_eq!(
         changed(&all(Some(Positions::Last))),
         [false, false, false, true]
@@ -349,6 +363,8 @@ fn gradient_reaches_steering_vector() {
                 vector: vec.clone(),
                 positions: Positions::All,
             }]],
+            &[4],
+            0,
             m.n_layers(),
             D,
             &Device::Cpu,

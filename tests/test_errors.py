@@ -282,7 +282,7 @@ def test_chat_template_errors(model: sl.Model) -> None:
 
 
 def test_decode_rejects_non_ints(model: sl.Model) -> None:
-    with pytest.raises(sl.InvalidTypeError, match="ids must be"):
+    with pytest.raises(sl.InvalidTypeError, match=r"ids\[0\] must be an int, got float 1.5"):
         model.decode([1.5, 2])  # type: ignore[list-item]
     with pytest.raises(sl.InvalidTypeError, match="ids must be a list of ints"):
         model.decode("12")  # type: ignore[arg-type]

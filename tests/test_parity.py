@@ -263,9 +263,16 @@ def test_encode_cases(f32: Subject) -> None:
     cases = f32.golden.meta.get("encode_cases") or []
     if not cases:
         pytest.skip(f"{f32.name}.json has no encode_cases")
+    special = f32.golden.meta["special"]
     for case in cases:
         text = case["text"]
-        assert f32.model.encode(text) == case["ids"], f"{f32.name}: encode({text!r})"
+        want = case["ids"]
+        if special.get("adds_bos") and text.startswith(special["bos_token"]):
+            # Deliberate difference: transformers adds a second BOS before a text that
+            # starts with one; steerlab's encode (= what the model is fed) does not.
+            assert want[:2] == [special["bos_token_id"]] * 2
+            want = want[1:]
+        assert f32.model.encode(text) == want, f"{f32.name}: encode({text!r})"
         assert f32.model.encode(text, add_special_tokens=False) == case["ids_no_special"], (
             f"{f32.name}: encode({text!r}, add_special_tokens=False)"
         )

@@ -21,7 +21,9 @@ def set_progress(enabled: bool | None) -> None:
     if enabled is not None and not isinstance(enabled, bool):
         from steerlab.errors import InvalidTypeError
 
-        raise InvalidTypeError(f"set_progress expects True, False or None, got {enabled!r}")
+        raise InvalidTypeError(
+            f"set_progress expects True, False or None, got {type(enabled).__name__}"
+        )
     _default = enabled
 
 
@@ -36,9 +38,10 @@ class _NoBar:
 def progress_bar(progress: bool | None, total: int, batch_size: int, desc: str, unit: str) -> Any:
     """A bar over `total` items, or a no-op stand-in with the same `update`/`close`."""
     if progress is not None and not isinstance(progress, bool):
+        from steerlab._args import show
         from steerlab.errors import InvalidTypeError
 
-        raise InvalidTypeError(f"progress must be True, False or None, got {progress!r}")
+        raise InvalidTypeError(f"progress must be True, False or None, got {show(progress)}")
     enabled = _default if progress is None else progress
     if enabled is None:
         enabled = total > batch_size

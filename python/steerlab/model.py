@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import numbers
-import operator
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _core
+from steerlab import _args, _core
 from steerlab._progress import progress_bar
 from steerlab.errors import (
     BackendError,
@@ -66,55 +65,44 @@ _ACTIVE: ContextVar[Mapping[int, PreparedSteering | None] | None] = ContextVar(
 def _check_dtype(dtype: Any) -> str:
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise InvalidArgumentError(
-            f"dtype must be 'auto' (GGUF weights stay quantized) or 'f32', got {dtype!r}"
+            f"dtype must be 'auto' (GGUF weights stay quantized) or 'f32', got {_args.show(dtype)}"
         )
     return dtype
 
 
 def _check_device(device: Any) -> str:
     if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
-        raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise InvalidArgumentError(
+            f"device must be 'cpu', 'cuda' or 'cuda:N', got {_args.show(device)}"
+        )
     return device
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_texts(texts: Any, name: str) -> tuple[list[str], bool]:
-    """A list of strings, and whether a single string was given."""
-    if isinstance(texts, str):
-        return [texts], True
-    if isinstance(texts, bytes | bytearray | Mapping) or not isinstance(texts, Iterable):
-        raise InvalidTypeError(f"{name} must be a str or a list of str, got {type(texts).__name__}")
-    out = list(texts)
-    if not out:
-        raise InvalidArgumentError(f"{name} is empty; pass at least one string")
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise InvalidTypeError(f"{name}[{i}] must be a str, got {type(text).__name__}")
-    return out, False
+# Longest generation the engine takes (it stores counts in i64; a generation also ends at
+# the model's context length).
+_MAX_NEW_TOKENS = _args.I64_MAX
 
 
 def _check_layers(layers: Any) -> list[int | str]:
     """Layer indices (negative: from the end), or ``"embed"`` for the embedding output."""
-    items = (
-        [layers] if isinstance(layers, str) or not isinstance(layers, Iterable) else list(layers)
-    )
+    if isinstance(layers, str) or not isinstance(layers, Iterable):
+        items = [layers]
+    elif isinstance(layers, Mapping):
+        raise InvalidTypeError(
+            f"layers must be an int, 'embed', or a list of those, got {type(layers).__name__}"
+        )
+    else:
+        items = list(layers)
     out: list[int | str] = []
     for layer in items:
-        if layer == "embed":
+        if isinstance(layer, str) and layer == "embed":
             out.append("embed")
             continue
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        if isinstance(layer, bool | np.bool_) or not isinstance(layer, numbers.Integral):
             raise InvalidTypeError(
-                f"layers must be an int, 'embed', or a list of those, got {type(layer).__name__} {layer!r}"
+                f"layers must be an int, 'embed', or a list of those, got {type(layer).__name__} {_args.show(layer)}"
             )
-        out.append(int(layer))
+        out.append(_args.index(layer, "layer"))
     if not out:
         raise InvalidArgumentError("layers is empty; name at least one layer")
     return out
@@ -128,12 +116,12 @@ def _check_position(position: Any) -> str | int:
                 f"'all' or an int"
             )
         return position
-    if isinstance(position, bool) or not isinstance(position, numbers.Integral):
+    if isinstance(position, bool | np.bool_) or not isinstance(position, numbers.Integral):
         raise InvalidTypeError(
             f"position must be 'last', 'mean', 'mean_skip_first', 'all' or an int, got "
-            f"{type(position).__name__}"
+            f"{type(position).__name__} {_args.show(position)}"
         )
-    return int(position)
+    return _args.index(position, "position")
 
 
 class _Sampling:
@@ -148,25 +136,25 @@ class _Sampling:
         seed: Any,
         stop: Any,
     ) -> None:
-        self.max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-            raise InvalidTypeError(f"temperature must be a number, got {temperature!r}")
-        self.temperature = float(temperature)
-        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
-            raise InvalidArgumentError(
-                f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
-            )
-        self.top_k = None if top_k is None else _check_int(top_k, "top_k", 1)
+        self.max_new_tokens = _args.integer(
+            max_new_tokens, "max_new_tokens", minimum=0, maximum=_MAX_NEW_TOKENS
+        )
+        # A temperature so small that logits / t would overflow is greedy: the engine
+        # computes the softmax in f64 with the maximum subtracted first.
+        self.temperature = _args.real(
+            temperature, "temperature", minimum=0.0, expected="a finite number >= 0 (0 = greedy)"
+        )
+        self.top_k = (
+            None
+            if top_k is None
+            else _args.integer(top_k, "top_k", minimum=1, maximum=_args.I64_MAX)
+        )
         self.top_p: float | None = None
         if top_p is not None:
-            if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
-                raise InvalidTypeError(f"top_p must be a number, got {top_p!r}")
-            if not 0.0 < float(top_p) <= 1.0:
-                raise InvalidArgumentError(f"top_p must be in (0, 1], got {top_p}")
-            self.top_p = float(top_p)
-        self.seed = None if seed is None else _check_int(seed, "seed", 0)
-        if self.seed is not None and self.seed >= 2**64:
-            raise InvalidArgumentError(f"seed must be < 2**64, got {seed}")
+            self.top_p = _args.real(top_p, "top_p", above=0.0, maximum=1.0, expected="in (0, 1]")
+        self.seed = (
+            None if seed is None else _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
+        )
         self.stop = _check_stop(stop)
 
     def args(
@@ -182,15 +170,19 @@ def _check_stop(stop: Any) -> list[str] | None:
     if stop is None:
         return None
     items = [stop] if isinstance(stop, str) else stop
-    if not isinstance(items, Iterable):
+    if isinstance(items, bytes | bytearray | Mapping) or not isinstance(items, Iterable):
         raise InvalidTypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
     out = []
-    for s in items:
+    for i, s in enumerate(items):
         if not isinstance(s, str):
-            raise InvalidTypeError(f"stop strings must be str, got {type(s).__name__}")
+            raise InvalidTypeError(
+                f"stop strings must be str, got {type(s).__name__} {_args.show(s)}"
+            )
         if not s:
-            raise InvalidArgumentError("a stop string is empty")
-        out.append(s)
+            raise InvalidArgumentError(
+                f"a stop string is empty (stop[{i}]); expected non-empty str"
+            )
+        out.append(_args.text(s, f"stop[{i}]"))
     return out or None
 
 
@@ -257,6 +249,19 @@ def _compile_template(source: str) -> jinja2.Template:
         raise ModelFormatError(f"the chat template does not parse: {exc}") from None
 
 
+@contextlib.contextmanager
+def _batch_errors(start: int, stop: int, total: int) -> Iterator[None]:
+    """The engine numbers rows within a batch: say which prompts the batch holds."""
+    try:
+        yield
+    except SteerlabError as exc:
+        if stop - start == total:
+            raise
+        raise type(exc)(
+            f"in the batch of inputs {start}..{stop - 1} (its row r is input {start} + r): {exc}"
+        ) from None
+
+
 def _reload(path: str, dtype: str, device: str) -> Model:
     return Model.load(path, dtype=dtype, device=device)
 
@@ -283,7 +288,6 @@ class Model:
             )
         self._core = core
         self._load_args = (core.path, dtype, device)
-        self._bos_id: int | Literal[False] | None = False  # False: not looked up yet
 
     # -- loading -------------------------------------------------------------------
 
@@ -316,17 +320,7 @@ class Model:
         """
         _check_dtype(dtype)
         _check_device(device)
-        if path is None:
-            resolved = default_model_path()
-        elif isinstance(path, str | os.PathLike):
-            resolved = os.fspath(path)
-            if not isinstance(resolved, str):
-                raise InvalidTypeError("path must be a str or a str path, not bytes")
-            resolved = os.path.expanduser(resolved)
-        else:
-            raise InvalidTypeError(
-                f"path must be a str, a pathlib.Path or None, got {type(path).__name__}"
-            )
+        resolved = default_model_path() if path is None else _args.path(path, "path")
         return cls(_core.Model.load(resolved, dtype, device), dtype=dtype, device=device)
 
     @classmethod
@@ -475,14 +469,18 @@ class Model:
                 ``<bos>``; SmolLM2 adds nothing).
 
         Returns:
-            The ids.
+            The ids, exactly as the model is fed them by `capture`, `logits`,
+            `generate` and the rest (so an index into them is a steering or capture
+            position). A text that already starts with the BOS token (a rendered chat
+            template such as Gemma's) does not get a second one.
 
         Raises:
-            InvalidTypeError: `text` is not a str.
+            InvalidTypeError: `text` is not a str, `add_special_tokens` not a bool.
+            InvalidArgumentError: `text` has a lone surrogate (not valid Unicode).
         """
-        if not isinstance(text, str):
-            raise InvalidTypeError(f"text must be a str, got {type(text).__name__}")
-        return self._core.encode(text, bool(add_special_tokens))
+        return self._core.encode(
+            _args.text(text, "text"), _args.flag(add_special_tokens, "add_special_tokens")
+        )
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of token ids.
@@ -498,35 +496,18 @@ class Model:
             InvalidTypeError: an id that is not an int.
             OutOfRangeError: an id outside the vocabulary.
         """
-        if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
-            raise InvalidTypeError(f"ids must be a list of ints, got {type(ids).__name__}")
-        try:
-            checked = [operator.index(i) for i in ids]
-        except TypeError:
-            raise InvalidTypeError("ids must be ints") from None
-        return self._core.decode(checked, bool(skip_special_tokens))
-
-    def _bos(self) -> int | None:
-        if self._bos_id is False:
-            token = self._core.bos_token
-            ids = self._core.encode(token, False) if token else []
-            self._bos_id = ids[0] if len(ids) == 1 else None
-        return self._bos_id
+        checked = _args.token_ids(ids, "ids")
+        return self._core.decode(checked, _args.flag(skip_special_tokens, "skip_special_tokens"))
 
     def _encode_prompts(self, texts: list[str], name: str) -> list[list[int]]:
-        """Ids per text, with special tokens; checks emptiness and context length.
-
-        A text that already starts with the BOS token (e.g. from `chat_prompt` on Gemma)
-        does not get a second one.
+        """Ids per text with special tokens, exactly as `encode` gives them (one path:
+        an index taken from `encode` is the position the model sees); checks emptiness
+        and context length.
         """
         out = []
         limit = self._core.max_context
         for i, text in enumerate(texts):
             ids = self._core.encode(text, True)
-            if len(ids) >= 2 and ids[0] == ids[1] and ids[0] == self._bos():
-                bos = self._core.bos_token
-                if bos and text.startswith(bos):
-                    ids = ids[1:]
             if not ids:
                 raise InvalidArgumentError(f"{name}[{i}] is empty after tokenization")
             if len(ids) > limit:
@@ -565,6 +546,9 @@ class Model:
         """
         import jinja2
 
+        add_generation_prompt = _args.flag(add_generation_prompt, "add_generation_prompt")
+        if chat_template is not None:
+            _args.text(chat_template, "chat_template")
         source = chat_template if chat_template is not None else self._core.chat_template
         if not source:
             raise InvalidArgumentError(
@@ -572,12 +556,16 @@ class Model:
                 f"write the prompt text yourself"
             )
         if isinstance(messages, str | Mapping) or not isinstance(messages, Iterable):
-            raise InvalidTypeError("messages must be a list of {'role': ..., 'content': ...}")
+            raise InvalidTypeError(
+                "messages must be a list of {'role': ..., 'content': ...}, got "
+                f"{type(messages).__name__}"
+            )
         checked = []
         for i, message in enumerate(messages):
             if not isinstance(message, Mapping) or "role" not in message:
                 raise InvalidTypeError(
-                    f"messages[{i}] must be a mapping with 'role' and 'content', got {message!r}"
+                    f"messages[{i}] must be a mapping with 'role' and 'content', got "
+                    f"{_args.show(message)}"
                 )
             checked.append(dict(message))
         variables: dict[str, Any] = {}
@@ -589,7 +577,7 @@ class Model:
         template = _compile_template(source)
         try:
             return template.render(
-                messages=checked, add_generation_prompt=bool(add_generation_prompt), **variables
+                messages=checked, add_generation_prompt=add_generation_prompt, **variables
             )
         except jinja2.TemplateError as exc:
             raise InvalidArgumentError(f"the chat template rejected the messages: {exc}") from None
@@ -727,14 +715,15 @@ class Model:
             InvalidTypeError: a text that is not a str, a layer that is not an int.
             InvalidArgumentError: no texts, no layers, an unknown position, a bad
                 batch_size or steering.
-            OutOfRangeError: a layer or position outside the model / a text.
+            OutOfRangeError: a layer or position outside the model / a text, a steering
+                position outside a row (see `steerlab.Steering`).
             ShapeError: a steering vector of the wrong width.
             ContextLengthError: a text longer than the model's context.
         """
-        items, _ = _check_texts(texts, "texts")
+        items, _ = _args.texts(texts, "texts")
         layer_list = _check_layers(layers)
         reduce = _check_position(position)
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
         rows = self._rows(steering, len(items))
         ids = self._encode_prompts(items, "texts")
         parts: list[Any] = []
@@ -742,9 +731,10 @@ class Model:
         try:
             for start in range(0, len(ids), batch_size):
                 stop = min(start + batch_size, len(ids))
-                captures, _ = self._core.forward(
-                    ids[start:stop], layer_list, reduce, batch_rows(rows, start, stop), False
-                )
+                with _batch_errors(start, stop, len(ids)):
+                    captures, _ = self._core.forward(
+                        ids[start:stop], layer_list, reduce, batch_rows(rows, start, stop), False
+                    )
                 if captures is None:
                     raise BackendError("the forward pass returned no captures")
                 if reduce == "all":
@@ -780,8 +770,8 @@ class Model:
         Raises:
             As `capture`.
         """
-        items, _ = _check_texts(texts, "texts")
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        items, _ = _args.texts(texts, "texts")
+        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
         rows = self._rows(steering, len(items))
         ids = self._encode_prompts(items, "texts")
         parts = []
@@ -789,9 +779,10 @@ class Model:
         try:
             for start in range(0, len(ids), batch_size):
                 stop = min(start + batch_size, len(ids))
-                _, logits = self._core.forward(
-                    ids[start:stop], [], "last", batch_rows(rows, start, stop), True
-                )
+                with _batch_errors(start, stop, len(ids)):
+                    _, logits = self._core.forward(
+                        ids[start:stop], [], "last", batch_rows(rows, start, stop), True
+                    )
                 if logits is None:
                     raise BackendError("the forward pass returned no logits")
                 parts.append(np.asarray(logits, dtype=np.float32))
@@ -823,8 +814,8 @@ class Model:
         Raises:
             As `capture`.
         """
-        items, _ = _check_texts(texts, "texts")
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        items, _ = _args.texts(texts, "texts")
+        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
         rows = self._rows(steering, len(items))
         ids = self._encode_prompts(items, "texts")
         out: list[FloatArray] = []
@@ -832,7 +823,8 @@ class Model:
         try:
             for start in range(0, len(ids), batch_size):
                 stop = min(start + batch_size, len(ids))
-                part = self._core.token_logprobs(ids[start:stop], batch_rows(rows, start, stop))
+                with _batch_errors(start, stop, len(ids)):
+                    part = self._core.token_logprobs(ids[start:stop], batch_rows(rows, start, stop))
                 out.extend(np.asarray(a, dtype=np.float32) for a in part)
                 bar.update(stop - start)
         finally:
@@ -865,11 +857,11 @@ class Model:
         Raises:
             As `capture`; InvalidArgumentError when `prefix` is a list of another length.
         """
-        items, _ = _check_texts(texts, "texts")
+        items, _ = _args.texts(texts, "texts")
         if prefix is None:
             prefixes = [""] * len(items)
         else:
-            prefixes, single = _check_texts(prefix, "prefix")
+            prefixes, single = _args.texts(prefix, "prefix")
             if single:
                 prefixes = prefixes * len(items)
             elif len(prefixes) != len(items):
@@ -1021,9 +1013,11 @@ class Model:
                 length is not the number of prompts, a NaN in a vector.
             OutOfRangeError, ShapeError, ContextLengthError: as in `capture`.
         """
-        items, single = _check_texts(prompts, "prompts")
+        items, single = _args.texts(prompts, "prompts")
+        return_ids = _args.flag(return_ids, "return_ids")
+        ignore_eos = _args.flag(ignore_eos, "ignore_eos")
         sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
         rows = self._rows(steering, len(items))
         ids = self._encode_prompts(items, "prompts")
         new_ids: list[list[int]] = []
@@ -1034,12 +1028,13 @@ class Model:
             try:
                 for start in range(0, len(ids), batch_size):
                     stop_at = min(start + batch_size, len(ids))
-                    out = self._core.generate(
-                        ids[start:stop_at],
-                        batch_rows(rows, start, stop_at),
-                        *sampling.args(seed_offset=start),
-                        ignore_eos=bool(ignore_eos),
-                    )
+                    with _batch_errors(start, stop_at, len(ids)):
+                        out = self._core.generate(
+                            ids[start:stop_at],
+                            batch_rows(rows, start, stop_at),
+                            *sampling.args(seed_offset=start),
+                            ignore_eos=ignore_eos,
+                        )
                     new_ids.extend(list(row) for row in out)
                     bar.update(stop_at - start)
             finally:
@@ -1087,6 +1082,7 @@ class Model:
             raise InvalidTypeError(
                 f"generate_stream takes one prompt str, got {type(prompt).__name__}"
             )
+        _args.text(prompt, "prompt")
         sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         rows = self._rows(steering, 1)
         ids = self._encode_prompts([prompt], "prompts")

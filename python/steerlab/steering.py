@@ -18,13 +18,13 @@ All of it is normalised into the extension's row format: one list of
 from __future__ import annotations
 
 import numbers
-import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from steerlab import _args
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, ShapeError, SteerlabError
 
 __all__ = ["POSITION_NAMES", "Steering", "SteeringLike"]
@@ -47,36 +47,11 @@ SteeringLike: TypeAlias = "Steering | Mapping[int, npt.ArrayLike] | _HasToSteeri
 
 
 def _check_layer(layer: Any) -> int:
-    if isinstance(layer, bool):
-        raise InvalidTypeError(f"a layer index must be an int, got {layer!r}")
-    try:
-        return operator.index(layer)
-    except TypeError:
-        raise InvalidTypeError(
-            f"a layer index must be an int, got {type(layer).__name__} {layer!r}"
-        ) from None
+    return _args.index(layer, "a layer index")
 
 
 def _check_vector(vector: Any, layer: int) -> npt.NDArray[np.float32]:
-    try:
-        arr = np.array(vector, dtype=np.float32, order="C", copy=True)
-    except (TypeError, ValueError) as exc:
-        raise InvalidTypeError(
-            f"the steering vector for layer {layer} is not an array of numbers ({exc})"
-        ) from None
-    if arr.ndim != 1 or arr.size == 0:
-        raise ShapeError(
-            f"the steering vector for layer {layer} must be 1-D [d_model], got shape "
-            f"{tuple(arr.shape)}"
-        )
-    if not np.isfinite(arr).all():
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise InvalidArgumentError(
-            f"the steering vector for layer {layer} contains {bad} NaN or inf value(s); "
-            f"every entry must be finite"
-        )
-    arr.flags.writeable = False
-    return arr
+    return _args.vector(vector, f"the steering vector for layer {layer}")
 
 
 def _check_positions(positions: Any) -> Positions:
@@ -87,16 +62,18 @@ def _check_positions(positions: Any) -> Positions:
                 f"{', '.join(repr(p) for p in POSITION_NAMES)} or a list of indices"
             )
         return cast(PositionName, positions)
-    if isinstance(positions, bool):
+    if isinstance(positions, bool | np.bool_):
         raise InvalidTypeError(f"steering positions must be a name or indices, got {positions!r}")
     if isinstance(positions, numbers.Integral):
-        return [int(positions)]
-    if isinstance(positions, Iterable):
+        return [_args.index(positions, "steering position")]
+    if isinstance(positions, Iterable) and not isinstance(positions, bytes | bytearray | Mapping):
         out: list[int] = []
         for p in positions:
-            if isinstance(p, bool) or not isinstance(p, numbers.Integral):
-                raise InvalidTypeError(f"steering positions must be ints, got {p!r}")
-            out.append(int(p))
+            if isinstance(p, bool | np.bool_) or not isinstance(p, numbers.Integral):
+                raise InvalidTypeError(
+                    f"steering positions must be ints, got {type(p).__name__} {p!r}"
+                )
+            out.append(_args.index(p, "steering position"))
         if not out:
             raise InvalidArgumentError("steering positions is an empty list; name at least one")
         return out
@@ -107,12 +84,7 @@ def _check_positions(positions: Any) -> Positions:
 
 
 def _check_scalar(k: Any, op: str) -> float:
-    if isinstance(k, bool) or not isinstance(k, numbers.Real):
-        raise InvalidTypeError(f"a Steering can be {op} a real number only, got {k!r}")
-    value = float(k)
-    if not np.isfinite(value):
-        raise InvalidArgumentError(f"cannot scale a Steering by {value}")
-    return value
+    return _args.factor(k, "Steering", op)
 
 
 class Steering:
@@ -127,12 +99,22 @@ class Steering:
         positions: where to add: ``"all"`` (prompt and generated tokens, the default),
             ``"prompt"``, ``"generated"``, ``"last"`` (the last prompt token and every
             generated token), or a list of indices into the unpadded prompt (negative
-            from its end; decode step ``k`` is position ``len(prompt) + k``).
+            from its end; decode step ``k`` is position ``len(prompt) + k``), as
+            `Model.encode` numbers the tokens. Nothing is skipped silently: when the
+            steering is used, an index outside a row (before its start, or past its
+            prompt plus the ``max_new_tokens - 1`` generated tokens the model reads)
+            raises `OutOfRangeError` naming the row, and ``"generated"`` in a call that
+            reads no generated token (capture, logits, ``max_new_tokens=1``) raises
+            `InvalidArgumentError`. For prompts of different lengths, use negative
+            indices or give each row its own steering.
 
     Raises:
-        InvalidTypeError: a layer that is not an int, a vector that is not numeric.
-        ShapeError: a vector that is not 1-D.
-        InvalidArgumentError: a NaN/inf entry, unknown or empty positions.
+        InvalidTypeError: a layer that is not an int, a vector that is not real numbers
+            (strings, bools, complex), positions that are not a name or ints.
+        ShapeError: a vector that is not 1-D or is empty.
+        InvalidArgumentError: a NaN/inf entry (or one beyond float32's range), unknown
+            or empty positions.
+        OutOfRangeError: a layer or position index beyond -2**63..2**63-1.
 
     Arithmetic: ``s * k``, ``k * s``, ``s / k``, ``-s`` scale every vector; ``s + t``
     (and ``s - t``) join two steerings with the same positions, adding vectors on shared
@@ -144,7 +126,7 @@ class Steering:
     def __init__(self, vectors: Mapping[int, npt.ArrayLike], positions: PositionsLike = "all"):
         if not isinstance(vectors, Mapping):
             raise InvalidTypeError(
-                f"Steering expects a mapping {{layer: vector}}, got {type(vectors).__name__}"
+                f"vectors must be a mapping {{layer: vector}}, got {type(vectors).__name__}"
             )
         checked: dict[int, npt.NDArray[np.float32]] = {}
         for layer, vector in vectors.items():
@@ -198,21 +180,14 @@ class Steering:
         return Steering._trusted(dict(self._vectors), _check_positions(positions))
 
     def _scaled(self, k: float) -> Steering:
-        vectors = {
-            layer: (v * np.float32(k)).astype(np.float32) for layer, v in self._vectors.items()
-        }
-        return Steering._trusted(vectors, self._positions)
+        return Steering._trusted(_args.scaled(self._vectors, k, f"scaling by {k}"), self._positions)
 
     def __mul__(self, k: float) -> Steering:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         return self._scaled(_check_scalar(k, "multiplied by"))
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> Steering:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         value = _check_scalar(k, "divided by")
         if value == 0.0:
             raise ZeroDivisionError("cannot divide a Steering by zero")
@@ -226,7 +201,9 @@ class Steering:
 
     def __add__(self, other: Steering) -> Steering:
         if not isinstance(other, Steering):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a Steering can be added to a Steering, got {type(other).__name__}"
+            )
         if self._positions != other._positions:
             raise InvalidArgumentError(
                 f"cannot add steerings with different positions ({self._positions!r} and "
@@ -241,14 +218,22 @@ class Steering:
                         f"cannot add vectors of widths {vectors[layer].shape[0]} and "
                         f"{v.shape[0]} at layer {layer}"
                     )
-                vectors[layer] = vectors[layer] + v
+                with np.errstate(over="ignore", invalid="ignore"):
+                    total = vectors[layer] + v
+                if not np.isfinite(total).all():
+                    raise InvalidArgumentError(
+                        f"adding the steerings overflows float32 at layer {layer} (max 3.4e38)"
+                    )
+                vectors[layer] = total
             else:
                 vectors[layer] = v
         return Steering._trusted(vectors, self._positions)
 
     def __sub__(self, other: Steering) -> Steering:
         if not isinstance(other, Steering):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a Steering can be subtracted from a Steering, got {type(other).__name__}"
+            )
         return self + (-other)
 
     def __eq__(self, other: object) -> bool:
@@ -262,12 +247,30 @@ class Steering:
 
     __hash__ = None  # type: ignore[assignment]
 
+    # Immutable: a copy is the same value. Pickling rebuilds read-only arrays (numpy
+    # would otherwise unpickle them writeable, and editing one would change what is
+    # steered).
+    def __copy__(self) -> Steering:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Steering:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        positions = self._positions if isinstance(self._positions, str) else list(self._positions)
+        return (_restore, (dict(self._vectors), positions))
+
     def __repr__(self) -> str:
         parts = ", ".join(
             f"{layer}: <{v.shape[0]} floats, norm {float(np.linalg.norm(v)):.4g}>"
             for layer, v in self._vectors.items()
         )
         return f"Steering({{{parts}}}, positions={self._positions!r})"
+
+
+def _restore(vectors: dict[int, Any], positions: Positions) -> Steering:
+    """Unpickle a `Steering` (checked again: a pickle is data from outside)."""
+    return Steering(vectors, positions)
 
 
 def _one_row(item: Any) -> Row:
@@ -290,7 +293,8 @@ def _one_row(item: Any) -> Row:
         return Steering(item).to_rows()
     if isinstance(item, np.ndarray):
         raise InvalidTypeError(
-            "a bare array has no layer: pass {layer: vector} or steerlab.Steering({layer: vector})"
+            f"steering is a bare array of shape {item.shape}, but a bare array has no layer: "
+            "pass {layer: vector} or steerlab.Steering({layer: vector})"
         )
     raise InvalidTypeError(
         f"steering must be None, a steerlab.Steering, a {{layer: vector}} mapping, an object "

@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _core
+from steerlab import _args, _core
 from steerlab.errors import (
     InvalidArgumentError,
     InvalidTypeError,
     ModelFormatError,
     OutOfRangeError,
     ShapeError,
+    SteerlabError,
 )
 from steerlab.steering import Positions, Steering, _check_positions
 
@@ -78,33 +79,98 @@ class VectorInfo:
     created: str | None = None
     steerlab_version: str = _core.__version__
 
-    def to_json(self) -> str:
-        d = asdict(self)
+    def to_json(self, positions: Positions | None = None) -> str:
+        """The metadata as JSON; with `positions`, the steering positions of the vector
+        it describes are stored too (under ``"positions"``)."""
+        d: dict[str, Any] = asdict(self)
         d["residual_norms"] = {str(k): v for k, v in self.residual_norms.items()}
         d["scores"] = {str(k): v for k, v in self.scores.items()}
         d["format_version"] = _FORMAT_VERSION
+        if positions is not None:
+            d["positions"] = positions
         return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> VectorInfo:
-        try:
-            d = json.loads(text)
-            if not isinstance(d, dict):
-                raise TypeError("not an object")
-            version = d.pop("format_version", _FORMAT_VERSION)
-            if version > _FORMAT_VERSION:
-                raise ModelFormatError(
-                    f"{where}: vector format version {version} is newer than this steerlab "
-                    f"reads ({_FORMAT_VERSION}); upgrade steerlab"
-                )
-            d["residual_norms"] = {int(k): float(v) for k, v in d["residual_norms"].items()}
-            d["scores"] = {int(k): float(v) for k, v in d["scores"].items()}
-            known = set(cls.__dataclass_fields__)
-            return cls(**{k: v for k, v in d.items() if k in known})
-        except ModelFormatError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ModelFormatError(f"{where}: corrupt steering-vector metadata ({exc})") from None
+        """Metadata written by `to_json`.
+
+        Raises:
+            ModelFormatError: not JSON, not an object, fields of the wrong type, too
+                deeply nested, or a newer format version.
+        """
+        return _meta_from_json(text, where)[0]
+
+
+# Field -> (accepted types, may be None). Checked on load: a file is data from outside.
+_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "d_model": ((int,), False),
+    "fingerprint": ((str,), True),
+    "arch": ((str,), True),
+    "n_layers": ((int,), True),
+    "method": ((str,), False),
+    "position": ((str, int), True),
+    "dataset": ((str,), True),
+    "dataset_hash": ((str,), True),
+    "n_samples": ((int,), True),
+    "strength": ((str,), False),
+    "created": ((str,), True),
+    "steerlab_version": ((str,), False),
+}
+
+
+def _meta_from_json(text: str, where: str) -> tuple[VectorInfo, Positions]:
+    """(metadata, steering positions) from a vector file's JSON; positions default to
+    ``"all"`` (files written before positions were stored)."""
+
+    def bad(why: str) -> ModelFormatError:
+        return ModelFormatError(f"{where}: corrupt steering-vector metadata ({why})")
+
+    try:
+        d = json.loads(text)
+    except RecursionError:
+        raise bad("nested too deeply") from None
+    except ValueError as exc:
+        raise bad(f"not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise bad(f"expected a JSON object, got {type(d).__name__}")
+    version = d.pop("format_version", _FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad(f"format_version must be an int, got {version!r:.40}")
+    if version > _FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{where}: vector format version {version} is newer than this steerlab "
+            f"reads ({_FORMAT_VERSION}); upgrade steerlab"
+        )
+    fields: dict[str, Any] = {}
+    for key, (types, nullable) in _FIELDS.items():
+        if key not in d:
+            continue
+        value = d[key]
+        if value is None and nullable:
+            fields[key] = None
+        elif isinstance(value, bool) or not isinstance(value, types):
+            raise bad(f"{key} must be {' or '.join(t.__name__ for t in types)}, got {value!r:.40}")
+        else:
+            fields[key] = value
+    if "d_model" not in fields or fields["d_model"] < 1:
+        raise bad(f"d_model must be a positive int, got {d.get('d_model')!r:.40}")
+    for key in ("residual_norms", "scores"):
+        table = d.get(key, {})
+        if not isinstance(table, dict):
+            raise bad(f"{key} must be an object, got {type(table).__name__}")
+        out: dict[int, float] = {}
+        for k, v in table.items():
+            if not (k.isdigit() and len(k) < 10):
+                raise bad(f"{key} has a key {k!r:.40}; expected a layer index")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+                raise bad(f"{key}[{k}] must be a finite number, got {v!r:.40}")
+            out[int(k)] = float(v)
+        fields[key] = out
+    try:
+        positions = _check_positions(d.get("positions", "all"))
+    except SteerlabError as exc:
+        raise bad(f"positions: {exc}") from None
+    return VectorInfo(**fields), positions
 
 
 def _now() -> str:
@@ -112,29 +178,11 @@ def _now() -> str:
 
 
 def _check_scalar(k: Any, op: str) -> float:
-    if isinstance(k, bool) or not isinstance(k, numbers.Real):
-        raise InvalidTypeError(f"a SteeringVector can be {op} a real number only, got {k!r}")
-    value = float(k)
-    if not np.isfinite(value):
-        raise InvalidArgumentError(f"cannot scale a SteeringVector by {value}")
-    return value
+    return _args.factor(k, "SteeringVector", op)
 
 
 def _check_direction(v: Any, layer: int) -> FloatArray:
-    try:
-        arr = np.array(v, dtype=np.float32, copy=True)
-    except (TypeError, ValueError) as exc:
-        raise InvalidTypeError(f"the direction for layer {layer} is not numeric ({exc})") from None
-    if arr.ndim != 1 or arr.size == 0:
-        raise ShapeError(
-            f"the direction for layer {layer} must be 1-D [d_model], got shape {arr.shape}"
-        )
-    if not np.isfinite(arr).all():
-        raise InvalidArgumentError(
-            f"the direction for layer {layer} contains NaN or inf; every entry must be finite"
-        )
-    arr.flags.writeable = False
-    return arr
+    return _args.vector(v, f"the direction for layer {layer}")
 
 
 # Mean residual norms per (model fingerprint, dtype, reference texts) and layer.
@@ -168,8 +216,8 @@ def residual_norms(
         from steerlab.datasets import background_corpus
 
         texts = background_corpus()[:64]
-    texts = list(texts)
-    wanted = [model._resolve_layer(layer) for layer in layers]
+    texts = _text_list(texts, "texts")
+    wanted = _layer_list(model, layers)
     key = (model.fingerprint, model.dtype, hash(tuple(texts)))
     cached = _NORM_CACHE.setdefault(key, {})
     missing = [layer for layer in wanted if layer not in cached]
@@ -202,8 +250,13 @@ class SteeringVector:
             ``"prompt"``, ``"generated"``, ``"last"`` or a list of indices).
 
     Raises:
+        InvalidTypeError: a layer that is not an int, a vector that is not real numbers,
+            `info` that is not a `VectorInfo`.
         InvalidArgumentError: no layers, NaN/inf entries, a negative layer.
         ShapeError: vectors of different widths, or not 1-D.
+
+    The value is immutable (read-only float32 copies of the inputs); copies, pickles and
+    `save`/`load` keep every attribute.
 
     Arithmetic: ``v * k``, ``k * v``, ``v / k``, ``-v`` scale; ``v + w`` and ``v - w``
     combine two vectors of the same model (layers of either; shared layers added).
@@ -223,11 +276,16 @@ class SteeringVector:
                 f"directions must be a mapping {{layer: vector}}, got {type(directions).__name__}"
             )
         if not directions:
-            raise InvalidArgumentError("a SteeringVector needs at least one layer")
+            raise InvalidArgumentError(
+                "directions is empty: a SteeringVector needs at least one layer"
+            )
+        if info is not None and not isinstance(info, VectorInfo):
+            raise InvalidTypeError(f"info must be a VectorInfo or None, got {type(info).__name__}")
         dirs: dict[int, FloatArray] = {}
         for layer, v in directions.items():
-            if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-                raise InvalidTypeError(f"layers must be ints, got {layer!r}")
+            if isinstance(layer, bool | np.bool_) or not isinstance(layer, numbers.Integral):
+                raise InvalidTypeError(f"layers must be ints, got {type(layer).__name__} {layer!r}")
+            layer = _args.index(layer, "layer")
             if layer < 0:
                 raise InvalidArgumentError(
                     f"layer {layer}: a SteeringVector stores non-negative layer indices "
@@ -324,19 +382,15 @@ class SteeringVector:
     # -- arithmetic -----------------------------------------------------------------
 
     def _scaled(self, k: float) -> SteeringVector:
-        dirs = {layer: (v * np.float32(k)).astype(np.float32) for layer, v in self._dirs.items()}
+        dirs = _args.scaled(self._dirs, k, f"scaling by {k}")
         return SteeringVector._make(dirs, self._info, self._positions)
 
     def __mul__(self, k: float) -> SteeringVector:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         return self._scaled(_check_scalar(k, "multiplied by"))
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> SteeringVector:
-        if not isinstance(k, numbers.Real):
-            return NotImplemented
         value = _check_scalar(k, "divided by")
         if value == 0.0:
             raise ZeroDivisionError("cannot divide a SteeringVector by zero")
@@ -360,11 +414,22 @@ class SteeringVector:
 
     def __add__(self, other: SteeringVector) -> SteeringVector:
         if not isinstance(other, SteeringVector):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a SteeringVector can be added to a SteeringVector, got {type(other).__name__}"
+            )
         self._check_same_model(other, "add")
         dirs = dict(self._dirs)
         for layer, v in other._dirs.items():
-            dirs[layer] = (dirs[layer] + v).astype(np.float32) if layer in dirs else v
+            if layer in dirs:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    total = (dirs[layer] + v).astype(np.float32)
+                if not np.isfinite(total).all():
+                    raise InvalidArgumentError(
+                        f"adding the vectors overflows float32 at layer {layer} (max 3.4e38)"
+                    )
+                dirs[layer] = total
+            else:
+                dirs[layer] = v
         norms = {**other._info.residual_norms, **self._info.residual_norms}
         info = replace(
             self._info,
@@ -379,7 +444,9 @@ class SteeringVector:
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         if not isinstance(other, SteeringVector):
-            return NotImplemented
+            raise InvalidTypeError(
+                f"only a SteeringVector can be subtracted from a SteeringVector, got {type(other).__name__}"
+            )
         return self + (-other)
 
     def __eq__(self, other: object) -> bool:
@@ -393,6 +460,17 @@ class SteeringVector:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+    # Immutable: a copy is the same value. Pickling rebuilds through the constructor, so
+    # the arrays come back read-only and checked (numpy unpickles them writeable).
+    def __copy__(self) -> SteeringVector:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SteeringVector:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (_restore, (dict(self._dirs), self._info, self.positions))
 
     # -- derived vectors --------------------------------------------------------------
 
@@ -416,9 +494,12 @@ class SteeringVector:
         Raises:
             OutOfRangeError: a layer the vector does not have.
         """
-        wanted: list[Any] = [layers] if isinstance(layers, int | np.integer) else list(layers)
-        if not wanted:
-            raise InvalidArgumentError("at(): name at least one layer")
+        items: list[Any] = (
+            [layers] if isinstance(layers, numbers.Integral) else _iterable(layers, "layers")
+        )
+        if not items:
+            raise InvalidArgumentError("layers is empty; at() needs at least one layer")
+        wanted = [_args.index(layer, "layer") for layer in items]
         missing = [layer for layer in wanted if layer not in self._dirs]
         if missing:
             raise OutOfRangeError(
@@ -449,7 +530,7 @@ class SteeringVector:
             n = float(np.linalg.norm(v.astype(np.float64)))
             if n == 0.0:
                 raise InvalidArgumentError(f"cannot dose: layer {layer}'s direction is zero")
-            dirs[layer] = (v * np.float32(d * ref[layer] / n)).astype(np.float32)
+            dirs.update(_args.scaled({layer: v}, d * ref[layer] / n, f"dose {d}"))
         return SteeringVector._make(dirs, self._info, self._positions)
 
     def with_residual_norms(
@@ -523,11 +604,18 @@ class SteeringVector:
     # -- files ------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write safetensors (``layer.N`` tensors) with the metadata as JSON."""
+        """Write safetensors (``layer.N`` tensors) with the metadata as JSON.
+
+        Everything round-trips through `load`: directions, `info` and `positions`.
+
+        Raises:
+            InvalidTypeError, InvalidArgumentError: a bad `path`.
+            ModelNotFoundError, ModelFormatError: the file cannot be written.
+        """
         _core.save_vector(
-            os.fspath(path),
+            _args.path(path, "path"),
             {k: np.ascontiguousarray(v) for k, v in self._dirs.items()},
-            self._info.to_json(),
+            self._info.to_json(self.positions),
         )
 
     @classmethod
@@ -551,10 +639,12 @@ class SteeringVector:
             ModelFormatError: not a steerlab vector, or corrupt.
             InvalidArgumentError, ShapeError, OutOfRangeError: see `check_model`.
         """
-        where = os.fspath(path)
+        where = _args.path(path, "path")
+        check_fingerprint = _args.flag(check_fingerprint, "check_fingerprint")
+        _check_model_arg(model)
         dirs, meta = _core.load_vector(where)
-        info = VectorInfo.from_json(meta, where)
-        vec = cls(dirs, info)
+        info, positions = _meta_from_json(meta, where)
+        vec = cls(dirs, info, positions=positions)
         if model is not None:
             if not check_fingerprint:
                 vec = SteeringVector._make(
@@ -572,9 +662,13 @@ class SteeringVector:
         Raises:
             InvalidArgumentError: the vector has layer 0, which llama.cpp cannot steer.
         """
+        if model_hint is not None:
+            _args.text(model_hint, "model_hint")
         hint = model_hint or self._info.arch or "unknown"
         _core.save_control_vector(
-            os.fspath(path), {k: np.ascontiguousarray(v) for k, v in self._dirs.items()}, hint
+            _args.path(path, "path"),
+            {k: np.ascontiguousarray(v) for k, v in self._dirs.items()},
+            hint,
         )
 
     @classmethod
@@ -589,8 +683,11 @@ class SteeringVector:
                 file.
             ShapeError, OutOfRangeError: it does not fit `model`.
         """
-        where = os.fspath(path)
+        where = _args.path(path, "path")
+        _check_model_arg(model)
         dirs, hint, _count = _core.load_control_vector(where)
+        if not dirs:
+            raise ModelFormatError(f"{where}: the control vector has no direction tensors")
         width = next(iter(dirs.values())).shape[0]
         info = VectorInfo(
             d_model=width,
@@ -765,6 +862,28 @@ class SteeringVector:
         return cls(dirs, info)
 
 
+def _restore(dirs: dict[int, Any], info: VectorInfo, positions: Positions) -> SteeringVector:
+    """Unpickle a `SteeringVector` (through the constructor: a pickle is outside data)."""
+    return SteeringVector(dirs, info, positions=positions)
+
+
+def _check_model_arg(model: Any) -> None:
+    from steerlab.model import Model
+
+    if model is not None and not isinstance(model, Model):
+        raise InvalidTypeError(
+            f"model must be a steerlab.Model or None, got {type(model).__name__}"
+        )
+
+
+def _iterable(value: Any, name: str) -> list[Any]:
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise InvalidTypeError(
+            f"{name} must be an int or a list of ints, got {type(value).__name__}"
+        )
+    return list(value)
+
+
 def _text_list(texts: Any, name: str) -> list[str]:
     if isinstance(texts, str) or not isinstance(texts, Iterable):
         raise InvalidTypeError(f"{name} must be a list of str")
@@ -772,8 +891,7 @@ def _text_list(texts: Any, name: str) -> list[str]:
     if not out:
         raise InvalidArgumentError(f"{name} is empty; pass at least one text")
     for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise InvalidTypeError(f"{name}[{i}] must be a str, got {type(t).__name__}")
+        _args.text(t, f"{name}[{i}]")
     return out
 
 
@@ -788,14 +906,16 @@ def _hash_texts(texts: list[str]) -> str:
 
 
 def _layer_list(model: Model, layers: int | Iterable[int]) -> list[int]:
-    items: list[Any] = [layers] if isinstance(layers, int | np.integer) else list(layers)
+    items: list[Any] = (
+        [layers] if isinstance(layers, numbers.Integral) else _iterable(layers, "layers")
+    )
     if not items:
         raise InvalidArgumentError("layers is empty; name at least one layer")
     out = []
     for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-            raise InvalidTypeError(f"layers must be ints, got {layer!r}")
-        resolved = model._resolve_layer(int(layer))
+        if isinstance(layer, bool | np.bool_) or not isinstance(layer, numbers.Integral):
+            raise InvalidTypeError(f"layers must be ints, got {type(layer).__name__} {layer!r}")
+        resolved = model._resolve_layer(_args.index(layer, "layer"))
         if resolved not in out:
             out.append(resolved)
     return out
@@ -810,6 +930,9 @@ def _capture(
     progress: bool | None,
 ) -> FloatArray:
     """`Model.capture` for one-vector-per-text positions (never 'all')."""
+    from steerlab.model import _check_position
+
+    position = _check_position(position)
     if position == "all":
         raise InvalidArgumentError("read position 'all' does not give one vector per text")
     acts = model.capture(texts, layers, position, batch_size, progress=progress)

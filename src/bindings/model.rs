@@ -153,7 +153,7 @@ fn extract_reduce(reduce: &Bound<'_, PyAny>) -> PyResult<Reduce> {
         return Ok(Reduce::Index(i));
     }
     Err(invalid(
-        "reduce must be 'last', 'mean', 'mean_skip_first', 'all' or an int position",
+        "position must be 'last', 'mean', 'mean_skip_first', 'all' or an int in -2**63..2**63-1",
     ))
 }
 

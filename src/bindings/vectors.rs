@@ -91,11 +91,17 @@ pub fn spearman(x: Vec<f64>, y: Vec<f64>) -> PyResult<f64> {
 fn extract_directions(dirs: &Bound<'_, PyDict>) -> PyResult<Directions> {
     let mut out = Directions::new();
     for (k, v) in dirs.iter() {
-        let layer: i64 = k
-            .extract()
-            .map_err(|_| Error::invalid("vector layers must be ints"))?;
-        let layer = usize::try_from(layer)
-            .map_err(|_| Error::out_of_range(format!("layer {layer} is negative")))?;
+        let layer: i64 = k.extract().map_err(|_| {
+            Error::invalid(format!(
+                "vector layers must be ints in 0..2**63, got {}",
+                k.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let layer = usize::try_from(layer).map_err(|_| {
+            Error::out_of_range(format!(
+                "vector layer {layer} is negative; expected a layer index >= 0"
+            ))
+        })?;
         out.insert(
             layer,
             vec_f32(&v, &format!("the vector for layer {layer}"))?,

@@ -346,7 +346,11 @@ impl Model {
     /// Resolve a possibly negative layer index.
     pub fn resolve_layer(&self, layer: i64) -> Result<usize> {
         let n = self.cfg.n_layers as i64;
-        let i = if layer < 0 { layer + n } else { layer };
+        let i = if layer < 0 {
+            layer.saturating_add(n)
+        } else {
+            layer
+        };
         if i < 0 || i >= n {
             return Err(Error::out_of_range(format!(
                 "layer {layer} is out of range: this model has {n} layers (valid: 0..{} or -{n}..-1)",
