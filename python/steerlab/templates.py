@@ -304,13 +304,23 @@ def _join(sep: str, items: Iterable[Any]) -> str:
 # -- filters and tests ------------------------------------------------------------------
 
 
+# Filters that turn their value (which may be a container) into text.
+_STRINGIFYING = frozenset(
+    [
+        "capitalize", "center", "e", "escape", "forceescape", "format", "indent", "join",
+        "lower", "pprint", "replace", "safe", "string", "striptags", "title", "tojson", "trim",
+        "truncate", "upper", "urlencode", "urlize", "wordcount", "wordwrap", "xmlattr",
+    ]
+)  # fmt: skip
+
+
 def _pre_filter(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Checks, before the call, for filters whose result can outgrow their input; returns
     the arguments to call with (an iterable to join is read into a list first)."""
     b = _budget()
     value = args[0] if args else None
     rest = args[1:]
-    if name not in ("length", "count", "first", "last"):
+    if name in _STRINGIFYING:
         _check_text(value, f"the text of a value given to the {name} filter")
 
     def arg(i: int, key: str, default: Any) -> Any:
