@@ -281,6 +281,7 @@ def test_template_limits(model: sl.Model, template: str, match: str) -> None:
 
 
 def test_template_error_is_a_steerlab_value_error() -> None:
+    assert TemplateError is sl.TemplateError
     assert issubclass(TemplateError, sl.SteerlabError)
     assert issubclass(TemplateError, ValueError)
 
