@@ -1,6 +1,7 @@
 //! pyo3 bindings: conversion, error mapping and GIL release only. No model logic here.
 
 mod arrays;
+mod cancel;
 mod errors;
 mod model;
 mod vectors;

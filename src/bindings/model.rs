@@ -2,7 +2,6 @@
 //! attached, then run the whole call detached from the interpreter.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
@@ -10,67 +9,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
 use super::arrays::{to_numpy, vector_from_numpy};
+use super::cancel::interruptible;
 use super::errors::invalid;
-use crate::cancel::{Cancel, POLL_INTERVAL};
 use crate::capture::{Captured, Reduce};
 use crate::error::Error;
 use crate::generate::{forward_batch, token_logprobs, GenParams, Generation};
 use crate::intervene::{Intervention, Positions, RowSteering};
 use crate::model::{Model, Site, WeightDtype};
-use crate::pool::{in_pool, pool};
-
-/// Run an engine call detached from the interpreter, on the engine's pool, while this
-/// thread looks for pending signals every `POLL_INTERVAL` (attaching only for that
-/// check). A signal whose handler raises (Ctrl-C: `KeyboardInterrupt`) cancels the call,
-/// which stops at its next check; that exception is then raised, whatever the call
-/// returned. Signals are only seen on the main thread, as everywhere in Python.
-fn interruptible<R: Send>(
-    py: Python<'_>,
-    f: impl FnOnce(&Cancel) -> crate::Result<R> + Send,
-) -> PyResult<R> {
-    let cancel = Cancel::new();
-    let mut raised: Option<PyErr> = None;
-    let out = py.detach(|| {
-        let (tx, rx) = channel();
-        let token = &cancel;
-        // Owns the sender: a job that panics drops it, which ends the watch below.
-        let job = move || {
-            let _ = tx.send(f(token));
-        };
-        let mut watch = || loop {
-            match rx.recv_timeout(POLL_INTERVAL) {
-                Ok(r) => return Some(r),
-                Err(RecvTimeoutError::Disconnected) => return None, // the job panicked
-                Err(RecvTimeoutError::Timeout) => {
-                    if raised.is_none() {
-                        if let Err(e) = Python::attach(|py| py.check_signals()) {
-                            raised = Some(e);
-                            cancel.cancel();
-                        }
-                    }
-                }
-            }
-        };
-        match pool() {
-            // The caller stays outside the pool to watch; the job runs on a worker.
-            Some(p) => p.in_place_scope(|s| {
-                s.spawn(|_| job());
-                watch()
-            }),
-            None => {
-                job();
-                watch()
-            }
-        }
-    });
-    if let Some(e) = raised {
-        return Err(e);
-    }
-    match out {
-        Some(r) => Ok(r?),
-        None => Err(Error::invalid("the engine call ended without a result").into()),
-    }
-}
+use crate::pool::in_pool;
 
 fn parse_device(s: &str) -> PyResult<Device> {
     match s {
