@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use steerlab::cancel::Cancel;
 use steerlab::capture::Reduce;
 use steerlab::generate::{forward_batch, GenParams, Generation};
 use steerlab::intervene::{Intervention, Positions};
@@ -42,7 +43,15 @@ fn main() -> steerlab::Result<()> {
         let sites: Vec<Site> = (0..model.n_layers()).map(Site::Layer).collect();
         let run = || -> steerlab::Result<()> {
             for chunk in rows.chunks(16) {
-                forward_batch(&model, chunk, sites.clone(), Reduce::Last, None, false)?;
+                forward_batch(
+                    &model,
+                    chunk,
+                    sites.clone(),
+                    Reduce::Last,
+                    None,
+                    false,
+                    &Cancel::default(),
+                )?;
             }
             Ok(())
         };
@@ -85,7 +94,7 @@ fn main() -> steerlab::Result<()> {
         };
         let run = || -> steerlab::Result<usize> {
             let g = Generation::new(model.clone(), &prompts, steering, params.clone())?;
-            Ok(g.run()?.iter().map(Vec::len).sum())
+            Ok(g.run(&Cancel::default())?.iter().map(Vec::len).sum())
         };
         run()?;
         let reps = 3;
@@ -120,7 +129,7 @@ fn main() -> steerlab::Result<()> {
             Some(std::slice::from_ref(&steer)),
             params.clone(),
         )?;
-        Ok(g.run()?[0].len())
+        Ok(g.run(&Cancel::default())?[0].len())
     };
     run()?;
     let reps = 5;

@@ -50,6 +50,11 @@ pub enum Error {
     /// A failure inside the tensor library (should not happen on valid input).
     #[error("tensor backend: {0}")]
     Backend(#[from] candle_core::Error),
+
+    /// The call was stopped before it finished: its [`crate::cancel::Cancel`] was set
+    /// (in Python, by Ctrl-C or a Jupyter interrupt).
+    #[error("interrupted before the call finished")]
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

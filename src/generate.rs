@@ -7,11 +7,13 @@ use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::cancel::Cancel;
 use crate::capture::{Capture, Captured};
 use crate::error::{Error, Result};
 use crate::intervene::{RowSteering, SteeringPlan};
 use crate::model::attention::LayerCache;
 use crate::model::{BatchLayout, Model, Site, Sites, StepCtx};
+pub use crate::pool::in_pool;
 
 /// Sampling and stopping settings for one generation call.
 #[derive(Debug, Clone)]
@@ -95,7 +97,8 @@ pub fn plan_steering(
 /// Last-position logits, row-major, with their [batch, vocab] shape.
 pub type Logits = (Vec<f32>, [usize; 2]);
 
-/// One prefill over a batch: captures at `sites` and/or last-position logits.
+/// One prefill over a batch: captures at `sites` and/or last-position logits. Stops
+/// with `Error::Interrupted` within one decoder block of `cancel` being set.
 pub fn forward_batch(
     model: &Model,
     rows: &[Vec<u32>],
@@ -103,9 +106,23 @@ pub fn forward_batch(
     reduce: crate::capture::Reduce,
     steering: Option<&[RowSteering]>,
     want_logits: bool,
+    cancel: &Cancel,
+) -> Result<(Option<Captured>, Option<Logits>)> {
+    in_pool(|| forward_batch_inner(model, rows, sites, reduce, steering, want_logits, cancel))
+}
+
+fn forward_batch_inner(
+    model: &Model,
+    rows: &[Vec<u32>],
+    sites: Vec<Site>,
+    reduce: crate::capture::Reduce,
+    steering: Option<&[RowSteering]>,
+    want_logits: bool,
+    cancel: &Cancel,
 ) -> Result<(Option<Captured>, Option<Logits>)> {
     let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
-    let (h, layout) = prefill(model, rows, steering, capture.as_mut())?;
+    let (h, layout) = prefill(model, rows, steering, capture.as_mut(), cancel)?;
+    cancel.check()?;
     let logits = if want_logits {
         let l = model.logits_last(&h)?;
         let (b, v) = l.dims2()?;
@@ -122,12 +139,13 @@ pub fn forward_batch(
 
 /// Pad `rows`, plan their steering and run one forward over the whole prompts (a fresh
 /// KV cache), recording into `capture` if given: the residual after the last block
-/// [b, t, d] and the batch layout.
+/// [b, t, d] and the batch layout. Call on the engine's pool.
 fn prefill(
     model: &Model,
     rows: &[Vec<u32>],
     steering: Option<&[RowSteering]>,
     capture: Option<&mut Capture>,
+    cancel: &Cancel,
 ) -> Result<(Tensor, BatchLayout)> {
     let (ids, layout) = model.pad_batch(rows)?;
     let plan = plan_steering(model, steering, &layout.lens, 0)?;
@@ -143,21 +161,34 @@ fn prefill(
     let mut hooks = Sites {
         steering: plan.as_ref(),
         capture,
+        cancel: Some(cancel),
     };
-    let h = in_pool(|| model.forward(&ids, &ctx, &mut cache, &mut hooks))?;
+    let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?;
     Ok((h, layout))
 }
 
 /// Log-probability of every token given the ones before it, per row (steering applied):
-/// row r gets `len_r - 1` values, `log p(ids[j] | ids[..j])` for j = 1..len_r.
+/// row r gets `len_r - 1` values, `log p(ids[j] | ids[..j])` for j = 1..len_r. Stops
+/// with `Error::Interrupted` within one decoder block (or one row) of `cancel` being set.
 pub fn token_logprobs(
     model: &Model,
     rows: &[Vec<u32>],
     steering: Option<&[RowSteering]>,
+    cancel: &Cancel,
 ) -> Result<Vec<Vec<f32>>> {
-    let (h, layout) = prefill(model, rows, steering, None)?; // [b, t, d]
+    in_pool(|| token_logprobs_inner(model, rows, steering, cancel))
+}
+
+fn token_logprobs_inner(
+    model: &Model,
+    rows: &[Vec<u32>],
+    steering: Option<&[RowSteering]>,
+    cancel: &Cancel,
+) -> Result<Vec<Vec<f32>>> {
+    let (h, layout) = prefill(model, rows, steering, None, cancel)?; // [b, t, d]
     let mut out = Vec::with_capacity(rows.len());
     for (r, row) in rows.iter().enumerate() {
+        cancel.check()?;
         let len = row.len();
         if len < 2 {
             out.push(Vec::new());
@@ -232,10 +263,12 @@ impl Generation {
     /// One decode step: the new token of each row (None for finished rows), or None
     /// when every row has finished.
     pub fn step(&mut self) -> Result<Option<Vec<Option<u32>>>> {
-        in_pool(|| self.step_inner())
+        in_pool(|| self.step_inner(None))
     }
 
-    fn step_inner(&mut self) -> Result<Option<Vec<Option<u32>>>> {
+    /// One step, on the engine's pool; a set `cancel` stops the prefill between blocks
+    /// (the generation is then unusable: its KV cache is partly written).
+    fn step_inner(&mut self, cancel: Option<&Cancel>) -> Result<Option<Vec<Option<u32>>>> {
         if self.finished.iter().all(|&f| f) {
             return Ok(None);
         }
@@ -268,6 +301,7 @@ impl Generation {
         let mut hooks = Sites {
             steering: self.plan.as_ref(),
             capture: None,
+            cancel,
         };
         let h = m.forward(&input, &ctx, &mut self.cache, &mut hooks)?;
         let logits = m.logits_last(&h)?; // [b, vocab]
@@ -302,21 +336,18 @@ impl Generation {
         Ok(Some(out))
     }
 
-    /// Run to the end; returns the new tokens per row.
-    pub fn run(mut self) -> Result<Vec<Vec<u32>>> {
-        while self.step()?.is_some() {}
+    /// Run to the end; returns the new tokens per row. Stops with `Error::Interrupted`
+    /// within one decode step (or one decoder block of the prefill) of `cancel` being set.
+    pub fn run(mut self, cancel: &Cancel) -> Result<Vec<Vec<u32>>> {
+        in_pool(|| -> Result<()> {
+            cancel.check()?;
+            while self.step_inner(Some(cancel))?.is_some() {
+                cancel.check()?;
+            }
+            Ok(())
+        })?;
         Ok(self.generated)
     }
-}
-
-/// Run `f` on a worker of rayon's pool (in place when already on one). The kernels
-/// split every projection over the pool; called from a thread outside it, each split
-/// would inject a job and park the caller (a wake-up per matmul, ~200 per decoded
-/// token); from inside, the caller takes a share of the work and joins cheaply.
-/// Measured on SmolLM2 Q4_1 (examples/bench_decode, 2 threads, paired runs): batched
-/// generation 11% and single-row decode 5% less wall time.
-pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
 }
 
 /// Pick a token from one row of logits.

@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod artifacts;
+pub mod cancel;
 pub mod capture;
 pub mod error;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod gguf;
 pub mod intervene;
 pub mod kernels;
 pub mod model;
+pub mod pool;
 pub mod tokenize;
 pub mod vectors;
 

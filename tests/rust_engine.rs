@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
+use steerlab::cancel::Cancel;
 use steerlab::capture::{Captured, Reduce};
 use steerlab::generate::{forward_batch, GenParams, Generation};
 use steerlab::intervene::{Intervention, Positions, SteeringPlan};
@@ -138,7 +139,16 @@ fn batch_equals_alone_for_each_family() {
     for fam in ["llama", "qwen2", "gemma3_text"] {
         let (_d, m) = tiny(fam);
         let sites = vec![Site::Embed, Site::Layer(0), Site::Layer(2)];
-        let (cb, lb) = forward_batch(&m, &rows(), sites.clone(), Reduce::Mean, None, true).unwrap();
+        let (cb, lb) = forward_batch(
+            &m,
+            &rows(),
+            sites.clone(),
+            Reduce::Mean,
+            None,
+            true,
+            &Cancel::default(),
+        )
+        .unwrap();
         let (cb, shape) = reduced(cb.unwrap());
         let (lb, lshape) = lb.unwrap();
         assert_eq!(shape, [3, 3, D]);
@@ -150,6 +160,7 @@ fn batch_equals_alone_for_each_family() {
                 Reduce::Mean,
                 None,
                 true,
+                &Cancel::default(),
             )
             .unwrap();
             let (ca, _) = reduced(ca.unwrap());
@@ -185,14 +196,21 @@ fn kv_cache_matches_full_recompute() {
             params,
         )
         .unwrap()
-        .run()
+        .run(&Cancel::default())
         .unwrap();
         // Recompute each step from scratch without a cache.
         let mut seq = prompt.clone();
         for (k, &tok) in gen[0].iter().enumerate() {
-            let (_, lg) =
-                forward_batch(&m, &[seq.clone()], vec![], Reduce::Last, Some(&steer), true)
-                    .unwrap();
+            let (_, lg) = forward_batch(
+                &m,
+                &[seq.clone()],
+                vec![],
+                Reduce::Last,
+                Some(&steer),
+                true,
+                &Cancel::default(),
+            )
+            .unwrap();
             let (lg, _) = lg.unwrap();
             let want = steerlab::generate::argmax(&lg);
             assert_eq!(tok, want, "{fam}: step {k} differs from full recompute");
@@ -226,7 +244,7 @@ fn per_row_steering_matches_alone() {
     };
     let batch = Generation::new(m.clone(), &rows(), Some(&steer), params.clone())
         .unwrap()
-        .run()
+        .run(&Cancel::default())
         .unwrap();
     for (r, row) in rows().iter().enumerate() {
         let alone = Generation::new(
@@ -236,14 +254,14 @@ fn per_row_steering_matches_alone() {
             params.clone(),
         )
         .unwrap()
-        .run()
+        .run(&Cancel::default())
         .unwrap();
         assert_eq!(alone[0], batch[r], "row {r}");
     }
     // Steering changes something.
     let plain = Generation::new(m.clone(), &rows(), None, params)
         .unwrap()
-        .run()
+        .run(&Cancel::default())
         .unwrap();
     assert_eq!(plain[1], batch[1]);
 }
@@ -261,8 +279,16 @@ fn positions_select_the_right_tokens() {
                 positions: p,
             }]]
         });
-        let (c, _) =
-            forward_batch(&m, &row, site.clone(), Reduce::All, st.as_deref(), false).unwrap();
+        let (c, _) = forward_batch(
+            &m,
+            &row,
+            site.clone(),
+            Reduce::All,
+            st.as_deref(),
+            false,
+            &Cancel::default(),
+        )
+        .unwrap();
         match c.unwrap() {
             Captured::PerRow(mut v) => v.remove(0).0,
             _ => unreachable!(),
@@ -287,7 +313,15 @@ fn positions_select_the_right_tokens() {
             vector: direction(2.0),
             positions: bad.clone(),
         }]];
-        let r = forward_batch(&m, &row, site.clone(), Reduce::All, Some(&st), false);
+        let r = forward_batch(
+            &m,
+            &row,
+            site.clone(),
+            Reduce::All,
+            Some(&st),
+            false,
+            &Cancel::default(),
+        );
         assert!(r.is_err(), "{bad:?} was accepted");
     }
     assert_eq!(
@@ -379,6 +413,7 @@ fn gradient_reaches_steering_vector() {
         let mut sites = Sites {
             steering: Some(&plan),
             capture: None,
+            cancel: None,
         };
         let h = m
             .forward_embeds(m.embed(&ids).unwrap(), &ctx, &mut cache, &mut sites)
@@ -425,9 +460,17 @@ fn bad_inputs_are_errors_not_panics() {
         vector: wrong,
         positions: Positions::All,
     }]];
-    let e = forward_batch(&m, &[vec![1, 2]], vec![], Reduce::Last, Some(&st), true)
-        .err()
-        .unwrap();
+    let e = forward_batch(
+        &m,
+        &[vec![1, 2]],
+        vec![],
+        Reduce::Last,
+        Some(&st),
+        true,
+        &Cancel::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("expected [32]"), "{e}");
     let nan = vecf(vec![f32::NAN; D]);
     let st = vec![vec![Intervention {
@@ -435,22 +478,54 @@ fn bad_inputs_are_errors_not_panics() {
         vector: nan,
         positions: Positions::All,
     }]];
-    let e = forward_batch(&m, &[vec![1, 2]], vec![], Reduce::Last, Some(&st), true)
-        .err()
-        .unwrap();
+    let e = forward_batch(
+        &m,
+        &[vec![1, 2]],
+        vec![],
+        Reduce::Last,
+        Some(&st),
+        true,
+        &Cancel::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("non-finite"), "{e}");
-    let e = forward_batch(&m, &[vec![1, 2]], vec![], Reduce::Last, Some(&[]), true)
-        .err()
-        .unwrap();
+    let e = forward_batch(
+        &m,
+        &[vec![1, 2]],
+        vec![],
+        Reduce::Last,
+        Some(&[]),
+        true,
+        &Cancel::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("one steering"), "{e}");
     let long = vec![(0..70).map(|i| (i % 30) as u32 + 2).collect::<Vec<u32>>()];
-    let e = forward_batch(&m, &long, vec![], Reduce::Last, None, true)
-        .err()
-        .unwrap();
+    let e = forward_batch(
+        &m,
+        &long,
+        vec![],
+        Reduce::Last,
+        None,
+        true,
+        &Cancel::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("context"), "{e}");
-    let e = forward_batch(&m, &[vec![1, 99]], vec![], Reduce::Last, None, true)
-        .err()
-        .unwrap();
+    let e = forward_batch(
+        &m,
+        &[vec![1, 99]],
+        vec![],
+        Reduce::Last,
+        None,
+        true,
+        &Cancel::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("out of range"), "{e}");
     let e = forward_batch(
         &m,
@@ -459,8 +534,71 @@ fn bad_inputs_are_errors_not_panics() {
         Reduce::Index(5),
         None,
         false,
+        &Cancel::default(),
     )
     .err()
     .unwrap();
     assert!(e.to_string().contains("position 5"), "{e}");
+}
+
+#[test]
+fn a_set_cancel_stops_every_loop_and_leaves_the_model_usable() {
+    let (_d, m) = tiny("llama");
+    let params = GenParams {
+        max_new_tokens: 5,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let want = Generation::new(m.clone(), &rows(), None, params.clone())
+        .unwrap()
+        .run(&Cancel::default())
+        .unwrap();
+    let (_, want_logits) = forward_batch(
+        &m,
+        &rows(),
+        vec![],
+        Reduce::Last,
+        None,
+        true,
+        &Cancel::default(),
+    )
+    .unwrap();
+
+    let cancelled = Cancel::new();
+    cancelled.cancel();
+    let g = Generation::new(m.clone(), &rows(), None, params.clone()).unwrap();
+    assert!(matches!(
+        g.run(&cancelled),
+        Err(steerlab::Error::Interrupted)
+    ));
+    let e = forward_batch(
+        &m,
+        &rows(),
+        vec![Site::Layer(1)],
+        Reduce::Mean,
+        None,
+        true,
+        &cancelled,
+    );
+    assert!(matches!(e, Err(steerlab::Error::Interrupted)));
+    let e = steerlab::generate::token_logprobs(&m, &rows(), None, &cancelled);
+    assert!(matches!(e, Err(steerlab::Error::Interrupted)));
+
+    // Nothing of the interrupted calls stays behind.
+    let again = Generation::new(m.clone(), &rows(), None, params)
+        .unwrap()
+        .run(&Cancel::default())
+        .unwrap();
+    assert_eq!(again, want);
+    let (_, logits) = forward_batch(
+        &m,
+        &rows(),
+        vec![],
+        Reduce::Last,
+        None,
+        true,
+        &Cancel::default(),
+    )
+    .unwrap();
+    assert_eq!(logits.unwrap().0, want_logits.unwrap().0);
 }

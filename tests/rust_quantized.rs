@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use steerlab::cancel::Cancel;
 use steerlab::capture::{Captured, Reduce};
 use steerlab::generate::{forward_batch, GenParams, Generation};
 use steerlab::intervene::{Intervention, Positions};
@@ -73,7 +74,16 @@ fn batch_invariant(path: PathBuf) {
         Site::Layer(n / 2),
         Site::Layer(n - 1),
     ];
-    let (cb, lb) = forward_batch(&m, &rows, sites.clone(), Reduce::All, None, true).unwrap();
+    let (cb, lb) = forward_batch(
+        &m,
+        &rows,
+        sites.clone(),
+        Reduce::All,
+        None,
+        true,
+        &Cancel::default(),
+    )
+    .unwrap();
     let Some(Captured::PerRow(cb)) = cb else {
         panic!("expected per-row captures")
     };
@@ -86,6 +96,7 @@ fn batch_invariant(path: PathBuf) {
             Reduce::All,
             None,
             true,
+            &Cancel::default(),
         )
         .unwrap();
         let Some(Captured::PerRow(ca)) = ca else {
@@ -131,7 +142,7 @@ fn batch_invariant(path: PathBuf) {
     };
     let batch = Generation::new(m.clone(), &rows, Some(&steer), params.clone())
         .unwrap()
-        .run()
+        .run(&Cancel::default())
         .unwrap();
     for (r, row) in rows.iter().enumerate() {
         let alone = Generation::new(
@@ -141,7 +152,7 @@ fn batch_invariant(path: PathBuf) {
             params.clone(),
         )
         .unwrap()
-        .run()
+        .run(&Cancel::default())
         .unwrap();
         assert_eq!(alone[0], batch[r], "{}: row {r} greedy", path.display());
     }

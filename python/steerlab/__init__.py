@@ -30,6 +30,7 @@ from steerlab.errors import (
     OutOfRangeError,
     ShapeError,
     SteerlabError,
+    TemplateError,
     TokenizerError,
     UnsupportedModelError,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Steering",
     "SteeringVector",
     "SteerlabError",
+    "TemplateError",
     "TokenizerError",
     "UnsupportedModelError",
     "__version__",

@@ -50,3 +50,13 @@ __all__ = [
 
 class InvalidTypeError(SteerlabError, TypeError):
     """An argument of the wrong Python type (e.g. a prompt that is not a string)."""
+
+
+class TemplateError(SteerlabError, ValueError):
+    """A chat template exceeded a limit while rendering: the size of its output or of a
+    value it builds, the number of steps it takes, or the total work; the message names
+    the limit (see `steerlab.templates`). Templates come from model files, so these
+    limits keep a hostile or broken one from exhausting memory or time."""
+
+
+__all__ += ["TemplateError"]

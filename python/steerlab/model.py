@@ -8,15 +8,12 @@ steering arguments into per-row data, and decodes what comes back.
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import numbers
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
+from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -28,16 +25,13 @@ from steerlab.errors import (
     ContextLengthError,
     InvalidArgumentError,
     InvalidTypeError,
-    ModelFormatError,
     ModelNotFoundError,
     OutOfRangeError,
     SteerlabError,
 )
 from steerlab.models import default_model_path
 from steerlab.steering import PreparedSteering, Row, batch_rows, prepare
-
-if TYPE_CHECKING:
-    import jinja2
+from steerlab.templates import render_chat
 
 __all__ = ["Model"]
 
@@ -203,50 +197,6 @@ def _partial_stop(text: str, stop: list[str] | None) -> int:
                 best = k
                 break
     return best
-
-
-# ------------------------------------------------------------------------ chat template
-
-
-def _raise_exception(message: str) -> None:
-    import jinja2
-
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(
-    x: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # As transformers does: jinja's own tojson escapes HTML characters.
-    return json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-@functools.lru_cache(maxsize=16)
-def _compile_template(source: str) -> jinja2.Template:
-    """Compile a chat template the way transformers' `apply_chat_template` does."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ModelFormatError(f"the chat template does not parse: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -544,8 +494,6 @@ class Model:
             InvalidTypeError: `messages` is not a list of mappings.
             ModelFormatError: the template does not parse.
         """
-        import jinja2
-
         add_generation_prompt = _args.flag(add_generation_prompt, "add_generation_prompt")
         if chat_template is not None:
             _args.text(chat_template, "chat_template")
@@ -574,13 +522,9 @@ class Model:
             if value is not None:
                 variables[key] = value
         variables.update(template_kwargs)
-        template = _compile_template(source)
-        try:
-            return template.render(
-                messages=checked, add_generation_prompt=add_generation_prompt, **variables
-            )
-        except jinja2.TemplateError as exc:
-            raise InvalidArgumentError(f"the chat template rejected the messages: {exc}") from None
+        return render_chat(
+            source, messages=checked, add_generation_prompt=add_generation_prompt, **variables
+        )
 
     # -- steering --------------------------------------------------------------------
 

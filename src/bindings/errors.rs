@@ -5,7 +5,8 @@
 //! pyo3 `create_exception!` class can have only one base.
 
 use pyo3::exceptions::{
-    PyException, PyFileNotFoundError, PyIndexError, PyRuntimeError, PyValueError,
+    PyException, PyFileNotFoundError, PyIndexError, PyKeyboardInterrupt, PyRuntimeError,
+    PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -134,11 +135,15 @@ fn class_for(e: &Error) -> &'static str {
         Error::ContextLength(_) => "ContextLengthError",
         Error::Tokenizer(_) => "TokenizerError",
         Error::Backend(_) => "BackendError",
+        Error::Interrupted => "BackendError", // raised as KeyboardInterrupt (below)
     }
 }
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
+        if matches!(e, Error::Interrupted) {
+            return PyKeyboardInterrupt::new_err(e.to_string());
+        }
         let msg = e.to_string();
         let name = class_for(&e);
         Python::attach(|py| match class(py, name) {

@@ -1,6 +1,7 @@
 //! pyo3 bindings: conversion, error mapping and GIL release only. No model logic here.
 
 mod arrays;
+mod cancel;
 mod errors;
 mod model;
 mod vectors;
@@ -10,6 +11,14 @@ use pyo3::prelude::*;
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // candle's own worker pool (element-wise ops on 64K+ values) lives in a static that a
+    // forked child cannot rebuild: with no workers it runs those ops on the calling
+    // engine-pool thread, so children of a process that used a model do not hang
+    // (src/pool.rs). Set before candle reads it (its first such op); a value the user
+    // set is kept.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::PyModel>()?;
     m.add_class::<model::PyGeneration>()?;

@@ -9,12 +9,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
 use super::arrays::{to_numpy, vector_from_numpy};
+use super::cancel::interruptible;
 use super::errors::invalid;
 use crate::capture::{Captured, Reduce};
 use crate::error::Error;
 use crate::generate::{forward_batch, token_logprobs, GenParams, Generation};
 use crate::intervene::{Intervention, Positions, RowSteering};
 use crate::model::{Model, Site, WeightDtype};
+use crate::pool::in_pool;
 
 fn parse_device(s: &str) -> PyResult<Device> {
     match s {
@@ -202,7 +204,7 @@ impl PyModel {
     fn load(py: Python<'_>, path: PathBuf, dtype: &str, device: &str) -> PyResult<PyModel> {
         let dtype = WeightDtype::parse(dtype)?;
         let device = parse_device(device)?;
-        let m = py.detach(|| Model::load(&path, dtype, device))?;
+        let m = py.detach(|| in_pool(|| Model::load(&path, dtype, device)))?;
         Ok(PyModel { inner: Arc::new(m) })
     }
 
@@ -301,8 +303,9 @@ impl PyModel {
         let sites = extract_sites(m, layers)?;
         let reduce = extract_reduce(reduce)?;
         let steering = extract_steering(m, steering)?;
-        let (cap, lg) =
-            py.detach(|| forward_batch(m, &rows, sites, reduce, steering.as_deref(), logits))?;
+        let (cap, lg) = interruptible(py, |cancel| {
+            forward_batch(m, &rows, sites, reduce, steering.as_deref(), logits, cancel)
+        })?;
         let cap_obj: Py<PyAny> = match cap {
             None => py.None(),
             Some(Captured::Reduced { data, shape }) => {
@@ -333,7 +336,9 @@ impl PyModel {
         let m = &self.inner;
         let rows = extract_batch(batch)?;
         let steering = extract_steering(m, steering)?;
-        let out = py.detach(|| token_logprobs(m, &rows, steering.as_deref()))?;
+        let out = interruptible(py, |cancel| {
+            token_logprobs(m, &rows, steering.as_deref(), cancel)
+        })?;
         let list = PyList::empty(py);
         for row in out {
             let n = row.len();
@@ -369,7 +374,7 @@ impl PyModel {
             stop,
             ignore_eos,
         )?;
-        Ok(py.detach(|| g.run())?)
+        interruptible(py, |cancel| g.run(cancel))
     }
 
     #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 use sha2::{Digest, Sha256};
 
+use crate::cancel::Cancel;
 use crate::capture::Capture;
 use crate::error::{Error, Result};
 use crate::intervene::SteeringPlan;
@@ -199,6 +200,8 @@ impl StepCtx<'_> {
 pub struct Sites<'a> {
     pub steering: Option<&'a SteeringPlan>,
     pub capture: Option<&'a mut Capture>,
+    /// Checked before each decoder block, so a long prefill stops within one block.
+    pub cancel: Option<&'a Cancel>,
 }
 
 pub struct Model {
@@ -454,6 +457,9 @@ impl Model {
         let mut mask_local: Option<(usize, Mask)> = None;
         let mut h = self.site(Site::Embed, h, ctx, sites)?;
         for (i, (block, c)) in self.blocks.iter().zip(cache.iter_mut()).enumerate() {
+            if let Some(cancel) = sites.cancel {
+                cancel.check()?;
+            }
             let window = self.cfg.sliding_window[i];
             let (rot, mask) = match window {
                 None => (&rot_g, &mask_global),
