@@ -311,8 +311,25 @@ def apply_ops(base: bytes, ops: list[Op]) -> bytes:
     return bytes(buf)
 
 
+# Per destination: the byte ranges where the file on disk differs from its base (None:
+# unknown, rewrite it), so that an input that only overwrites a few header bytes of a
+# 100 MB model restores the previous edits and writes its own instead of the whole file.
+_DIRTY: dict[Path, list[tuple[int, int]] | None] = {}
+
+
 def write_mutated(base: bytes, ops: list[Op], dest: Path) -> None:
-    """Write base with ops applied; only the part the ops touch is copied in Python."""
+    """Write base with ops applied."""
+    if all(op[0] == "set" for op in ops) and _DIRTY.get(dest) is not None and dest.exists():
+        with open(dest, "r+b") as f:
+            for s, e in _DIRTY[dest] or []:
+                os.pwrite(f.fileno(), base[s:e], s)
+            dirty = []
+            for _, off, b in ops:
+                b = b[: max(0, len(base) - off)]
+                os.pwrite(f.fileno(), b, off)
+                dirty.append((off, off + len(b)))
+        _DIRTY[dest] = dirty
+        return
     touched = 0
     for op in ops:
         if op[0] == "set":
@@ -327,6 +344,8 @@ def write_mutated(base: bytes, ops: list[Op], dest: Path) -> None:
         f.write(head)
         if not trunc:
             f.write(memoryview(base)[touched:])
+    same_length = not trunc and all(op[0] == "set" for op in ops)
+    _DIRTY[dest] = [(op[1], op[1] + len(op[2])) for op in ops] if same_length else None
 
 
 def pick_int(rng: random.Random, width: int, old: int) -> int:

@@ -88,101 +88,54 @@ fn layer_index(suffix: &str) -> Option<usize> {
 }
 
 /// Check a vector file's safetensors header with bounded reads before anything is
-/// allocated from it: the header length, and for every tensor its name, dtype, shape and
-/// byte range against the file's real size. Returns the metadata JSON string.
-fn check_vector_header(path: &Path, file_len: u64) -> Result<String> {
-    use std::io::Read;
+/// allocated from it (`safetensors_header::check`: length, dtypes, shapes, byte ranges
+/// against the file), then what a steerlab vector must be: `layer.N` tensors, 1-D F32 of
+/// 1..=MAX_WIDTH values, and a `steerlab` metadata string holding a JSON object. Returns
+/// that string.
+fn check_vector_header(path: &Path) -> Result<String> {
     let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
-    if file_len < 8 {
-        return Err(bad(format!(
-            "not a valid safetensors file ({file_len} bytes; the header length alone is 8)"
-        )));
-    }
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len8 = [0u8; 8];
-    f.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
-    let n = u64::from_le_bytes(len8);
-    if n > file_len - 8 || n > MAX_VECTOR_HEADER {
-        return Err(bad(format!(
-            "not a valid safetensors file: header length {n} is beyond the file \
-             ({file_len} bytes) or the {MAX_VECTOR_HEADER} bytes a vector header may have"
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    // serde_json bounds nesting (128 levels), so no input recurses deeply.
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("not a valid safetensors file (header: {e})")))?;
-    let data_len = file_len - 8 - n;
-    let mut meta_json = None;
-    for (name, entry) in &header {
-        if name == "__metadata__" {
-            let m = entry
-                .as_object()
-                .ok_or_else(|| bad("__metadata__ is not an object of strings".into()))?;
-            if let Some(v) = m.get("steerlab") {
-                let text = v
-                    .as_str()
-                    .ok_or_else(|| bad("metadata 'steerlab' is not a string".into()))?;
-                let parsed: serde_json::Value = serde_json::from_str(text)
-                    .map_err(|e| bad(format!("metadata 'steerlab' is not valid JSON ({e})")))?;
-                if !parsed.is_object() {
-                    return Err(bad(
-                        "metadata 'steerlab' is not a JSON object (expected the vector's info)"
-                            .into(),
-                    ));
-                }
-                meta_json = Some(text.to_string());
-            }
-            continue;
-        }
+    let header = crate::safetensors_header::check(path, MAX_VECTOR_HEADER)?;
+    for t in &header.tensors {
+        let name = &t.name;
         if name.strip_prefix("layer.").and_then(layer_index).is_none() {
             return Err(bad(format!(
                 "unexpected tensor '{name}' (expected layer.N with N in 0..={MAX_LAYER_INDEX})"
             )));
         }
-        let dtype = entry.get("dtype").and_then(|d| d.as_str());
-        let shape = entry.get("shape").and_then(|s| s.as_array());
-        let offsets = entry.get("data_offsets").and_then(|s| s.as_array());
-        let (Some(dtype), Some(shape), Some(offsets)) = (dtype, shape, offsets) else {
-            return Err(bad(format!(
-                "tensor '{name}' lacks a dtype, shape or data_offsets"
-            )));
-        };
-        let width = match shape.as_slice() {
-            [w] => w.as_u64(),
-            _ => None,
-        };
-        let Some(width) = width.filter(|w| (1..=MAX_WIDTH as u64).contains(w)) else {
-            return Err(bad(format!(
-                "tensor '{name}' is {dtype} {}; expected a 1-D F32 tensor of 1..={MAX_WIDTH} values",
-                serde_json::Value::Array(shape.clone())
-            )));
-        };
-        if dtype != "F32" {
-            return Err(bad(format!(
-                "tensor '{name}' is {dtype} [{width}]; expected a 1-D F32 tensor"
-            )));
-        }
-        let range = match offsets.as_slice() {
-            [a, b] => a.as_u64().zip(b.as_u64()),
-            _ => None,
-        };
-        match range {
-            Some((a, b)) if a <= b && b <= data_len && b - a == 4 * width => {}
+        let width = match t.shape.as_slice() {
+            [w] if (1..=MAX_WIDTH as u64).contains(w) => *w,
             _ => {
                 return Err(bad(format!(
-                    "tensor '{name}' has data_offsets {} but its {width} F32 values need {} \
-                     bytes within the {data_len} bytes of data",
-                    serde_json::Value::Array(offsets.clone()),
-                    4 * width
-                )))
+                "tensor '{name}' is {} {:?}; expected a 1-D F32 tensor of 1..={MAX_WIDTH} values",
+                t.dtype, t.shape
+            )))
             }
+        };
+        if t.dtype != "F32" {
+            return Err(bad(format!(
+                "tensor '{name}' is {} [{width}]; expected a 1-D F32 tensor",
+                t.dtype
+            )));
         }
     }
-    meta_json.ok_or_else(|| {
-        bad("no 'steerlab' metadata in the header: not a steerlab steering vector".into())
-    })
+    let text = match header.metadata.get("steerlab") {
+        Some(serde_json::Value::String(s)) => s,
+        _ => {
+            return Err(bad(
+                "no 'steerlab' metadata in the header: not a steerlab steering vector".into(),
+            ))
+        }
+    };
+    // serde_json bounds nesting, so deep nesting is an error here, not a RecursionError
+    // in Python later.
+    let parsed: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("metadata 'steerlab' is not valid JSON ({e})")))?;
+    if !parsed.is_object() {
+        return Err(bad(
+            "metadata 'steerlab' is not a JSON object (expected the vector's info)".into(),
+        ));
+    }
+    Ok(text.clone())
 }
 
 /// Read a steerlab safetensors vector: directions and the metadata JSON string.
@@ -190,10 +143,7 @@ fn check_vector_header(path: &Path, file_len: u64) -> Result<String> {
 /// The header is checked first with bounded reads (see `check_vector_header`); only
 /// then is the file read and handed to the safetensors parser.
 pub fn load_safetensors(path: &Path) -> Result<(Directions, String)> {
-    let file_len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    let meta_json = check_vector_header(path, file_len)?;
+    let meta_json = check_vector_header(path)?;
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
     let st = SafeTensors::deserialize(&data)
@@ -469,7 +419,7 @@ mod tests {
         );
         let e = load_safetensors(&p).unwrap_err().to_string();
         assert!(
-            e.contains("expected a 1-D F32 tensor of 1..=65536 values"),
+            e.contains("has shape [18446744073709551615] whose size overflows 64 bits"),
             "{e}"
         );
         let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));

@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod intervene;
 pub mod kernels;
 pub mod model;
+pub mod safetensors_header;
 pub mod tokenize;
 pub mod vectors;
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -486,6 +487,44 @@ def test_hf_shard_index_entry_that_is_not_a_string_is_refused(tmp_path: Path) ->
         sl.Model.load(folder)
 
 
+def test_hf_shard_index_that_misplaces_a_tensor_is_refused(tmp_path: Path) -> None:
+    folder = hf_copy(tmp_path, "tiny_llama")
+    idx_path = folder / "model.safetensors.index.json"
+    idx = json.loads(idx_path.read_text())
+    idx["weight_map"]["lm_head.weight"] = "model-00001-of-00002.safetensors"
+    idx_path.write_text(json.dumps(idx))
+    with pytest.raises(
+        sl.ModelFormatError,
+        match=r"index\.json: the index puts tensor 'lm_head\.weight' in .*model-00001-of-00002\.safetensors, but it is in .*model-00002-of-00002\.safetensors",
+    ):
+        sl.Model.load(folder)
+
+
+def test_hf_tensor_in_two_shards_is_refused(tmp_path: Path) -> None:
+    folder = hf_copy(tmp_path, "tiny_qwen2")
+    shutil.copy(folder / "model.safetensors", folder / "model-copy.safetensors")
+    (folder / "model.safetensors").rename(folder / "model-orig.safetensors")
+    with pytest.raises(sl.ModelFormatError, match=r"tensor '.*' is in two shards, .* and "):
+        sl.Model.load(folder)
+
+
+def test_hf_shard_with_a_hostile_header_is_refused_before_parsing(tmp_path: Path) -> None:
+    folder = hf_copy(tmp_path, "tiny_qwen2")
+    shard = folder / "model.safetensors"
+    data = shard.read_bytes()
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in sorted(header) if k != "__metadata__")
+    header[name]["shape"] = [2**40, 2**40]
+    body = json.dumps(header).encode()
+    shard.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + n :])
+    with pytest.raises(
+        sl.ModelFormatError,
+        match=rf"model\.safetensors: not a valid safetensors file: tensor '{re.escape(name)}' has shape \[1099511627776,1099511627776\] whose size overflows 64 bits",
+    ):
+        sl.Model.load(folder)
+
+
 # ------------------------------------------------------------------ vector safetensors
 
 
@@ -508,7 +547,7 @@ META = {"steerlab": VectorInfo(d_model=4).to_json(), "format": "steerlab.steerin
             },
             f32(4),
             None,
-            r"tensor 'layer\.3' is F32 \[2,2\]; expected a 1-D F32 tensor of 1\.\.=65536 values",
+            r"tensor 'layer\.3' is F32 \[2, 2\]; expected a 1-D F32 tensor of 1\.\.=65536 values",
         ),
         (
             {

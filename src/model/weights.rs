@@ -282,6 +282,8 @@ impl Weights {
     /// Open the safetensors shards of a Hugging Face folder.
     pub fn from_hf_dir(dir: &Path, device: Device, arch: Arch) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
+        // (tensor, shard) pairs the index lists, checked against the shards below.
+        let mut listed: Vec<(String, PathBuf)> = Vec::new();
         let files: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
@@ -301,6 +303,7 @@ impl Weights {
                     ))
                 })?;
                 names.push(shard);
+                listed.push((tensor.clone(), dir.join(shard)));
             }
             names.sort_unstable();
             names.dedup();
@@ -336,6 +339,36 @@ impl Weights {
                     path: f.clone(),
                     what: "safetensors shard listed in the index is missing".into(),
                 });
+            }
+        }
+        // Every shard's header is checked with bounded reads before safetensors and candle
+        // parse it; a tensor in two shards, or not where the index puts it, is refused.
+        let mut home: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
+        for f in &files {
+            let header = crate::safetensors_header::check(f, MAX_SHARD_HEADER)?;
+            for t in header.tensors {
+                if let Some(other) = home.insert(t.name.clone(), f) {
+                    return Err(Error::format(format!(
+                        "{}: tensor '{}' is in two shards, {} and {}",
+                        dir.display(),
+                        t.name,
+                        other.display(),
+                        f.display()
+                    )));
+                }
+            }
+        }
+        for (tensor, shard) in &listed {
+            if home.get(tensor).copied() != Some(shard.as_path()) {
+                return Err(Error::format(format!(
+                    "{}: the index puts tensor '{tensor}' in {}, but {}",
+                    index.display(),
+                    shard.display(),
+                    match home.get(tensor) {
+                        Some(p) => format!("it is in {}", p.display()),
+                        None => "no shard has it".to_string(),
+                    }
+                )));
             }
         }
         // SAFETY: the files are memory-mapped read-only; steerlab never writes them and
@@ -643,6 +676,9 @@ impl Weights {
         }
     }
 }
+
+/// The safetensors crate's own limit on a header (100 MB).
+const MAX_SHARD_HEADER: u64 = 100_000_000;
 
 /// The path of a shard named in `model.safetensors.index.json`: a plain file name in
 /// `dir` (no separator, no `..`, not absolute), which must not be a symlink leading out
