@@ -78,6 +78,7 @@ U64_EXTREMES = (
     0xFFFF_FFFF_FFFF_FFFE,
     0xFFFF_FFFF_FFFF_FFFF,
 )
+FLOAT_EXTREMES = (0.0, -0.0, -1.0, 1e-45, 1e30, 3.4e38, float("inf"), float("-inf"), float("nan"))
 JSON_EXTREMES: tuple[Any, ...] = (
     0,
     1,
@@ -176,6 +177,9 @@ def gguf_fields(data: bytes, max_elems: int = 6) -> tuple[list[Field], int]:
         elif ty in (10, 11) and record:
             fields.append(Field(pos, 8, "value", name))
             pos += 8
+        elif ty in (6, 12) and record:
+            fields.append(Field(pos, 4 if ty == 6 else 8, "float", name))
+            pos += 4 if ty == 6 else 8
         elif ty in sizes:
             pos += sizes[ty]
         elif ty == 8:
@@ -401,6 +405,11 @@ def mut_field(rng: random.Random, b: Base) -> tuple[list[Op], str]:
     kinds = sorted({f.kind for f in b.fields})
     kind = rng.choice(kinds)
     f = rng.choice([f for f in b.fields if f.kind == kind])
+    if f.kind == "float":
+        ffmt = "<f" if f.width == 4 else "<d"
+        (fold,) = struct.unpack_from(ffmt, b.data, f.offset)
+        fnew = rng.choice(FLOAT_EXTREMES)
+        return [("set", f.offset, struct.pack(ffmt, fnew))], f"{f.name} (float) {fold} -> {fnew}"
     fmt = "<I" if f.width == 4 else "<Q"
     (old,) = struct.unpack_from(fmt, b.data, f.offset)
     if f.kind == "type" and rng.random() < 0.7:

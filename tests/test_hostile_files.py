@@ -525,6 +525,22 @@ def test_hf_shard_with_a_hostile_header_is_refused_before_parsing(tmp_path: Path
         sl.Model.load(folder)
 
 
+def test_hf_truncated_tokenizer_json_is_refused_before_tokenizers_parses_it(
+    tmp_path: Path,
+) -> None:
+    # Found by the fuzz harness (seed 2, hf:1528): cut inside the decoder section, the
+    # tokenizers crate panicked (expect("Helper")); the panic was caught, but a check
+    # was missing.
+    folder = hf_copy(tmp_path, "tiny_qwen2")
+    tok = folder / "tokenizer.json"
+    tok.write_bytes(tok.read_bytes()[:899])
+    with pytest.raises(
+        sl.ModelFormatError,
+        match=r"tokenizer\.json: not a valid tokenizer\.json \(not JSON: EOF while parsing a string at line 46 column 10\)",
+    ):
+        sl.Model.load(folder)
+
+
 # ------------------------------------------------------------------ vector safetensors
 
 
