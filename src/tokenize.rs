@@ -102,6 +102,14 @@ impl Tokenizer {
     /// `eos_token_id` / `bos_token_id` of `generation_config.json` and `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // tokenizers panics (expect("Helper")) on JSON that does not parse; check the
+        // syntax first (serde_json also bounds the nesting depth).
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            Error::format(format!(
+                "{}: not a valid tokenizer.json (not JSON: {e})",
+                path.display()
+            ))
+        })?;
         let mut inner = guarded(path, || {
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
                 Error::format(format!(

@@ -80,29 +80,130 @@ pub struct Config {
     pub final_logit_softcap: Option<f64>,
 }
 
+/// Upper bounds on the sizes a model file may declare. They are checked as each size is
+/// read, before anything is allocated from it (real models stay far below: 126 layers,
+/// d_model 16384, 128 heads, head_dim 256, d_ff 53248, vocabulary 262k).
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_D_MODEL: usize = 1 << 16;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_HEAD_DIM: usize = 4096;
+pub const MAX_D_FF: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 24;
+
+/// A size read from `origin` (a path or "config.json") under `key`: 1..=max.
+pub fn check_size(origin: &str, key: &str, v: u64, max: usize) -> Result<usize> {
+    match usize::try_from(v) {
+        Ok(n) if n >= 1 && n <= max => Ok(n),
+        _ => Err(Error::format(format!(
+            "{origin}: {key} = {v} is not a plausible size (expected 1..={max})"
+        ))),
+    }
+}
+
 impl Config {
+    /// Check the relations between sizes and that every float is usable. Sizes were
+    /// bounded when they were read ([`check_size`]); this runs again here so that a
+    /// `Config` built in code is held to the same rules.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::format(format!("invalid model config: {m}")));
-        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.vocab_size == 0 {
-            return bad(format!(
-                "n_layers={}, d_model={}, n_heads={}, vocab={} must all be positive",
-                self.n_layers, self.d_model, self.n_heads, self.vocab_size
-            ));
+        let sizes = [
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("d_model", self.d_model, MAX_D_MODEL),
+            ("n_heads", self.n_heads, MAX_HEADS),
+            ("n_kv_heads", self.n_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("d_ff", self.d_ff, MAX_D_FF),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+        ];
+        for (name, v, max) in sizes {
+            if v == 0 || v > max {
+                return bad(format!("{name}={v} (expected 1..={max})"));
+            }
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!(
                 "n_heads={} must be a positive multiple of n_kv_heads={}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim % 2 != 0 {
             return bad(format!(
                 "head_dim={} must be even and positive",
                 self.head_dim
             ));
         }
-        if self.n_layers > 4096 || self.d_model > 1 << 16 || self.n_heads > 1024 {
-            return bad("sizes are implausibly large".into());
+        if self.max_context == 0 {
+            return bad("max_context=0 (expected at least 1 token)".into());
+        }
+        if self.sliding_window.len() != self.n_layers {
+            return bad(format!(
+                "{} sliding-window entries for {} layers",
+                self.sliding_window.len(),
+                self.n_layers
+            ));
+        }
+        if let Some(i) = self.sliding_window.iter().position(|w| *w == Some(0)) {
+            return bad(format!(
+                "layer {i} has a sliding window of 0 keys (expected at least 1)"
+            ));
+        }
+        let positive = [
+            ("rope_theta", self.rope_theta),
+            ("rope_local_theta", self.rope_local_theta),
+            ("attn_scale", self.attn_scale),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name}={v} (expected a finite number > 0)"));
+            }
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return bad(format!(
+                "rms_eps={} (expected a finite number >= 0)",
+                self.rms_eps
+            ));
+        }
+        if let Some(c) = self.final_logit_softcap {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!(
+                    "final_logit_softcap={c} (expected a finite number > 0)"
+                ));
+            }
+        }
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear(f) => {
+                if !(f.is_finite() && *f > 0.0) {
+                    return bad(format!(
+                        "linear rope scaling factor={f} (expected a finite number > 0)"
+                    ));
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
+                let all = [
+                    ("factor", *factor),
+                    ("low_freq_factor", *low_freq_factor),
+                    ("high_freq_factor", *high_freq_factor),
+                    ("original_max_position_embeddings", *original_max_position),
+                ];
+                for (name, v) in all {
+                    if !(v.is_finite() && v > 0.0) {
+                        return bad(format!(
+                            "llama3 rope scaling {name}={v} (expected a finite number > 0)"
+                        ));
+                    }
+                }
+                if high_freq_factor <= low_freq_factor {
+                    return bad(format!(
+                        "llama3 rope scaling high_freq_factor={high_freq_factor} must be greater than low_freq_factor={low_freq_factor}"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -135,6 +236,8 @@ pub struct HfConfig {
     pub hidden_act: Option<String>,
     pub hidden_activation: Option<String>,
     pub final_logit_softcapping: Option<f64>,
+    pub partial_rotary_factor: Option<f64>,
+    pub mlp_bias: Option<bool>,
     pub text_config: Option<Box<HfConfig>>,
 }
 
@@ -158,14 +261,24 @@ fn parse_rope_scaling(v: &Option<serde_json::Value>) -> Result<RopeScaling> {
     match kind {
         "default" => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear(num("factor").ok_or_else(|| {
-            Error::format("rope_scaling 'linear' needs 'factor'")
+            Error::format("config.json: rope_scaling 'linear' needs a number 'factor'")
         })?)),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor: num("factor").unwrap_or(8.0),
-            low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
-            high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-            original_max_position: num("original_max_position_embeddings").unwrap_or(8192.0),
-        }),
+        "llama3" => {
+            // transformers requires all four; a default here would be a guess.
+            let req = |k: &str| {
+                num(k).ok_or_else(|| {
+                    Error::format(format!(
+                        "config.json: rope_scaling 'llama3' needs a number '{k}'"
+                    ))
+                })
+            };
+            Ok(RopeScaling::Llama3 {
+                factor: req("factor")?,
+                low_freq_factor: req("low_freq_factor")?,
+                high_freq_factor: req("high_freq_factor")?,
+                original_max_position: req("original_max_position_embeddings")?,
+            })
+        }
         other => Err(Error::unsupported(format!(
             "rope_scaling type '{other}' is not supported (supported: default, linear, llama3)"
         ))),
@@ -193,10 +306,52 @@ impl HfConfig {
                 )))
             }
         };
-        let d_model = need(self.hidden_size, "hidden_size")?;
-        let n_heads = need(self.num_attention_heads, "num_attention_heads")?;
-        let n_layers = need(self.num_hidden_layers, "num_hidden_layers")?;
-        let head_dim = self.head_dim.unwrap_or(d_model / n_heads.max(1));
+        // Every size is bounded before anything is sized by it.
+        let size = |v: Option<usize>, key: &str, max: usize| -> Result<usize> {
+            check_size("config.json", key, need(v, key)? as u64, max)
+        };
+        let d_model = size(self.hidden_size, "hidden_size", MAX_D_MODEL)?;
+        let n_heads = size(self.num_attention_heads, "num_attention_heads", MAX_HEADS)?;
+        let n_layers = size(self.num_hidden_layers, "num_hidden_layers", MAX_LAYERS)?;
+        let n_kv_heads = match self.num_key_value_heads {
+            Some(v) => check_size("config.json", "num_key_value_heads", v as u64, MAX_HEADS)?,
+            None => n_heads,
+        };
+        let head_dim = match self.head_dim {
+            Some(v) => check_size("config.json", "head_dim", v as u64, MAX_HEAD_DIM)?,
+            None if d_model % n_heads != 0 => {
+                return Err(Error::format(format!(
+                    "config.json: hidden_size = {d_model} is not a multiple of num_attention_heads = {n_heads} and there is no head_dim"
+                )))
+            }
+            None => d_model / n_heads,
+        };
+        let d_ff = size(self.intermediate_size, "intermediate_size", MAX_D_FF)?;
+        let vocab_size = size(self.vocab_size, "vocab_size", MAX_VOCAB)?;
+        let max_context = match self.max_position_embeddings {
+            Some(v) => check_size(
+                "config.json",
+                "max_position_embeddings",
+                v as u64,
+                u32::MAX as usize,
+            )?,
+            None => 4096,
+        };
+        if let Some(f) = self.partial_rotary_factor {
+            if f != 1.0 {
+                return Err(Error::unsupported(format!(
+                    "config.json: partial_rotary_factor = {f} is not supported (steerlab rotates the whole head; expected 1.0)"
+                )));
+            }
+        }
+        if self.mlp_bias == Some(true) {
+            return Err(Error::unsupported(
+                "config.json: mlp_bias = true is not supported (steerlab's MLP has no biases)",
+            ));
+        }
+        if let Some(w) = self.sliding_window {
+            check_size("config.json", "sliding_window", w as u64, u32::MAX as usize)?;
+        }
         let rope_theta = self.rope_theta.unwrap_or(10_000.0);
         let sliding_window = match arch {
             Arch::Gemma3 => {
@@ -212,7 +367,13 @@ impl HfConfig {
                         t.iter().map(|s| s == "sliding_attention").collect()
                     }
                     None => {
-                        let p = self.sliding_window_pattern.unwrap_or(6).max(1);
+                        let p =
+                            match self.sliding_window_pattern {
+                                Some(0) => return Err(Error::format(
+                                    "config.json: sliding_window_pattern = 0 (expected at least 1)",
+                                )),
+                                p => p.unwrap_or(6),
+                            };
                         (0..n_layers).map(|i| (i + 1) % p != 0).collect()
                     }
                 };
@@ -243,10 +404,10 @@ impl HfConfig {
             n_layers,
             d_model,
             n_heads,
-            n_kv_heads: self.num_key_value_heads.unwrap_or(n_heads),
+            n_kv_heads,
             head_dim,
-            d_ff: need(self.intermediate_size, "intermediate_size")?,
-            vocab_size: need(self.vocab_size, "vocab_size")?,
+            d_ff,
+            vocab_size,
             rms_eps: self.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_local_theta: match arch {
@@ -255,7 +416,7 @@ impl HfConfig {
             },
             rope_scaling: parse_rope_scaling(&self.rope_scaling)?,
             rope_interleaved: false,
-            max_context: self.max_position_embeddings.unwrap_or(4096),
+            max_context,
             sliding_window,
             attn_scale: match arch {
                 Arch::Gemma3 => self
@@ -300,38 +461,78 @@ pub fn from_gguf(g: &Gguf) -> Result<Config> {
         }
     };
     let k = |s: &str| format!("{arch_name}.{s}");
-    let n_layers = g.get_u32(&k("block_count"))? as usize;
-    let d_model = g.get_u32(&k("embedding_length"))? as usize;
-    let n_heads = g.get_u32(&k("attention.head_count"))? as usize;
-    let n_kv_heads = g
-        .opt_u32(&k("attention.head_count_kv"))?
-        .map(|v| v as usize)
-        .unwrap_or(n_heads);
-    let head_dim = g
-        .opt_u32(&k("attention.key_length"))?
-        .map(|v| v as usize)
-        .unwrap_or(d_model / n_heads.max(1));
-    let d_ff = g.get_u32(&k("feed_forward_length"))? as usize;
+    let origin = g.path.display().to_string();
+    // Every size is bounded as it is read, before anything is sized by it.
+    let size = |key: &str, max: usize| -> Result<usize> {
+        check_size(&origin, key, u64::from(g.get_u32(key)?), max)
+    };
+    let opt_size = |key: &str, max: usize| -> Result<Option<usize>> {
+        g.opt_u32(key)?
+            .map(|v| check_size(&origin, key, u64::from(v), max))
+            .transpose()
+    };
+    let n_layers = size(&k("block_count"), MAX_LAYERS)?;
+    let d_model = size(&k("embedding_length"), MAX_D_MODEL)?;
+    let n_heads = size(&k("attention.head_count"), MAX_HEADS)?;
+    let n_kv_heads = opt_size(&k("attention.head_count_kv"), MAX_HEADS)?.unwrap_or(n_heads);
+    let head_dim = match opt_size(&k("attention.key_length"), MAX_HEAD_DIM)? {
+        Some(v) => v,
+        None if d_model % n_heads != 0 => {
+            return Err(Error::format(format!(
+                "{origin}: {} = {d_model} is not a multiple of {} = {n_heads} and there is no {}",
+                k("embedding_length"),
+                k("attention.head_count"),
+                k("attention.key_length")
+            )))
+        }
+        None => d_model / n_heads,
+    };
+    // Metadata steerlab cannot honour is refused rather than ignored.
+    if let Some(v) = opt_size(&k("attention.value_length"), MAX_HEAD_DIM)? {
+        if v != head_dim {
+            return Err(Error::unsupported(format!(
+                "{origin}: {} = {v} differs from the key length {head_dim}; steerlab needs equal key and value head sizes",
+                k("attention.value_length")
+            )));
+        }
+    }
+    if let Some(v) = g.opt_u32(&k("rope.dimension_count"))? {
+        if v as usize != head_dim {
+            return Err(Error::unsupported(format!(
+                "{origin}: {} = {v} but the head dimension is {head_dim}: partial rotary embeddings are not supported (steerlab rotates the whole head)",
+                k("rope.dimension_count")
+            )));
+        }
+    }
+    if let Some(n) = g.opt_u32(&k("expert_count"))? {
+        if n > 0 {
+            return Err(Error::unsupported(format!(
+                "{origin}: {} = {n}: mixture-of-experts models are not supported",
+                k("expert_count")
+            )));
+        }
+    }
+    let d_ff = size(&k("feed_forward_length"), MAX_D_FF)?;
     let rms_eps = g.get_f32(&k("attention.layer_norm_rms_epsilon"))? as f64;
     let rope_theta = g.opt_f32(&k("rope.freq_base"))?.unwrap_or(10_000.0) as f64;
-    let max_context = g
-        .opt_u32(&k("context_length"))?
-        .map(|v| v as usize)
-        .unwrap_or(4096);
+    let max_context = opt_size(&k("context_length"), u32::MAX as usize)?.unwrap_or(4096);
     let vocab_size = match g.opt_u32(&k("vocab_size"))? {
-        Some(v) => v as usize,
+        Some(v) => check_size(&origin, &k("vocab_size"), u64::from(v), MAX_VOCAB)?,
         None => {
             let t = g
                 .content
                 .tensor_infos
                 .get("token_embd.weight")
                 .ok_or_else(|| {
-                    Error::format(format!(
-                        "{}: missing tensor 'token_embd.weight'",
-                        g.path.display()
-                    ))
+                    Error::format(format!("{origin}: missing tensor 'token_embd.weight'"))
                 })?;
-            t.shape.dims().first().copied().unwrap_or(0)
+            let rows = t.shape.dims().first().copied().unwrap_or(0);
+            check_size(
+                &origin,
+                "the row count of token_embd.weight (the vocabulary size)",
+                rows as u64,
+                MAX_VOCAB,
+            )?
         }
     };
     let rope_scaling = match g.opt_str(&k("rope.scaling.type"))? {
@@ -347,10 +548,7 @@ pub fn from_gguf(g: &Gguf) -> Result<Config> {
     let tie = !g.content.tensor_infos.contains_key("output.weight");
     let sliding_window = match arch {
         Arch::Gemma3 => {
-            let w = g
-                .opt_u32(&k("attention.sliding_window"))?
-                .map(|v| v as usize)
-                .unwrap_or(512);
+            let w = opt_size(&k("attention.sliding_window"), u32::MAX as usize)?.unwrap_or(512);
             // llama.cpp: every 6th layer (il % 6 == 5) attends globally.
             (0..n_layers).map(|i| (i % 6 < 5).then_some(w)).collect()
         }
@@ -389,4 +587,64 @@ pub fn from_gguf(g: &Gguf) -> Result<Config> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf(json: &str) -> Result<Config> {
+        let c: HfConfig = serde_json::from_str(json).map_err(|e| Error::format(e.to_string()))?;
+        c.into_config()
+    }
+
+    const BASE: &str = r#""model_type":"llama","hidden_size":64,"num_attention_heads":4,
+        "intermediate_size":128,"vocab_size":100"#;
+    const GEMMA: &str = r#""model_type":"gemma3_text","hidden_size":64,"num_attention_heads":4,
+        "intermediate_size":128,"vocab_size":100"#;
+
+    #[test]
+    fn sizes_are_bounded_before_anything_is_allocated() {
+        // 2^33 layers used to allocate per-layer storage before the plausibility check.
+        let e = hf(&format!(r#"{{{BASE},"num_hidden_layers":8589934592}}"#)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config.json: num_hidden_layers = 8589934592 is not a plausible size (expected 1..=4096)"
+        );
+        let e = hf(&format!(
+            r#"{{{GEMMA},"num_hidden_layers":2,"sliding_window":0}}"#
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("sliding_window = 0"), "{e}");
+        let ok = hf(&format!(r#"{{{BASE},"num_hidden_layers":2}}"#)).unwrap();
+        assert_eq!((ok.n_layers, ok.head_dim, ok.n_kv_heads), (2, 16, 4));
+    }
+
+    #[test]
+    fn ignored_features_are_refused() {
+        let e = hf(&format!(
+            r#"{{{BASE},"num_hidden_layers":2,"partial_rotary_factor":0.25}}"#
+        ))
+        .unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+        assert!(
+            e.to_string().contains("partial_rotary_factor = 0.25"),
+            "{e}"
+        );
+        let e = hf(&format!(
+            r#"{{{BASE},"num_hidden_layers":2,"mlp_bias":true}}"#
+        ))
+        .unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    }
+
+    #[test]
+    fn check_size_message_names_key_value_and_range() {
+        let e = check_size("f.gguf", "llama.block_count", 1 << 31, MAX_LAYERS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f.gguf: llama.block_count = 2147483648 is not a plausible size (expected 1..=4096)"
+        );
+        assert_eq!(check_size("f", "k", 7, 8).unwrap(), 7);
+    }
 }

@@ -228,11 +228,23 @@ impl Model {
                 what: "expected a .gguf file or a Hugging Face model folder".into(),
             });
         }
-        if path.is_dir() {
-            Self::load_hf_dir(path, dtype, device)
-        } else {
-            Self::load_gguf(path, dtype, device)
-        }
+        // Every loader validates what it reads before using it; the catch is the last line
+        // of defence so that a check still missing cannot unwind into the caller.
+        let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if path.is_dir() {
+                Self::load_hf_dir(path, dtype, device)
+            } else {
+                Self::load_gguf(path, dtype, device)
+            }
+        }));
+        load.unwrap_or_else(|panic| {
+            Err(Error::format(format!(
+                "{}: loading failed on a check steerlab lacks ({}); the file is damaged or \
+                 unusual; please report it",
+                path.display(),
+                crate::gguf::panic_message(panic.as_ref())
+            )))
+        })
     }
 
     fn load_gguf(path: &Path, dtype: WeightDtype, device: Device) -> Result<Model> {
@@ -279,6 +291,15 @@ impl Model {
     }
 
     fn build(cfg: Config, tokenizer: Tokenizer, w: Weights, path: &Path) -> Result<Model> {
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            return Err(Error::format(format!(
+                "{}: the tokenizer has {} tokens but the model's embedding has only {} rows \
+                 (expected at most as many tokens as rows)",
+                path.display(),
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            )));
+        }
         let embed = w.embedding(cfg.vocab_size, cfg.d_model)?;
         // Blocks read and repack their tensors independently (positional reads): in
         // parallel, the first error wins.
@@ -297,10 +318,20 @@ impl Model {
                 .collect::<Result<Vec<Block>>>()
         })?;
         let norm = RmsNorm::load(&w, "norm", cfg.d_model, cfg.rms_eps)?;
-        let lm_head = if cfg.tie_embeddings || !w.exists("lm_head") {
+        let lm_head = if cfg.tie_embeddings {
             embed.as_linear()?
-        } else {
+        } else if w.exists("lm_head") {
             w.linear("lm_head", cfg.vocab_size, cfg.d_model)?
+        } else {
+            // GGUF files tie exactly when there is no output.weight, so this is an HF
+            // checkpoint whose config says the output projection is separate.
+            return Err(Error::format(format!(
+                "{}: config.json sets tie_word_embeddings = false (or leaves it at the \
+                 {} default, false) but the checkpoint has no 'lm_head.weight'; expected \
+                 the output projection, or tie_word_embeddings: true",
+                path.display(),
+                cfg.arch.name()
+            )));
         };
         let mut h = Sha256::new();
         h.update(format!(

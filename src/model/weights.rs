@@ -282,6 +282,8 @@ impl Weights {
     /// Open the safetensors shards of a Hugging Face folder.
     pub fn from_hf_dir(dir: &Path, device: Device, arch: Arch) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
+        // (tensor, shard) pairs the index lists, checked against the shards below.
+        let mut listed: Vec<(String, PathBuf)> = Vec::new();
         let files: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
@@ -292,13 +294,23 @@ impl Weights {
                 .ok_or_else(|| {
                     Error::format(format!("{}: missing 'weight_map' object", index.display()))
                 })?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|x| x.as_str().map(|s| s.to_string()))
-                .collect();
-            names.sort();
+            let mut names: Vec<&str> = Vec::with_capacity(map.len().min(4096));
+            for (tensor, shard) in map {
+                let shard = shard.as_str().ok_or_else(|| {
+                    Error::format(format!(
+                        "{}: weight_map['{tensor}'] is {shard}, expected a shard file name",
+                        index.display()
+                    ))
+                })?;
+                names.push(shard);
+                listed.push((tensor.clone(), dir.join(shard)));
+            }
+            names.sort_unstable();
             names.dedup();
-            names.into_iter().map(|n| dir.join(n)).collect()
+            names
+                .into_iter()
+                .map(|n| shard_path(dir, &index, n))
+                .collect::<Result<Vec<_>>>()?
         } else {
             let single = dir.join("model.safetensors");
             if single.exists() {
@@ -327,6 +339,36 @@ impl Weights {
                     path: f.clone(),
                     what: "safetensors shard listed in the index is missing".into(),
                 });
+            }
+        }
+        // Every shard's header is checked with bounded reads before safetensors and candle
+        // parse it; a tensor in two shards, or not where the index puts it, is refused.
+        let mut home: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
+        for f in &files {
+            let header = crate::safetensors_header::check(f, MAX_SHARD_HEADER)?;
+            for t in header.tensors {
+                if let Some(other) = home.insert(t.name.clone(), f) {
+                    return Err(Error::format(format!(
+                        "{}: tensor '{}' is in two shards, {} and {}",
+                        dir.display(),
+                        t.name,
+                        other.display(),
+                        f.display()
+                    )));
+                }
+            }
+        }
+        for (tensor, shard) in &listed {
+            if home.get(tensor).copied() != Some(shard.as_path()) {
+                return Err(Error::format(format!(
+                    "{}: the index puts tensor '{tensor}' in {}, but {}",
+                    index.display(),
+                    shard.display(),
+                    match home.get(tensor) {
+                        Some(p) => format!("it is in {}", p.display()),
+                        None => "no shard has it".to_string(),
+                    }
+                )));
             }
         }
         // SAFETY: the files are memory-mapped read-only; steerlab never writes them and
@@ -475,8 +517,16 @@ impl Weights {
                 Ok(q.dequantize(&self.device)?)
             }
             Source::Safetensors { st, .. } => {
-                if st.get(name).is_err() {
-                    return Err(self.missing(name));
+                let view = st.get(name).map_err(|_| self.missing(name))?;
+                // Weights are floats; candle would turn other dtypes (integers, the
+                // placeholder F4/F6/F8_E8M0 types) into tensors it cannot convert.
+                // (candle's safetensors is another major version than ours: compare names.)
+                let dtype = format!("{:?}", view.dtype());
+                if !matches!(dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
+                    return Err(Error::unsupported(format!(
+                        "{}: tensor '{name}' has dtype {dtype}; steerlab loads F32, F16, BF16 and F64 weights",
+                        self.origin()
+                    )));
                 }
                 let t = st.load(name, &self.device).map_err(|e| {
                     Error::format(format!("{}: tensor '{name}': {e}", self.origin()))
@@ -492,12 +542,13 @@ impl Weights {
         if !self.has(&name) {
             return Err(self.missing(&name));
         }
-        let t = self.dense(&name)?.flatten_all()?;
-        if t.dim(0)? != len {
+        let t = self.dense(&name)?;
+        // A vector stored with another shape is refused, not flattened.
+        if t.dims() != [len] {
             return Err(Error::format(format!(
-                "{}: tensor '{name}' has {} elements, expected {len}",
+                "{}: tensor '{name}' has shape {:?}, expected [{len}]",
                 self.origin(),
-                t.dim(0)?
+                t.dims()
             )));
         }
         // Hugging Face Gemma stores norm scales as w and applies (1 + w); GGUF files
@@ -624,6 +675,41 @@ impl Weights {
             }
         }
     }
+}
+
+/// The safetensors crate's own limit on a header (100 MB).
+const MAX_SHARD_HEADER: u64 = 100_000_000;
+
+/// The path of a shard named in `model.safetensors.index.json`: a plain file name in
+/// `dir` (no separator, no `..`, not absolute), which must not be a symlink leading out
+/// of the folder. Anything else could make a downloaded index open files elsewhere.
+fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
+    let refuse = |why: &str| {
+        Err(Error::format(format!(
+            "{}: shard {name:?} {why}; expected a plain file name inside {}",
+            index.display(),
+            dir.display()
+        )))
+    };
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && Path::new(name).components().count() == 1
+        && !Path::new(name).has_root();
+    if !plain {
+        return refuse("is not a plain file name");
+    }
+    let path = dir.join(name);
+    if path.is_symlink() {
+        let real_dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+        match std::fs::canonicalize(&path) {
+            Ok(real) if real.parent() == Some(real_dir.as_path()) => {}
+            Ok(_) => return refuse("is a symbolic link to a file outside the folder"),
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(path)
 }
 
 fn check_dims(origin: &str, name: &str, dims: &[usize], rows: usize, cols: usize) -> Result<()> {
