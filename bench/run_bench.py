@@ -508,6 +508,16 @@ def footprint_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Above this median share of the CPUs used by other processes, the targets are not judged.
+LOADED = 0.25
+
+
+def foreign_load(measurements: list[dict[str, Any]]) -> float | None:
+    """Median share of the CPUs other processes used during the measurements."""
+    vals = sorted(m["foreign_cpu"] for m in measurements if m.get("foreign_cpu") is not None)
+    return vals[len(vals) // 2] if vals else None
+
+
 def write_report(result: dict[str, Any], path: Path) -> None:
     """bench/RESULTS.md from the result dictionary."""
     meta, summary = result["meta"], result["summary"]
@@ -607,8 +617,18 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "| target | steerlab | peer | paired per round | met |",
         "|---|---|---|---|---|",
     ]
+    load = foreign_load(result["measurements"])
+    if load is not None and load > LOADED:
+        lines[-2:-2] = [
+            f"**Not judged: other processes used {load:.0%} of the CPUs (median over the "
+            "measurements), so the 2-thread OpenMP peers were slowed many times over and "
+            "the ratios below do not measure the targets. Re-run on an idle machine.**",
+            "",
+        ]
     for label, mine, peer, paired, ok in targets(summary, meta, result["measurements"]):
         mark = "n/a" if ok is None else ("yes" if ok else "**no**")
+        if load is not None and load > LOADED and ok is not None:
+            mark = f"not judged ({mark.strip('*')} as measured)"
         lines.append(f"| {label} | {mine} | {peer} | {paired} | {mark} |")
     lines += [
         "",
