@@ -508,6 +508,16 @@ def footprint_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Above this median share of the CPUs used by other processes, the targets are not judged.
+LOADED = 0.25
+
+
+def foreign_load(measurements: list[dict[str, Any]]) -> float | None:
+    """Median share of the CPUs other processes used during the measurements."""
+    vals = sorted(m["foreign_cpu"] for m in measurements if m.get("foreign_cpu") is not None)
+    return vals[len(vals) // 2] if vals else None
+
+
 def write_report(result: dict[str, Any], path: Path) -> None:
     """bench/RESULTS.md from the result dictionary."""
     meta, summary = result["meta"], result["summary"]
@@ -521,6 +531,9 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "",
         f"- Machine: {meta['cpu_model']}, {meta['cores']} cores, {meta['memory_gib']:.0f} GiB; "
         f"{meta['platform']}. Every tool runs with {THREADS} threads.",
+        f"- CPU flags: {' '.join(meta.get('cpu_simd', [])) or 'n/a'}; steerlab's kernel path: "
+        f"{meta.get('steerlab_isa', 'n/a')}.",
+        f"- llama.cpp compiled by bench/setup_env.sh with: {meta.get('llama_cmake', 'n/a')}.",
         f"- Model: `{Path(spec['model_path']).name}` (SmolLM2-135M-Instruct, {spec['n_layers']} "
         f"layers, d={spec['d_model']}), the same file for every tool; transformers "
         "dequantizes it to f32 at load (`gguf_file=`).",
@@ -604,8 +617,18 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "| target | steerlab | peer | paired per round | met |",
         "|---|---|---|---|---|",
     ]
+    load = foreign_load(result["measurements"])
+    if load is not None and load > LOADED:
+        lines[-2:-2] = [
+            f"**Not judged: other processes used {load:.0%} of the CPUs (median over the "
+            "measurements), so the 2-thread OpenMP peers were slowed many times over and "
+            "the ratios below do not measure the targets. Re-run on an idle machine.**",
+            "",
+        ]
     for label, mine, peer, paired, ok in targets(summary, meta, result["measurements"]):
         mark = "n/a" if ok is None else ("yes" if ok else "**no**")
+        if load is not None and load > LOADED and ok is not None:
+            mark = f"not judged ({mark.strip('*')} as measured)"
         lines.append(f"| {label} | {mine} | {peer} | {paired} | {mark} |")
     lines += [
         "",
@@ -787,21 +810,74 @@ def sanity_check(work: Path, quick: bool, env: dict[str, str]) -> tuple[dict[str
 # -- machine and versions ----------------------------------------------------------------
 
 
+# The CPU flags worth naming (what the kernels of steerlab, llama.cpp and torch pick from).
+SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def steerlab_isa(flags: set[str]) -> str:
+    """The kernel path steerlab picks on these flags: the rule of `Isa::hardware` in
+    src/kernels/mod.rs, capped by STEERLAB_ISA as `Isa::detect` does."""
+    levels = ["scalar", "avx2", "avx512"]
+    hw = "scalar"
+    if {"avx2", "fma", "f16c"} <= flags:
+        hw = "avx2"
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"} <= flags:
+            hw = "avx512"
+    cap = os.environ.get("STEERLAB_ISA", "").strip().lower()
+    if cap in levels and levels.index(cap) < levels.index(hw):
+        return f"{cap} (STEERLAB_ISA; the CPU allows {hw})"
+    return hw
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory, platform."""
+    """CPU model, SIMD flags, cores, memory, platform, and the ISA paths of the tools."""
     model = platform.processor() or "unknown"
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         for line in out.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
-        flags = next((ln for ln in out.splitlines() if ln.startswith("Flags:")), "")
-        simd = [f for f in ("avx2", "fma", "avx512f") if f" {f} " in f" {flags} "]
-        model += f" ({', '.join(simd) or 'no AVX2'})"
     except OSError:
         pass
+    simd = [f for f in SIMD_FLAGS if f in flags]
+    cmake = ROOT / ".bench-venv" / "llama-cmake-args.txt"
+    try:
+        llama_args = " ".join(
+            a.removeprefix("-D") for a in cmake.read_text().split() if a.startswith("-DGGML_")
+        )
+    except OSError:
+        llama_args = "unknown (no .bench-venv/llama-cmake-args.txt)"
     return {
         "cpu_model": model,
+        "cpu_simd": simd,
+        "steerlab_isa": steerlab_isa(flags),
+        "llama_cmake": llama_args,
         "cores": os.cpu_count(),
         "memory_gib": psutil.virtual_memory().total / 2**30,
         "platform": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",

@@ -6,6 +6,9 @@
 //! block 15 at every position (the W2 workload of bench/bench_steerlab.py).
 //! batch: 16 prompts of 20 tokens, 64 new tokens, one vector per row (W3).
 //! capture: 64 prompts of 64 tokens, batch 16, every layer, last position (W1).
+//!
+//! A/B of the kernel paths on one machine: `STEERLAB_ISA=avx2` (or `scalar`) caps the
+//! instruction set the kernels use; the first line names the one in use.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +30,12 @@ fn main() -> steerlab::Result<()> {
     let what = args.get(3).map(String::as_str).unwrap_or("decode");
     let t_load = Instant::now();
     let model = Arc::new(Model::load(std::path::Path::new(path), dtype, Device::Cpu)?);
-    println!("load: {:.3} s", t_load.elapsed().as_secs_f64());
+    println!(
+        "load: {:.3} s (kernels: {}; {}=scalar|avx2|avx512 caps them)",
+        t_load.elapsed().as_secs_f64(),
+        steerlab::kernels::Isa::detect().name(),
+        steerlab::kernels::ISA_ENV
+    );
     if what == "load" {
         return Ok(());
     }

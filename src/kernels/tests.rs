@@ -1,5 +1,6 @@
-//! Each kernel against a dequantize-then-f64-matmul reference, scalar against AVX2,
-//! odd shapes and batch invariance.
+//! Each kernel against a dequantize-then-f64-matmul reference, scalar against AVX2 and
+//! AVX-512 (every level this CPU runs, whatever `STEERLAB_ISA` says), odd shapes and
+//! batch invariance.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -67,12 +68,12 @@ const CASES: &[(GgmlDType, Format)] = &[
 ];
 
 /// Shapes (n, k) per format: k not a multiple of 256 where the format allows, n not a
-/// multiple of 8.
+/// multiple of 8, odd and even numbers of 8-row groups (AVX-512 pairs them).
 fn shapes(fmt: Format) -> Vec<(usize, usize)> {
     if fmt.block_len() == 256 {
-        vec![(13, 256), (40, 512)]
+        vec![(13, 256), (40, 512), (64, 256)]
     } else {
-        vec![(13, 32), (8, 96), (40, 544)]
+        vec![(13, 32), (8, 96), (40, 544), (64, 64)]
     }
 }
 
@@ -131,10 +132,8 @@ fn reference(x: &[f32], deq: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>,
 }
 
 fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Scalar];
-    if Isa::detect() == Isa::Avx2 {
-        v.push(Isa::Avx2);
-    }
+    let v = Isa::supported();
+    eprintln!("kernel paths this CPU runs: {v:?}");
     v
 }
 
@@ -165,26 +164,67 @@ fn kernels_match_dequantized_reference() {
 }
 
 #[test]
-fn scalar_and_avx2_agree_bitwise() {
-    if Isa::detect() != Isa::Avx2 {
-        eprintln!("no AVX2 on this CPU: nothing to compare");
+fn every_isa_agrees_with_scalar_bitwise() {
+    let paths = isas();
+    if paths.len() == 1 {
+        eprintln!("only the scalar kernels on this CPU: nothing to compare");
         return;
     }
     for &(dt, fmt) in CASES {
-        for (n, k) in shapes(fmt) {
-            let (raw, _) = weight(dt, n, k, 3);
-            let ql = QLinear::from_gguf(fmt, &raw, n, k).unwrap();
-            for m in [1, 2, 3, 4, 5, 17, 40] {
-                let x = acts(m, k, 9);
-                let mut a = vec![0f32; m * n];
-                let mut b = vec![0f32; m * n];
-                ql.forward_isa(Isa::Scalar, &x, m, &mut a).unwrap();
-                ql.forward_isa(Isa::Avx2, &x, m, &mut b).unwrap();
-                let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
-                assert!(same, "{} m={m} [{n}, {k}]: scalar != avx2", fmt.name());
+        let mut sh = shapes(fmt);
+        sh.push((8 * 37 + 3, fmt.block_len() * 2)); // enough groups to split over threads
+        for (n, k) in sh {
+            for seed in [3, 4] {
+                let (raw, _) = weight(dt, n, k, seed);
+                let ql = QLinear::from_gguf(fmt, &raw, n, k).unwrap();
+                for m in [1, 2, 3, 4, 5, 8, 17, 40] {
+                    let x = acts(m, k, 9 + seed);
+                    let mut a = vec![0f32; m * n];
+                    ql.forward_isa(Isa::Scalar, &x, m, &mut a).unwrap();
+                    for &isa in &paths[1..] {
+                        let mut b = vec![0f32; m * n];
+                        ql.forward_isa(isa, &x, m, &mut b).unwrap();
+                        let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+                        assert!(same, "{} m={m} [{n}, {k}]: scalar != {isa:?}", fmt.name());
+                    }
+                }
             }
         }
     }
+}
+
+#[test]
+fn isa_levels_and_names() {
+    assert_eq!(Isa::parse("AVX512"), Some(Isa::Avx512));
+    assert_eq!(Isa::parse(" avx2 "), Some(Isa::Avx2));
+    assert_eq!(Isa::parse("scalar"), Some(Isa::Scalar));
+    assert_eq!(Isa::parse("sse2"), None);
+    assert!(Isa::Scalar < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        assert_eq!(Isa::parse(isa.name()), Some(isa));
+    }
+    // The chosen level never exceeds the hardware's, and the hardware's is supported.
+    assert!(Isa::detect() <= Isa::hardware());
+    assert_eq!(Isa::supported().last(), Some(&Isa::hardware()));
+    // What `STEERLAB_ISA` asked for (when set, e.g. by `make test-isa`) is applied.
+    if let Some(cap) = std::env::var(ISA_ENV).ok().and_then(|v| Isa::parse(&v)) {
+        assert_eq!(Isa::detect(), Isa::hardware().min(cap));
+    } else {
+        assert_eq!(Isa::detect(), Isa::hardware());
+    }
+}
+
+/// A level above the CPU's is run at the CPU's level (never an illegal instruction).
+#[test]
+fn levels_above_the_cpu_fall_back() {
+    let (raw, _) = weight(GgmlDType::Q4_1, 24, 64, 2);
+    let ql = QLinear::from_gguf(Format::Q4_1, &raw, 24, 64).unwrap();
+    let x = acts(3, 64, 1);
+    let mut a = vec![0f32; 3 * 24];
+    let mut b = vec![0f32; 3 * 24];
+    ql.forward_isa(Isa::Scalar, &x, 3, &mut a).unwrap();
+    ql.forward_isa(Isa::Avx512, &x, 3, &mut b).unwrap();
+    assert_eq!(a, b);
 }
 
 #[test]
@@ -242,7 +282,7 @@ fn activation_quantization() {
 
 #[test]
 fn activation_quantization_scalar_equals_avx2() {
-    if Isa::detect() != Isa::Avx2 {
+    if Isa::hardware() < Isa::Avx2 {
         return;
     }
     let k = 32 * 37;

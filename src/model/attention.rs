@@ -268,37 +268,51 @@ impl Attention {
         let mut out = vec![0f32; b * t * nh * hd];
         with_f32(&q, |qx| {
             let row = |r: usize, out: &mut [f32]| {
-                let mut qr = vec![0f32; hd];
-                let mut sc = vec![0f32; total];
+                // The `group` query heads of one KV head: rotated queries, scores, maxima.
+                let mut qr = vec![0f32; group * hd];
+                let mut sc = vec![0f32; group * total];
+                let mut mx = vec![f32::NEG_INFINITY; group];
                 for j in 0..t {
                     let cs = &cos[(r * t + j) * half..(r * t + j + 1) * half];
                     let sn = &sin[(r * t + j) * half..(r * t + j + 1) * half];
                     let mrow = &a.mask.v[(r * t + j) * total..(r * t + j + 1) * total];
-                    for h in 0..nh {
-                        let src = ((r * t + j) * nh + h) * hd;
-                        rope_into(&qx[src..src + hd], cs, sn, inter, &mut qr);
-                        let g = h / group;
+                    for g in 0..nkv {
                         let kb = &c.k[(r * nkv + g) * cap * hd..];
                         let vb = &c.v[(r * nkv + g) * cap * hd..];
-                        let mut mx = f32::NEG_INFINITY;
-                        for (ci, (s, &m)) in sc.iter_mut().zip(mrow).enumerate() {
-                            if m == f32::NEG_INFINITY {
-                                continue;
-                            }
-                            *s = vecops::dot(isa, &qr, &kb[ci * hd..(ci + 1) * hd]) * scale + m;
-                            mx = mx.max(*s);
+                        for (i, q) in qr.chunks_exact_mut(hd).enumerate() {
+                            let src = ((r * t + j) * nh + g * group + i) * hd;
+                            rope_into(&qx[src..src + hd], cs, sn, inter, q);
                         }
-                        let mut sum = 0f32;
-                        for (s, &m) in sc.iter_mut().zip(mrow) {
-                            if m != f32::NEG_INFINITY {
-                                *s = (*s - mx).exp();
-                                sum += *s;
+                        // Scores of up to 4 heads per pass over the keys (each key read
+                        // once for them; each score the bits of a lone `dot`).
+                        mx.fill(f32::NEG_INFINITY);
+                        let mut h0 = 0;
+                        while h0 < group {
+                            let n = (group - h0).min(4);
+                            let (q, s, m) = (&qr[h0 * hd..], &mut sc[h0 * total..], &mut mx[h0..]);
+                            let kb = &kb[..total * hd];
+                            match n {
+                                4 => scores::<4>(isa, q, kb, mrow, scale, s, m),
+                                3 => scores::<3>(isa, q, kb, mrow, scale, s, m),
+                                2 => scores::<2>(isa, q, kb, mrow, scale, s, m),
+                                _ => scores::<1>(isa, q, kb, mrow, scale, s, m),
                             }
+                            h0 += n;
                         }
-                        let o = &mut out[(j * nh + h) * hd..(j * nh + h + 1) * hd];
-                        for (ci, (&s, &m)) in sc.iter().zip(mrow).enumerate() {
-                            if m != f32::NEG_INFINITY {
-                                vecops::axpy(isa, o, s / sum, &vb[ci * hd..(ci + 1) * hd]);
+                        for (i, (sc, &mx)) in sc.chunks_exact_mut(total).zip(&mx).enumerate() {
+                            let h = g * group + i;
+                            let mut sum = 0f32;
+                            for (s, &m) in sc.iter_mut().zip(mrow) {
+                                if m != f32::NEG_INFINITY {
+                                    *s = (*s - mx).exp();
+                                    sum += *s;
+                                }
+                            }
+                            let o = &mut out[(j * nh + h) * hd..(j * nh + h + 1) * hd];
+                            for (ci, (&s, &m)) in sc.iter().zip(mrow).enumerate() {
+                                if m != f32::NEG_INFINITY {
+                                    vecops::axpy(isa, o, s / sum, &vb[ci * hd..(ci + 1) * hd]);
+                                }
                             }
                         }
                     }
@@ -358,6 +372,34 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
         Ok(self.o.forward(&out)?) // [b, t, d]
+    }
+}
+
+/// Scores of G query heads (`q`: G vectors of `hd`, `hd = kb.len() / mask.len()`)
+/// against every unmasked key of `kb`: `sc[i * T + key] = q_i · k * scale + mask`, and
+/// `mx[i]` the maximum of head i's (T = `mask.len()`; masked entries are not written).
+fn scores<const G: usize>(
+    isa: Isa,
+    q: &[f32],
+    kb: &[f32],
+    mask: &[f32],
+    scale: f32,
+    sc: &mut [f32],
+    mx: &mut [f32],
+) {
+    let total = mask.len();
+    let hd = kb.len() / total.max(1);
+    let qs: [&[f32]; G] = std::array::from_fn(|i| &q[i * hd..(i + 1) * hd]);
+    for (ci, (&m, k)) in mask.iter().zip(kb.chunks_exact(hd)).enumerate() {
+        if m == f32::NEG_INFINITY {
+            continue;
+        }
+        let d = vecops::dot_group(isa, qs, k);
+        for (i, dv) in d.iter().enumerate() {
+            let s = dv * scale + m;
+            sc[i * total + ci] = s;
+            mx[i] = mx[i].max(s);
+        }
     }
 }
 

@@ -79,13 +79,54 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let g = self.gate.forward(x)?; // [b, t, d_ff]
+        let u = self.up.forward(x)?; // [b, t, d_ff]
+        if self.act == Activation::Silu && !g.track_op() && !u.track_op() {
+            if let Some(h) = silu_mul_cpu(&g, &u)? {
+                return self.down.forward(&h); // [b, t, d]
+            }
+        }
         let g = match self.act {
             Activation::Silu => candle_nn::ops::silu(&g)?,
             Activation::GeluTanh => g.gelu()?,
         };
-        let u = self.up.forward(x)?;
         self.down.forward(&(g * u)?) // [b, t, d]
     }
+}
+
+/// silu(g) * u in one pass over f32 CPU tensors, on rayon's pool when large (candle's
+/// `silu` and `*` each allocate, and above 64 K values run on candle's own thread pool,
+/// whose threads then compete with rayon's). The same formula per element as candle's
+/// (`g / (1 + exp(-g))`, then `* u`), so the same bits. `None` when the tensors are not
+/// contiguous f32 on the CPU of one shape (the caller takes candle's ops).
+fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    if g.dims() != u.dims() {
+        return Ok(None);
+    }
+    let (gs, gl) = g.storage_and_layout();
+    let (us, ul) = u.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(gd)), Storage::Cpu(CpuStorage::F32(ud))) = (&*gs, &*us)
+    else {
+        return Ok(None);
+    };
+    let (Some((g0, g1)), Some((u0, u1))) = (gl.contiguous_offsets(), ul.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let (gv, uv) = (&gd[g0..g1], &ud[u0..u1]);
+    let f = |(&g, &u): (&f32, &f32)| (g / (1.0 + (-g).exp())) * u;
+    const PAR_MIN: usize = 64 * 1024;
+    let out: Vec<f32> = if gv.len() >= PAR_MIN {
+        gv.par_iter()
+            .zip(uv.par_iter())
+            .with_min_len(8 * 1024)
+            .map(f)
+            .collect()
+    } else {
+        gv.iter().zip(uv).map(f).collect()
+    };
+    Ok(Some(Tensor::from_vec(out, g.shape(), g.device())?))
 }
 
 /// Gemma's chat turn format (`<start_of_turn>role ... <end_of_turn>`), written for
@@ -612,5 +653,39 @@ impl Model {
         }
         let ids = Tensor::from_vec(flat, (rows.len(), layout.width), &self.device)?;
         Ok((ids, layout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused SiLU-gate gives the bits of candle's `silu(g) * u`, below and above the
+    /// size where it goes parallel, and declines what it does not handle.
+    #[test]
+    fn silu_mul_matches_candle_bitwise() {
+        for n in [7usize, 1536 * 16, 70 * 1024 + 3] {
+            let g: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.013).sin() * 9.0).collect();
+            let u: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.007).cos() * 2.0).collect();
+            let g = Tensor::from_vec(g, n, &Device::Cpu).unwrap();
+            let u = Tensor::from_vec(u, n, &Device::Cpu).unwrap();
+            let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+            let got = silu_mul_cpu(&g, &u)
+                .unwrap()
+                .expect("f32 CPU tensors are handled");
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(&got), bits(&want), "n = {n}");
+        }
+        let g = Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(silu_mul_cpu(&g, &g.t().unwrap()).unwrap().is_none()); // not contiguous
+        assert!(silu_mul_cpu(&g, &g.reshape(9).unwrap()).unwrap().is_none()); // shapes
+        let h = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
+        assert!(silu_mul_cpu(&h, &h).unwrap().is_none());
     }
 }
