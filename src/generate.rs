@@ -194,16 +194,28 @@ fn token_logprobs_inner(
             out.push(Vec::new());
             continue;
         }
-        // Columns pad..pad+len-1 predict tokens 1..len of the row.
-        let hr = h.narrow(0, r, 1)?.narrow(1, layout.pad(r), len - 1)?; // [1, len-1, d]
-        let logits = model.logits_all(&hr)?.squeeze(0)?; // [len-1, vocab]
-        let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
-        let next = Tensor::from_slice(&row[1..], (len - 1, 1), &model.device)?;
-        let picked = lp.gather(&next, 1)?.squeeze(1)?; // [len-1]
-        out.push(picked.to_vec1::<f32>()?);
+        // Columns pad..pad+len-1 predict tokens 1..len of the row, taken in chunks of
+        // LOGPROB_CHUNK positions: the [chunk, vocab] logits stay small (a 2000-token row
+        // would need 400 MB at once for a 49k vocabulary) and Ctrl-C is seen between them.
+        let mut picked = Vec::with_capacity(len - 1);
+        let mut j = 0;
+        while j < len - 1 {
+            cancel.check()?;
+            let n = LOGPROB_CHUNK.min(len - 1 - j);
+            let hr = h.narrow(0, r, 1)?.narrow(1, layout.pad(r) + j, n)?; // [1, n, d]
+            let logits = model.logits_all(&hr)?.squeeze(0)?; // [n, vocab]
+            let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+            let next = Tensor::from_slice(&row[1 + j..1 + j + n], (n, 1), &model.device)?;
+            picked.extend(lp.gather(&next, 1)?.squeeze(1)?.to_vec1::<f32>()?); // [n]
+            j += n;
+        }
+        out.push(picked);
     }
     Ok(out)
 }
+
+/// Positions per log-softmax over the vocabulary in `token_logprobs`.
+const LOGPROB_CHUNK: usize = 128;
 
 /// A generation in progress; `step` produces one token per row.
 pub struct Generation {
@@ -228,6 +240,22 @@ impl Generation {
     ) -> Result<Self> {
         params.validate()?;
         let (ids, layout) = model.pad_batch(rows)?;
+        if params.ignore_eos {
+            // A row stops when it fills the context; with ignore_eos the caller was
+            // promised exactly max_new_tokens, so say up front when they cannot fit.
+            let ctx = model.cfg.max_context;
+            if let Some((r, &l)) = (layout.lens.iter().enumerate())
+                .find(|(_, &l)| l.saturating_add(params.max_new_tokens) > ctx)
+            {
+                return Err(Error::ContextLength(format!(
+                    "ignore_eos=True asks for exactly max_new_tokens={} new tokens, but prompt \
+                     {r} has {l} tokens and the model's context holds {ctx}: at most {} new \
+                     tokens fit",
+                    params.max_new_tokens,
+                    ctx.saturating_sub(l)
+                )));
+            }
+        }
         // The last new token is sampled but never fed: max_new_tokens - 1 are read.
         let extra = params.max_new_tokens.saturating_sub(1);
         let plan = plan_steering(&model, steering, &layout.lens, extra)?;

@@ -122,8 +122,12 @@ impl Tokenizer {
 
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
         let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?;
-        let gen_cfg = read_json(&dir.join("generation_config.json"))?;
-        let model_cfg = read_json(&dir.join("config.json"))?;
+        let (gen_path, cfg_path) = (dir.join("generation_config.json"), dir.join("config.json"));
+        let gen_cfg = read_json(&gen_path)?;
+        let model_cfg = read_json(&cfg_path)?;
+        let vocab = inner.get_vocab_size(true);
+        let bos_from_gen = json_ids(gen_cfg.as_ref(), "bos_token_id", &gen_path, vocab)?;
+        let bos_from_cfg = json_ids(model_cfg.as_ref(), "bos_token_id", &cfg_path, vocab)?;
 
         let cfg_str = |key: &str| -> Option<String> {
             let v = tok_cfg.as_ref()?.get(key)?;
@@ -142,22 +146,34 @@ impl Tokenizer {
         let eos_token = cfg_str("eos_token");
         let id_of = |t: &Option<String>| t.as_deref().and_then(|t| inner.token_to_id(t));
         let bos_id = id_of(&bos_token)
-            .or_else(|| json_ids(gen_cfg.as_ref(), "bos_token_id").first().copied())
-            .or_else(|| {
-                json_ids(model_cfg.as_ref(), "bos_token_id")
-                    .first()
-                    .copied()
-            });
-        let pad_id = id_of(&cfg_str("pad_token"))
-            .or_else(|| json_ids(gen_cfg.as_ref(), "pad_token_id").first().copied());
+            .or_else(|| bos_from_gen.first().copied())
+            .or_else(|| bos_from_cfg.first().copied());
+        let pad_id = id_of(&cfg_str("pad_token")).or(json_ids(
+            gen_cfg.as_ref(),
+            "pad_token_id",
+            &gen_path,
+            vocab,
+        )?
+        .first()
+        .copied());
         let unk_id = id_of(&cfg_str("unk_token"));
 
         let mut eos_ids = Vec::new();
         let main_eos = id_of(&eos_token);
         for id in main_eos
             .into_iter()
-            .chain(json_ids(gen_cfg.as_ref(), "eos_token_id"))
-            .chain(json_ids(model_cfg.as_ref(), "eos_token_id"))
+            .chain(json_ids(
+                gen_cfg.as_ref(),
+                "eos_token_id",
+                &gen_path,
+                vocab,
+            )?)
+            .chain(json_ids(
+                model_cfg.as_ref(),
+                "eos_token_id",
+                &cfg_path,
+                vocab,
+            )?)
         {
             if !eos_ids.contains(&id) {
                 eos_ids.push(id);
@@ -464,8 +480,9 @@ impl Tokenizer {
             .find(|(_, &id)| id as usize >= self.vocab_size)
         {
             return Err(Error::out_of_range(format!(
-                "token id {bad} (at position {pos}) is out of range: the vocabulary has {} tokens (ids 0..{})",
-                self.vocab_size, self.vocab_size
+                "token id {bad} (at position {pos}) is out of range: the vocabulary has {} tokens (ids 0 to {})",
+                self.vocab_size,
+                self.vocab_size.saturating_sub(1)
             )));
         }
         self.inner
@@ -987,17 +1004,34 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         .map_err(|e| Error::format(format!("{}: not valid JSON ({e})", path.display())))
 }
 
-/// `eos_token_id` / `bos_token_id` as an int or a list of ints (also under `text_config`).
-fn json_ids(v: Option<&serde_json::Value>, key: &str) -> Vec<u32> {
-    let Some(v) = v else { return Vec::new() };
+/// `eos_token_id` / `bos_token_id` as an int or a list of ints (also under `text_config`);
+/// `null` or absent is none. Anything else (a string, a negative or huge number, an id
+/// past the tokenizer's vocabulary of `vocab` tokens) is refused, not dropped: an eos id
+/// that silently vanished would let generation run past the end of a turn.
+fn json_ids(
+    v: Option<&serde_json::Value>,
+    key: &str,
+    file: &Path,
+    vocab: usize,
+) -> Result<Vec<u32>> {
+    let Some(v) = v else { return Ok(Vec::new()) };
     let field = v
         .get(key)
         .or_else(|| v.get("text_config").and_then(|t| t.get(key)));
-    let to_id = |x: &serde_json::Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
+    let to_id = |x: &serde_json::Value| -> Result<u32> {
+        match x.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(id) if (id as usize) < vocab => Ok(id),
+            _ => Err(Error::format(format!(
+                "{}: {key} {x} is not a token id of the vocabulary (expected an integer in \
+                 0..{vocab}, or a list of them)",
+                file.display()
+            ))),
+        }
+    };
     match field {
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(to_id).collect(),
-        Some(x) => to_id(x).into_iter().collect(),
-        None => Vec::new(),
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(a)) => a.iter().map(to_id).collect(),
+        Some(x) => Ok(vec![to_id(x)?]),
     }
 }
 

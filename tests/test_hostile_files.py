@@ -705,3 +705,32 @@ def test_fuzz_regressions_raise_steerlab_errors(path: Path) -> None:
     }[path.suffix]
     with pytest.raises(exc, match=expected["match"]):
         loader(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(10**9, "1000000000"), (400, "400"), ("a", '"a"'), (-1, "-1"), ([1, 10**12], "1000000000000")],
+)
+def test_hf_eos_token_id_outside_the_vocabulary_is_refused(
+    tmp_path: Path, value: Any, shown: str
+) -> None:
+    # tiny_llama's tokenizer has 400 tokens: every value here names no token of it. A bad
+    # entry used to be dropped (or kept, if it was a large int) without a word.
+    folder = hf_copy(tmp_path, "tiny_llama")
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen["eos_token_id"] = value
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    with pytest.raises(
+        sl.ModelFormatError,
+        match=rf"generation_config\.json: eos_token_id {shown} is not a token id of the "
+        r"vocabulary \(expected an integer in 0\.\.400, or a list of them\)",
+    ):
+        sl.Model.load(folder)
+
+
+def test_hf_null_eos_token_id_means_none(tmp_path: Path) -> None:
+    folder = hf_copy(tmp_path, "tiny_llama")
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen["eos_token_id"] = None
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    sl.Model.load(folder)

@@ -54,8 +54,9 @@ def test_arithmetic() -> None:
 
 def test_arithmetic_errors() -> None:
     a = sl.Steering({3: vec(0)})
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(sl.DivisionByZeroError, match="cannot divide a Steering by zero") as info:
         a / 0
+    assert isinstance(info.value, ZeroDivisionError) and isinstance(info.value, sl.SteerlabError)
     with pytest.raises(TypeError):
         a * "2"  # type: ignore[operator]
     with pytest.raises(TypeError):

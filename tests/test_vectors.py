@@ -241,8 +241,8 @@ def test_value_type_errors() -> None:
         v.cosine(_vec(width=5))
     with pytest.raises(sl.InvalidArgumentError, match="no residual-stream norm"):
         SteeringVector({1: np.ones(3)}).dose(0.1)
-    with pytest.raises(ZeroDivisionError):
-        v / 0
+    with pytest.raises(sl.DivisionByZeroError, match="cannot divide a SteeringVector by zero"):
+        v / 0.0
     with pytest.raises(sl.InvalidArgumentError, match="inf"):
         v * float("inf")
 

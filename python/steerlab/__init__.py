@@ -23,6 +23,7 @@ from steerlab.diagnostics import DiagnosisReport, diagnose
 from steerlab.errors import (
     BackendError,
     ContextLengthError,
+    DivisionByZeroError,
     InvalidArgumentError,
     InvalidTypeError,
     ModelFormatError,
@@ -45,6 +46,7 @@ __all__ = [
     "ContrastPair",
     "ContrastPairs",
     "DiagnosisReport",
+    "DivisionByZeroError",
     "InvalidArgumentError",
     "InvalidTypeError",
     "Model",

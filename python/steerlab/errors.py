@@ -10,6 +10,8 @@ working:
 - `UnsupportedModelError` (`ModelFormatError`): an architecture steerlab does not run.
 - `InvalidArgumentError` (`ValueError`): a value outside what an argument accepts.
 - `InvalidTypeError` (`TypeError`): an argument of the wrong Python type.
+- `DivisionByZeroError` (`InvalidArgumentError`, `ZeroDivisionError`): a steering
+  value divided by zero.
 - `OutOfRangeError` (`IndexError`): a layer or position index outside the model/prompt.
 - `ShapeError` (`ValueError`): an array of the wrong shape, e.g. a vector whose width is
   not the model's `d_model`.
@@ -17,7 +19,7 @@ working:
 - `TokenizerError` (`ValueError`): text or ids the tokenizer cannot handle.
 - `BackendError` (`RuntimeError`): a failure inside the compute backend.
 
-All but `InvalidTypeError` are defined by the Rust extension, which raises them itself.
+All but `InvalidTypeError`, `DivisionByZeroError` and `TemplateError` are defined by the Rust extension, which raises them itself.
 """
 
 from steerlab._core import (
@@ -60,3 +62,11 @@ class TemplateError(SteerlabError, ValueError):
 
 
 __all__ += ["TemplateError"]
+
+
+class DivisionByZeroError(InvalidArgumentError, ZeroDivisionError):
+    """A `Steering` or `SteeringVector` divided by zero. Also a `ZeroDivisionError`, so
+    code that catches Python's own division error keeps working."""
+
+
+__all__ += ["DivisionByZeroError"]

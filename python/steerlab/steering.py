@@ -25,7 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _args
-from steerlab.errors import InvalidArgumentError, InvalidTypeError, ShapeError, SteerlabError
+from steerlab.errors import (
+    DivisionByZeroError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    ShapeError,
+    SteerlabError,
+)
 
 __all__ = ["POSITION_NAMES", "Steering", "SteeringLike"]
 
@@ -190,7 +196,7 @@ class Steering:
     def __truediv__(self, k: float) -> Steering:
         value = _check_scalar(k, "divided by")
         if value == 0.0:
-            raise ZeroDivisionError("cannot divide a Steering by zero")
+            raise DivisionByZeroError(f"cannot divide a Steering by zero (divided by {k!r})")
         return self._scaled(1.0 / value)
 
     def __neg__(self) -> Steering:
