@@ -367,3 +367,147 @@ def test_realistic_template_renders_as_the_plain_sandbox(model: sl.Model) -> Non
     assert "<|assistant|>" in got and "[redacted]" in got
     with pytest.raises(InvalidArgumentError, match="roles must alternate user/assistant"):
         model.chat_prompt(messages[1:2] * 2, chat_template=_REALISTIC)
+
+
+# ---------------------------------------------------- circular or invalid template input
+
+_CYCLE = (
+    r"^{} contains a reference to itself \({} is {}\): the messages and template arguments "
+    r"cannot contain themselves; expected plain data \(dicts, lists, strings, numbers\) "
+    r"without cycles$"
+)
+
+
+def test_a_message_that_contains_itself_is_refused_fast(model: sl.Model) -> None:
+    d: dict[str, Any] = {"role": "user", "content": "hi"}
+    d["self"] = d
+    d2: dict[str, Any] = {"role": "user"}
+    d2["content"] = [d2]
+    loop: list[Any] = []
+    loop.append(loop)
+    m0 = r"messages\[0\]"
+    # (template, messages, kwargs, match from render_chat, match from chat_prompt, which
+    # renders a copy of each message: there the cycle starts one step further in.)
+    cases: list[tuple[str, list[Any], dict[str, Any], str, str]] = [
+        (
+            "{{ messages[0].content }}",
+            [d],
+            {},
+            _CYCLE.format(m0, rf"{m0}\['self'\]", m0),
+            _CYCLE.format(rf"{m0}\['self'\]", rf"{m0}\['self'\]\['self'\]", rf"{m0}\['self'\]"),
+        ),
+        (
+            "{{ messages|tojson }}",
+            [d2],
+            {},
+            _CYCLE.format(m0, rf"{m0}\['content'\]\[0\]", m0),
+            _CYCLE.format(
+                rf"{m0}\['content'\]",
+                rf"{m0}\['content'\]\[0\]\['content'\]",
+                rf"{m0}\['content'\]",
+            ),
+        ),
+        (
+            "{{ tools }}",
+            [{"role": "user", "content": "hi"}],
+            {"tools": {"a": (loop,)}},
+            _CYCLE.format(r"tools\['a'\]\[0\]", r"tools\['a'\]\[0\]\[0\]", r"tools\['a'\]\[0\]"),
+            _CYCLE.format(r"tools\['a'\]\[0\]", r"tools\['a'\]\[0\]\[0\]", r"tools\['a'\]\[0\]"),
+        ),
+    ]
+    for template, messages, kwargs, match, via_copy in cases:
+        start = time.monotonic()
+        with pytest.raises(InvalidArgumentError, match=match) as info:
+            sl.templates.render_chat(
+                template, messages=messages, add_generation_prompt=False, **kwargs
+            )
+        assert type(info.value) is InvalidArgumentError
+        assert time.monotonic() - start < 2, template
+        start = time.monotonic()
+        with pytest.raises(InvalidArgumentError, match=via_copy) as info:
+            model.chat_prompt(messages, chat_template=template, **kwargs)
+        assert type(info.value) is InvalidArgumentError
+        assert time.monotonic() - start < 2, template
+
+
+def test_shared_but_acyclic_messages_render(model: sl.Model) -> None:
+    m = {"role": "user", "content": "hi"}
+    assert (
+        model.chat_prompt([m, m], chat_template="{{ messages|tojson }}")
+        == '[{"role": "user", "content": "hi"}, {"role": "user", "content": "hi"}]'
+    )
+    inner = ["x"]
+    assert (
+        model.chat_prompt(
+            [{"role": "user", "content": [inner, inner]}],
+            chat_template="{{ messages[0].content|tojson }}",
+        )
+        == '[["x"], ["x"]]'
+    )
+    # 2**60 paths to the same message, held in 60 small lists: measuring the input walks
+    # each list once, and writing it as text stops at the size limit.
+    deep: list[Any] = [m]
+    for _ in range(60):
+        deep = [deep, deep]
+    start = time.monotonic()
+    assert model.chat_prompt([m], chat_template="{{ tools|length }}", tools=deep) == "2"
+    with pytest.raises(
+        TemplateError,
+        match=r"would build the text of a value given to the tojson filter of at least",
+    ):
+        model.chat_prompt([m], chat_template="{{ tools|tojson }}", tools=deep)
+    assert time.monotonic() - start < 5
+
+
+_SURROGATE = (
+    r"^{} contains a lone surrogate '\\ud800' at index {}, which is not valid Unicode text; "
+    r"expected a str that encodes to UTF-8 \(clean it with s\.encode\('utf-8', "
+    r"'replace'\)\.decode\(\)\)$"
+)
+
+
+def test_a_lone_surrogate_in_the_messages_or_the_output_is_refused(model: sl.Model) -> None:
+    cases: list[tuple[str, list[Any], dict[str, Any], str]] = [
+        (
+            "{{ messages[0].content }}",
+            [{"role": "user", "content": "ok"}, {"role": "user", "content": "ab\ud800"}],
+            {},
+            _SURROGATE.format(r"messages\[1\]\['content'\]", 2),
+        ),
+        (
+            "{{ messages|tojson }}",
+            [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}],
+            {},
+            _SURROGATE.format(r"messages\[0\]\['content'\]\[0\]\['text'\]", 0),
+        ),
+        (
+            "x",
+            [{"role": "user", "content": "hi", "\ud800": 1}],
+            {},
+            _SURROGATE.format(r"a key of messages\[0\]", 0),
+        ),
+        (
+            "x",
+            [{"role": "user", "content": "hi"}],
+            {"tools": [{"description": "\ud800"}]},
+            _SURROGATE.format(r"tools\[0\]\['description'\]", 0),
+        ),
+        # The template's own string literal (its source is plain ASCII).
+        (
+            '{{ "\\ud800" }}',
+            [{"role": "user", "content": "hi"}],
+            {},
+            _SURROGATE.format("the text the chat template rendered", 0),
+        ),
+    ]
+    for template, messages, kwargs, match in cases:
+        with pytest.raises(InvalidArgumentError, match=match) as info:
+            model.chat_prompt(messages, chat_template=template, **kwargs)
+        assert type(info.value) is InvalidArgumentError
+    # Valid non-ASCII text passes.
+    assert (
+        model.chat_prompt(
+            [{"role": "user", "content": "é😀"}], chat_template="{{ messages[0].content }}"
+        )
+        == "é😀"
+    )

@@ -37,6 +37,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from steerlab import _args
 from steerlab.errors import InvalidArgumentError, ModelFormatError, TemplateError
 
 if TYPE_CHECKING:
@@ -142,28 +143,51 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 def _text_size(x: Any, limit: int) -> int:
     """About the length of ``str(x)`` (or its JSON), without building it: an estimate
     that stops counting once it passes `limit`. A list repeated by reference is cheap to
-    hold but not to print, so the walk visits each reference."""
+    hold but not to print, so the walk visits each reference (every visit adds at least
+    2, so the walk ends after about ``limit / 2`` visits). A container inside itself
+    (reachable only through objects `_measure` does not walk) counts as the ``[...]``
+    that ``str`` writes for it: the walk tracks the containers on its current path."""
     total = 0
-    stack = [x]
+    on_path: set[int] = set()
+    stack: list[Any] = [x]
     while stack and total <= limit:
         v = stack.pop()
+        if isinstance(v, _Leave):
+            on_path.discard(v.key)
+            continue
         if isinstance(v, str):
             total += len(v) + 2
         elif isinstance(v, bool) or v is None:
             total += 5
         elif isinstance(v, int):
             total += v.bit_length() * 3 // 10 + 2
-        elif isinstance(v, Mapping):
-            total += 2 + 4 * len(v)
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, (*_CONTAINERS, range)):
-            total += 2 + 2 * len(v)
-            if not isinstance(v, range):
+        elif isinstance(v, Mapping | list | tuple | set | frozenset):
+            if id(v) in on_path:
+                total += 5
+                continue
+            on_path.add(id(v))
+            stack.append(_Leave(id(v)))
+            if isinstance(v, Mapping):
+                total += 2 + 4 * len(v)
+                stack.extend(v.keys())
+                stack.extend(v.values())
+            else:
+                total += 2 + 2 * len(v)
                 stack.extend(v)
+        elif isinstance(v, range):
+            total += 2 + 2 * len(v)
         else:
             total += 32
     return total
+
+
+class _Leave:
+    """A walk's marker: the container `key` (an id) is no longer on the current path."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: int) -> None:
+        self.key = key
 
 
 def _check_text(x: Any, what: str) -> None:
@@ -619,21 +643,77 @@ def _compile_template(source: str) -> jinja2.Template:
         raise ModelFormatError("the chat template is nested too deeply to parse") from None
 
 
-def _measure(values: Iterable[Any]) -> tuple[int, int]:
-    """Characters of the strings in `values` (nested containers walked) and the number of
-    values, for the budget."""
+def _path_name(path: tuple[Any, ...]) -> str:
+    """``messages[0]['content']`` for the path ``(((None, 'messages'), 0), 'content')``."""
+    keys = []
+    while path[0] is not None:
+        path, key = path
+        keys.append(key)
+    out = str(path[1])
+    for key in reversed(keys):
+        out += f"[{key!r:.40}]" if not isinstance(key, _SetItem) else " (an item of the set)"
+    return out
+
+
+class _SetItem:
+    """A path step into a set (its items have no index)."""
+
+
+def _measure(values: Mapping[str, Any]) -> tuple[int, int]:
+    """Characters of the strings in `values` (the messages and the template's other
+    variables, by name; nested containers walked) and the number of values, for the
+    budget.
+
+    Each container is walked once, however often it is referenced (a message used
+    twice renders; the walk's work is linear in the size of the input), and its items
+    are counted. Every string, key included, must be valid Unicode text.
+
+    Raises:
+        InvalidArgumentError: a container inside itself (``d["self"] = d``: it has no
+            text, and walking it would never end) or a lone surrogate in a string.
+    """
     chars = count = 0
-    stack = list(values)
+    done: set[int] = set()
+    on_path: dict[int, tuple[Any, ...]] = {}
+    set_item = _SetItem()
+    stack: list[Any] = [(v, (None, k)) for k, v in reversed(list(values.items()))]
     while stack:
-        x = stack.pop()
+        entry = stack.pop()
+        if isinstance(entry, _Leave):
+            done.add(entry.key)
+            del on_path[entry.key]
+            continue
+        x, where = entry
         count += 1
         if isinstance(x, str):
             chars += len(x)
-        elif isinstance(x, Mapping):
-            stack.extend(x.keys())
-            stack.extend(x.values())
-        elif isinstance(x, list | tuple | set | frozenset):
-            stack.extend(x)
+            if not x.isascii():
+                _args.text(x, _path_name(where))
+        elif isinstance(x, Mapping | list | tuple | set | frozenset):
+            key = id(x)
+            if key in on_path:
+                raise InvalidArgumentError(
+                    f"{_path_name(on_path[key])} contains a reference to itself "
+                    f"({_path_name(where)} is {_path_name(on_path[key])}): the messages "
+                    f"and template arguments cannot contain themselves; expected plain "
+                    f"data (dicts, lists, strings, numbers) without cycles"
+                )
+            if key in done:
+                continue
+            on_path[key] = where
+            stack.append(_Leave(key))
+            if isinstance(x, Mapping):
+                for k, v in x.items():
+                    count += 1
+                    if isinstance(k, str):
+                        chars += len(k)
+                        if not k.isascii():
+                            _args.text(k, f"a key of {_path_name(where)}")
+                    stack.append((v, (where, k)))
+            elif isinstance(x, list | tuple):
+                stack.extend((v, (where, i)) for i, v in enumerate(x))
+            else:
+                stack.extend((v, (where, set_item)) for v in x)
     return chars, count
 
 
@@ -648,14 +728,16 @@ def render_chat(
 
     Raises:
         InvalidArgumentError: the template rejected the messages (``raise_exception``)
-            or failed on them (an error inside the template's own code).
+            or failed on them (an error inside the template's own code); a message or
+            variable contains itself (``d["self"] = d``); a string in them, or the
+            rendered text, holds a lone surrogate (``"\\ud800"``: not valid Unicode).
         ModelFormatError: the template does not parse.
         TemplateError: the template exceeded a limit of its budget.
     """
     import jinja2
 
     template = _compile_template(source)
-    budget = _Budget(*_measure([messages, *variables.values()]))
+    budget = _Budget(*_measure({"messages": messages, **variables}))
     token = _BUDGET.set(budget)
     try:
         parts = []
@@ -666,7 +748,7 @@ def render_chat(
             size += len(chunk)
             budget.output(size)
             parts.append(chunk)
-        return "".join(parts)
+        text = "".join(parts)
     except TemplateError as exc:
         raise TemplateError(str(exc)) from None
     except jinja2.TemplateError as exc:
@@ -682,3 +764,6 @@ def render_chat(
         ) from None
     finally:
         _BUDGET.reset(token)
+    # The messages were checked above; a template can still write a lone surrogate of
+    # its own (the literal "\ud800" or a filter's result), which no tokenizer takes.
+    return _args.text(text, "the text the chat template rendered")
