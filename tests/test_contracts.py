@@ -870,7 +870,10 @@ def _write_vector(path: Path, meta: str) -> None:
         ('{"d_model": 8, "format_version": "1"}', "format_version must be an int"),
         ('{"d_model": 8, "positions": "first"}', "positions: unknown steering positions"),
         ('{"d_model": 8, "positions": [1e400]}', r"not valid JSON \(number out of range"),
-        ('{"d_model": 8, "n_samples": ' + "9" * 5000 + "}", r"not valid JSON \(number out of range"),
+        (
+            '{"d_model": 8, "n_samples": ' + "9" * 5000 + "}",
+            r"not valid JSON \(number out of range",
+        ),
     ],
 )
 def test_corrupt_vector_metadata(tmp_path: Path, meta: str, match: str) -> None:
@@ -1128,7 +1131,78 @@ def test_every_argument_rejects_odd_values_with_a_steerlab_error(
             ):
                 continue  # the value was accepted; there is no file (or model) there
             assert any(n in str(exc) for n in names), f"{entry}({arg}={what}): {exc}"
-        except ZeroDivisionError:
-            assert entry == "SteeringVector /" and value == 0
         except BaseException as exc:
             pytest.fail(f"{entry}({arg}={what}) raised {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------- impossible vector metadata
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        (
+            '{"d_model": 8, "residual_norms": {"1": -2.5}}',
+            r"residual_norms\[1\] must be a finite number >= 0 \(a mean residual-stream "
+            r"norm\), got -2\.5",
+        ),
+        ('{"d_model": 8, "n_layers": -1}', r"n_layers must be a layer count in 1\.\.4096, got -1"),
+        ('{"d_model": 8, "n_layers": 0}', r"n_layers must be a layer count in 1\.\.4096, got 0"),
+        (
+            '{"d_model": 8, "n_layers": 1180591620717411303424}',
+            r"n_layers must be a layer count in 1\.\.4096, got 1180591620717411303424",
+        ),
+        ('{"d_model": 8, "n_samples": -1}', r"n_samples must be a sample count >= 0, got -1"),
+        (
+            '{"d_model": 8, "fingerprint": ""}',
+            r"fingerprint must be a non-empty model fingerprint, got ''",
+        ),
+        (
+            '{"d_model": 8, "positions": 5}',
+            r"positions must be a position name or a list of token indices, got int 5",
+        ),
+        (
+            '{"d_model": 8, "positions": {"0": 1}}',
+            r"positions must be a position name or a list of token indices, got dict "
+            r"\{'0': 1\}",
+        ),
+    ],
+)
+def test_impossible_vector_metadata_is_refused(tmp_path: Path, meta: str, match: str) -> None:
+    path = tmp_path / "v.safetensors"
+    _write_vector(path, meta)
+    with pytest.raises(
+        sl.ModelFormatError,
+        match=rf"^.*v\.safetensors: corrupt steering-vector metadata \({match}\)$",
+    ) as info:
+        sl.SteeringVector.load(path)
+    assert type(info.value) is sl.ModelFormatError
+
+
+def test_non_finite_residual_norm_is_refused() -> None:
+    # The file loader's JSON parser refuses NaN itself; VectorInfo.from_json reads Python's.
+    with pytest.raises(
+        sl.ModelFormatError,
+        match=r"^x: corrupt steering-vector metadata \(residual_norms\[3\] must be a finite "
+        r"number, got nan\)$",
+    ):
+        VectorInfo.from_json('{"d_model": 8, "residual_norms": {"3": NaN}}', "x")
+
+
+def test_possible_vector_metadata_still_loads(tmp_path: Path) -> None:
+    # No format_version (files from before it was written), boundary values, positions
+    # as a name or a list.
+    path = tmp_path / "v.safetensors"
+    _write_vector(
+        path,
+        '{"d_model": 8, "n_layers": 4096, "n_samples": 0, "fingerprint": "ab", '
+        '"residual_norms": {"1": 0.0, "2": 3.5}, "positions": [5]}',
+    )
+    vec = sl.SteeringVector.load(path)
+    assert vec.positions == [5]
+    assert vec.info.n_layers == 4096 and vec.info.n_samples == 0
+    assert vec.info.fingerprint == "ab"
+    assert vec.info.residual_norms == {1: 0.0, 2: 3.5}
+    _write_vector(path, '{"d_model": 8, "n_layers": 1, "positions": "last"}')
+    vec = sl.SteeringVector.load(path)
+    assert vec.positions == "last" and vec.info.n_layers == 1

@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from steerlab import _args, _core
 from steerlab.errors import (
+    DivisionByZeroError,
     InvalidArgumentError,
     InvalidTypeError,
     ModelFormatError,
@@ -95,8 +96,11 @@ class VectorInfo:
         """Metadata written by `to_json`.
 
         Raises:
-            ModelFormatError: not JSON, not an object, fields of the wrong type, too
-                deeply nested, or a newer format version.
+            ModelFormatError: not JSON, not an object, fields of the wrong type or of
+                impossible values (a negative or non-finite residual norm, n_layers
+                outside 1..4096, a negative n_samples, an empty fingerprint, positions
+                that are not a name or a list), too deeply nested, or a newer format
+                version.
         """
         return _meta_from_json(text, where)[0]
 
@@ -117,6 +121,17 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "steerlab_version": ((str,), False),
 }
 
+# The engine loads models of at most this many layers (MAX_LAYERS in src/model/config.rs).
+_MAX_LAYERS = 4096
+
+# Field -> (accepted, expected): what a value of the right type must also be. A field
+# outside it cannot describe a real vector (a count of -1, an empty fingerprint).
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "fingerprint": (lambda v: v != "", "a non-empty model fingerprint"),
+    "n_layers": (lambda v: 1 <= v <= _MAX_LAYERS, f"a layer count in 1..{_MAX_LAYERS}"),
+    "n_samples": (lambda v: v >= 0, "a sample count >= 0"),
+}
+
 
 def _meta_from_json(text: str, where: str) -> tuple[VectorInfo, Positions]:
     """(metadata, steering positions) from a vector file's JSON; positions default to
@@ -133,6 +148,8 @@ def _meta_from_json(text: str, where: str) -> tuple[VectorInfo, Positions]:
         raise bad(f"not JSON: {exc}") from None
     if not isinstance(d, dict):
         raise bad(f"expected a JSON object, got {type(d).__name__}")
+    # Files written before the format was versioned carry no format_version: they are
+    # version 1 and keep loading.
     version = d.pop("format_version", _FORMAT_VERSION)
     if isinstance(version, bool) or not isinstance(version, int):
         raise bad(f"format_version must be an int, got {version!r:.40}")
@@ -150,6 +167,8 @@ def _meta_from_json(text: str, where: str) -> tuple[VectorInfo, Positions]:
             fields[key] = None
         elif isinstance(value, bool) or not isinstance(value, types):
             raise bad(f"{key} must be {' or '.join(t.__name__ for t in types)}, got {value!r:.40}")
+        elif key in _LIMITS and not _LIMITS[key][0](value):
+            raise bad(f"{key} must be {_LIMITS[key][1]}, got {_args.show(value)}")
         else:
             fields[key] = value
     if "d_model" not in fields or fields["d_model"] < 1:
@@ -164,10 +183,21 @@ def _meta_from_json(text: str, where: str) -> tuple[VectorInfo, Positions]:
                 raise bad(f"{key} has a key {k!r:.40}; expected a layer index")
             if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
                 raise bad(f"{key}[{k}] must be a finite number, got {v!r:.40}")
+            if key == "residual_norms" and v < 0:
+                raise bad(
+                    f"residual_norms[{k}] must be a finite number >= 0 (a mean "
+                    f"residual-stream norm), got {v!r:.40}"
+                )
             out[int(k)] = float(v)
         fields[key] = out
+    raw = d.get("positions", "all")
+    if not isinstance(raw, str | list):  # `save` writes a name or a list, never a bare int
+        raise bad(
+            f"positions must be a position name or a list of token indices, got "
+            f"{type(raw).__name__} {_args.show(raw)}"
+        )
     try:
-        positions = _check_positions(d.get("positions", "all"))
+        positions = _check_positions(raw)
     except SteerlabError as exc:
         raise bad(f"positions: {exc}") from None
     return VectorInfo(**fields), positions
@@ -393,7 +423,7 @@ class SteeringVector:
     def __truediv__(self, k: float) -> SteeringVector:
         value = _check_scalar(k, "divided by")
         if value == 0.0:
-            raise ZeroDivisionError("cannot divide a SteeringVector by zero")
+            raise DivisionByZeroError(f"cannot divide a SteeringVector by zero (divided by {k!r})")
         return self._scaled(1.0 / value)
 
     def __neg__(self) -> SteeringVector:
