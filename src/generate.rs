@@ -108,33 +108,23 @@ pub fn forward_batch(
     want_logits: bool,
     cancel: &Cancel,
 ) -> Result<(Option<Captured>, Option<Logits>)> {
-    in_pool(|| forward_batch_inner(model, rows, sites, reduce, steering, want_logits, cancel))
-}
-
-fn forward_batch_inner(
-    model: &Model,
-    rows: &[Vec<u32>],
-    sites: Vec<Site>,
-    reduce: crate::capture::Reduce,
-    steering: Option<&[RowSteering]>,
-    want_logits: bool,
-    cancel: &Cancel,
-) -> Result<(Option<Captured>, Option<Logits>)> {
-    let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
-    let (h, layout) = prefill(model, rows, steering, capture.as_mut(), cancel)?;
-    cancel.check()?;
-    let logits = if want_logits {
-        let l = model.logits_last(&h)?;
-        let (b, v) = l.dims2()?;
-        Some((l.flatten_all()?.to_vec1::<f32>()?, [b, v]))
-    } else {
-        None
-    };
-    let captured = match capture {
-        Some(c) => Some(c.finish(&layout.lens, layout.width)?),
-        None => None,
-    };
-    Ok((captured, logits))
+    in_pool(|| {
+        let mut capture = (!sites.is_empty()).then(|| Capture::new(sites, reduce));
+        let (h, layout) = prefill(model, rows, steering, capture.as_mut(), cancel)?;
+        cancel.check()?;
+        let logits = if want_logits {
+            let l = model.logits_last(&h)?;
+            let (b, v) = l.dims2()?;
+            Some((l.flatten_all()?.to_vec1::<f32>()?, [b, v]))
+        } else {
+            None
+        };
+        let captured = match capture {
+            Some(c) => Some(c.finish(&layout.lens, layout.width)?),
+            None => None,
+        };
+        Ok((captured, logits))
+    })
 }
 
 /// Pad `rows`, plan their steering and run one forward over the whole prompts (a fresh
@@ -176,42 +166,35 @@ pub fn token_logprobs(
     steering: Option<&[RowSteering]>,
     cancel: &Cancel,
 ) -> Result<Vec<Vec<f32>>> {
-    in_pool(|| token_logprobs_inner(model, rows, steering, cancel))
-}
-
-fn token_logprobs_inner(
-    model: &Model,
-    rows: &[Vec<u32>],
-    steering: Option<&[RowSteering]>,
-    cancel: &Cancel,
-) -> Result<Vec<Vec<f32>>> {
-    let (h, layout) = prefill(model, rows, steering, None, cancel)?; // [b, t, d]
-    let mut out = Vec::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        cancel.check()?;
-        let len = row.len();
-        if len < 2 {
-            out.push(Vec::new());
-            continue;
-        }
-        // Columns pad..pad+len-1 predict tokens 1..len of the row, taken in chunks of
-        // LOGPROB_CHUNK positions: the [chunk, vocab] logits stay small (a 2000-token row
-        // would need 400 MB at once for a 49k vocabulary) and Ctrl-C is seen between them.
-        let mut picked = Vec::with_capacity(len - 1);
-        let mut j = 0;
-        while j < len - 1 {
+    in_pool(|| {
+        let (h, layout) = prefill(model, rows, steering, None, cancel)?; // [b, t, d]
+        let mut out = Vec::with_capacity(rows.len());
+        for (r, row) in rows.iter().enumerate() {
             cancel.check()?;
-            let n = LOGPROB_CHUNK.min(len - 1 - j);
-            let hr = h.narrow(0, r, 1)?.narrow(1, layout.pad(r) + j, n)?; // [1, n, d]
-            let logits = model.logits_all(&hr)?.squeeze(0)?; // [n, vocab]
-            let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
-            let next = Tensor::from_slice(&row[1 + j..1 + j + n], (n, 1), &model.device)?;
-            picked.extend(lp.gather(&next, 1)?.squeeze(1)?.to_vec1::<f32>()?); // [n]
-            j += n;
+            let len = row.len();
+            if len < 2 {
+                out.push(Vec::new());
+                continue;
+            }
+            // Columns pad..pad+len-1 predict tokens 1..len of the row, taken in chunks of
+            // LOGPROB_CHUNK positions: the [chunk, vocab] logits stay small (a 2000-token row
+            // would need 400 MB at once for a 49k vocabulary) and Ctrl-C is seen between them.
+            let mut picked = Vec::with_capacity(len - 1);
+            let mut j = 0;
+            while j < len - 1 {
+                cancel.check()?;
+                let n = LOGPROB_CHUNK.min(len - 1 - j);
+                let hr = h.narrow(0, r, 1)?.narrow(1, layout.pad(r) + j, n)?; // [1, n, d]
+                let logits = model.logits_all(&hr)?.squeeze(0)?; // [n, vocab]
+                let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+                let next = Tensor::from_slice(&row[1 + j..1 + j + n], (n, 1), &model.device)?;
+                picked.extend(lp.gather(&next, 1)?.squeeze(1)?.to_vec1::<f32>()?); // [n]
+                j += n;
+            }
+            out.push(picked);
         }
-        out.push(picked);
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// Positions per log-softmax over the vocabulary in `token_logprobs`.
