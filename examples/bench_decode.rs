@@ -48,7 +48,7 @@ fn main() -> steerlab::Result<()> {
                     .collect()
             })
             .collect();
-        let sites: Vec<Site> = (0..model.n_layers()).map(Site::Layer).collect();
+        let sites: Vec<Site> = (0..model.n_layers()).map(Site::ResidPost).collect();
         let run = || -> steerlab::Result<()> {
             for chunk in rows.chunks(16) {
                 forward_batch(
@@ -83,11 +83,11 @@ fn main() -> steerlab::Result<()> {
                 let v: Vec<f32> = (0..d)
                     .map(|k| ((k as f32) * 0.37 + i as f32).sin() * 0.1)
                     .collect();
-                Ok(vec![Intervention {
-                    layer: 15,
-                    vector: Tensor::from_vec(v, d, &Device::Cpu)?,
-                    positions: Positions::All,
-                }])
+                Ok(vec![Intervention::add(
+                    15,
+                    Tensor::from_vec(v, d, &Device::Cpu)?,
+                    Positions::All,
+                )])
             })
             .collect::<steerlab::Result<_>>()?;
         let params = GenParams {
@@ -119,11 +119,11 @@ fn main() -> steerlab::Result<()> {
         return Ok(());
     }
     let v: Vec<f32> = (0..d).map(|i| ((i as f32) * 0.37).sin() * 0.1).collect();
-    let steer = vec![Intervention {
-        layer: 15,
-        vector: Tensor::from_vec(v, d, &Device::Cpu)?,
-        positions: Positions::All,
-    }];
+    let steer = vec![Intervention::add(
+        15,
+        Tensor::from_vec(v, d, &Device::Cpu)?,
+        Positions::All,
+    )];
     let prompt: Vec<u32> = (0..20).map(|j| 200 + 13 * j).collect();
     let params = GenParams {
         max_new_tokens: 128,

@@ -10,9 +10,10 @@ use rand::{Rng, SeedableRng};
 use crate::cancel::Cancel;
 use crate::capture::{Capture, Captured};
 use crate::error::{Error, Result};
+use crate::hooks::Sites;
 use crate::intervene::{RowSteering, SteeringPlan};
 use crate::model::attention::LayerCache;
-use crate::model::{BatchLayout, Model, Site, Sites, StepCtx};
+use crate::model::{BatchLayout, Mode, Model, Site, StepCtx};
 pub use crate::pool::in_pool;
 
 /// Sampling and stopping settings for one generation call.
@@ -113,7 +114,7 @@ pub fn forward_batch(
         let (h, layout) = prefill(model, rows, steering, capture.as_mut(), cancel)?;
         cancel.check()?;
         let logits = if want_logits {
-            let l = model.logits_last(&h)?;
+            let l = model.logits_last(&h, Mode::Inference)?;
             let (b, v) = l.dims2()?;
             Some((l.flatten_all()?.to_vec1::<f32>()?, [b, v]))
         } else {
@@ -142,11 +143,7 @@ fn prefill(
     if let Some(c) = &capture {
         c.check(&layout.lens)?;
     }
-    let ctx = StepCtx {
-        layout: &layout,
-        start: 0,
-        t: layout.width,
-    };
+    let ctx = StepCtx::prefill(&layout);
     let mut cache = model.new_cache();
     let mut hooks = Sites {
         steering: plan.as_ref(),
@@ -185,7 +182,7 @@ pub fn token_logprobs(
                 cancel.check()?;
                 let n = LOGPROB_CHUNK.min(len - 1 - j);
                 let hr = h.narrow(0, r, 1)?.narrow(1, layout.pad(r) + j, n)?; // [1, n, d]
-                let logits = model.logits_all(&hr)?.squeeze(0)?; // [n, vocab]
+                let logits = model.logits_all(&hr, Mode::Inference)?.squeeze(0)?; // [n, vocab]
                 let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
                 let next = Tensor::from_slice(&row[1 + j..1 + j + n], (n, 1), &model.device)?;
                 picked.extend(lp.gather(&next, 1)?.squeeze(1)?.to_vec1::<f32>()?); // [n]
@@ -285,14 +282,7 @@ impl Generation {
         }
         let m = self.model.clone();
         let (input, ctx) = if self.steps == 0 {
-            (
-                self.ids.clone(),
-                StepCtx {
-                    layout: &self.layout,
-                    start: 0,
-                    t: self.layout.width,
-                },
-            )
+            (self.ids.clone(), StepCtx::prefill(&self.layout))
         } else {
             let last: Vec<u32> = self
                 .generated
@@ -306,6 +296,7 @@ impl Generation {
                     layout: &self.layout,
                     start: self.layout.width + self.steps - 1,
                     t: 1,
+                    mode: Mode::Inference,
                 },
             )
         };
@@ -315,7 +306,7 @@ impl Generation {
             cancel,
         };
         let h = m.forward(&input, &ctx, &mut self.cache, &mut hooks)?;
-        let logits = m.logits_last(&h)?; // [b, vocab]
+        let logits = m.logits_last(&h, Mode::Inference)?; // [b, vocab]
         let (b, vocab) = logits.dims2()?;
         let flat = logits.flatten_all()?.to_vec1::<f32>()?;
         self.steps += 1;

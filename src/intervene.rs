@@ -1,11 +1,27 @@
-//! Interventions as data: what to add to the residual stream, at which layer, on which
-//! positions, for which batch row. The forward asks the compiled [`SteeringPlan`] for a
-//! delta at each layer; no callback runs inside the loop.
+//! Interventions as data: which operation, at which site, on which positions, for which
+//! batch row. A [`SteeringPlan`] groups them by site; the forward's hooks apply it at
+//! each site, so no callback runs inside the loop.
+//!
+//! The operations on an activation h [d] at a hit position:
+//! - `add`: h <- h + v (the coefficient folded into v);
+//! - `scale`: h <- h * (1 + alpha), alpha one value or one per position (activation
+//!   scaling, Stoehr et al. 2024);
+//! - `project_out`: h <- h - (h . u) u for a unit direction u (directional ablation,
+//!   Arditi et al. 2024);
+//! - `clamp`: h <- h + (c - h . u) u, the projection on u set to c;
+//! - a learned module ([`SiteModule`]) that computes its edit from h inside the forward.
+//!
+//! Each has an inference form (in place on the CPU values, the fastest) and a gradient
+//! form (candle ops, differentiable in the operation's tensors and in h); the tests hold
+//! them equal.
 
-use candle_core::{Device, Tensor};
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::StepCtx;
+use crate::model::{Mode, Site, StepCtx};
 
 /// Which positions of a row an intervention touches.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,28 +119,122 @@ pub fn resolve_index(i: i64, len: usize) -> Option<usize> {
     usize::try_from(p).ok()
 }
 
-/// Add `vector` [d_model] at the residual stream after block `layer`.
+/// A learned edit that computes its output from the activation itself, run by the
+/// forward at its site (the learned-steering modules implement it).
+pub trait SiteModule: Send + Sync {
+    /// A short name for messages ("dynamic_scaling", "controller", ...).
+    fn name(&self) -> &str;
+
+    /// The edited activations of one step: `h` [b, t, d], `mask` [b, t, 1] (f32, 1 at
+    /// the positions this module touches in each row, 0 elsewhere). Must leave the
+    /// unmasked positions unchanged. In `Mode::Gradient` the result must be
+    /// differentiable in `h` and in the module's parameters.
+    fn apply(&self, h: &Tensor, mask: &Tensor, ctx: &StepCtx) -> Result<Tensor>;
+}
+
+/// What an intervention does at its site.
+#[derive(Clone)]
+pub enum Op {
+    /// h + v, v [d].
+    Add(Tensor),
+    /// h * (1 + alpha), alpha [1] (every hit position) or [n] (position p takes
+    /// alpha[p]; n must cover every position the row reads).
+    Scale(Tensor),
+    /// h - (h . u) u, u [d] of unit norm.
+    ProjectOut(Tensor),
+    /// h + (value - h . u) u, u [d] of unit norm.
+    Clamp { dir: Tensor, value: f32 },
+    /// A learned module.
+    Module(Arc<dyn SiteModule>),
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Add(_) => "add",
+            Op::Scale(_) => "scale",
+            Op::ProjectOut(_) => "project_out",
+            Op::Clamp { .. } => "clamp",
+            Op::Module(_) => "module",
+        }
+    }
+}
+
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Module(m) => write!(f, "Module({})", m.name()),
+            Op::Clamp { value, .. } => write!(f, "Clamp(value = {value})"),
+            other => write!(f, "{}", other.name()),
+        }
+    }
+}
+
+/// One operation at one site on some positions of one row.
 #[derive(Debug, Clone)]
 pub struct Intervention {
-    pub layer: usize,
-    pub vector: Tensor,
+    pub site: Site,
     pub positions: Positions,
+    pub op: Op,
 }
 
-/// Interventions for one batch row.
+impl Intervention {
+    /// Add `vector` [d_model] to the residual stream after block `layer` (the classic
+    /// steering vector).
+    pub fn add(layer: usize, vector: Tensor, positions: Positions) -> Self {
+        Intervention {
+            site: Site::ResidPost(layer),
+            positions,
+            op: Op::Add(vector),
+        }
+    }
+}
+
+/// Interventions for one batch row, applied in order at each site.
 pub type RowSteering = Vec<Intervention>;
 
-/// Up to one intervention per row at one layer; rows without one hold zeros.
-#[derive(Debug)]
+/// The k-th intervention of each row at one site (rows without one hold None).
 struct Slot {
-    vectors: Tensor, // [b, 1, d]
-    positions: Vec<Option<Positions>>,
+    rows: Vec<Option<RowOp>>,
 }
 
-/// The per-row interventions of one call, grouped by layer.
-#[derive(Debug)]
+/// One row's operation with its parameters read out for the inference form.
+struct RowOp {
+    op: Op,
+    positions: Positions,
+    /// `Add`: v; `Scale`: alpha; `ProjectOut` / `Clamp`: u (f32 values).
+    values: Vec<f32>,
+}
+
+/// The per-row interventions of one call, grouped by site.
 pub struct SteeringPlan {
-    per_layer: Vec<Vec<Slot>>,
+    per_site: Vec<(Site, Vec<Slot>)>,
+}
+
+impl fmt::Debug for SteeringPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sites: Vec<String> = self
+            .per_site
+            .iter()
+            .map(|(s, slots)| format!("{s} x{}", slots.len()))
+            .collect();
+        write!(f, "SteeringPlan({})", sites.join(", "))
+    }
+}
+
+/// Tolerance on the norm of a `project_out` / `clamp` direction.
+const UNIT_TOL: f32 = 1e-3;
+
+fn finite_values(t: &Tensor, what: &dyn Fn() -> String) -> Result<Vec<f32>> {
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{} has a non-finite value ({}) at index {j}; expected finite numbers",
+            what(),
+            v[j]
+        )));
+    }
+    Ok(v)
 }
 
 impl SteeringPlan {
@@ -146,125 +256,288 @@ impl SteeringPlan {
                 lens.len()
             )));
         }
-        let mut per_layer: Vec<Vec<Slot>> = (0..n_layers).map(|_| Vec::new()).collect();
-        // Validate first.
+        let mut checked: Vec<Vec<(Site, RowOp)>> = Vec::with_capacity(b);
         for (r, row) in rows.iter().enumerate() {
+            let mut ops = Vec::with_capacity(row.len());
             for iv in row {
-                iv.positions.check(r, lens[r], extra)?;
-                if iv.layer >= n_layers {
-                    return Err(Error::out_of_range(format!(
-                        "row {r}: steering layer {} is out of range for a model with {n_layers} layers",
-                        iv.layer
-                    )));
-                }
-                let dims = iv.vector.dims();
-                if dims != [d_model] {
-                    return Err(Error::shape(format!(
-                        "row {r}: steering vector for layer {} has shape {dims:?}, expected [{d_model}] \
-                         (this model's d_model)",
-                        iv.layer
-                    )));
-                }
-                let v = iv
-                    .vector
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?;
-                if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(Error::invalid(format!(
-                        "row {r}: steering vector for layer {} has a non-finite value ({}) at \
-                         index {j}; expected finite numbers",
-                        iv.layer, v[j]
-                    )));
-                }
+                ops.push((
+                    iv.site,
+                    check(iv, r, lens[r], extra, n_layers, d_model, device)?,
+                ));
             }
+            checked.push(ops);
         }
-        for (l, slots) in per_layer.iter_mut().enumerate() {
-            // k-th intervention of each row at layer l goes to slot k.
-            let per_row: Vec<Vec<&Intervention>> = rows
-                .iter()
-                .map(|row| row.iter().filter(|iv| iv.layer == l).collect())
-                .collect();
-            let depth = per_row.iter().map(|v| v.len()).max().unwrap_or(0);
-            for k in 0..depth {
-                let zeros = Tensor::zeros(d_model, candle_core::DType::F32, device)?;
-                let mut vs = Vec::with_capacity(b);
-                let mut pos = Vec::with_capacity(b);
-                for row in &per_row {
-                    match row.get(k) {
-                        Some(iv) => {
-                            vs.push(iv.vector.to_device(device)?);
-                            pos.push(Some(iv.positions.clone()));
-                        }
-                        None => {
-                            vs.push(zeros.clone());
-                            pos.push(None);
-                        }
-                    }
+        let mut sites: Vec<Site> = checked.iter().flatten().map(|(s, _)| *s).collect();
+        sites.sort();
+        sites.dedup();
+        let mut per_site = Vec::with_capacity(sites.len());
+        let mut checked: Vec<std::collections::VecDeque<(Site, RowOp)>> =
+            checked.into_iter().map(Into::into).collect();
+        for site in sites {
+            let mut slots = Vec::new();
+            loop {
+                // The next intervention of each row at this site, in the row's order.
+                let mut any = false;
+                let rows: Vec<Option<RowOp>> = checked
+                    .iter_mut()
+                    .map(|q| {
+                        let i = q.iter().position(|(s, _)| *s == site)?;
+                        any = true;
+                        q.remove(i).map(|(_, op)| op)
+                    })
+                    .collect();
+                if !any {
+                    break;
                 }
-                let vectors = Tensor::stack(&vs, 0)?.unsqueeze(1)?; // [b, 1, d]
-                slots.push(Slot {
-                    vectors,
-                    positions: pos,
-                });
+                slots.push(Slot { rows });
             }
+            per_site.push((site, slots));
         }
-        Ok(SteeringPlan { per_layer })
+        Ok(SteeringPlan { per_site })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.per_layer.iter().all(|s| s.is_empty())
+        self.per_site.is_empty()
     }
 
-    /// The delta to add after block `layer` on this step: [b, t, d], or None.
-    pub fn delta(&self, layer: usize, ctx: &StepCtx, device: &Device) -> Result<Option<Tensor>> {
-        let Some(slots) = self.per_layer.get(layer) else {
-            return Ok(None);
+    /// Apply this plan's operations at `site` to h [b, t, d] on this step.
+    pub fn apply(&self, site: Site, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
+        let Some((_, slots)) = self.per_site.iter().find(|(s, _)| *s == site) else {
+            return Ok(h);
         };
-        let mut total: Option<Tensor> = None;
-        let b = ctx.layout.rows();
+        let mut h = h;
         for slot in slots {
-            let mut m = vec![0f32; b * ctx.t];
-            let mut any = false;
-            for (r, p) in slot.positions.iter().enumerate() {
-                let Some(p) = p else { continue };
-                let len = ctx.layout.lens[r];
-                for j in 0..ctx.t {
-                    if let Some(pos) = ctx.position(r, j) {
-                        if p.hits(pos, len) {
-                            m[r * ctx.t + j] = 1.0;
-                            any = true;
-                        }
-                    }
-                }
-            }
-            if !any {
-                continue;
-            }
-            if device.is_cpu() && !slot.vectors.track_op() && total.is_none() {
-                // Inference on the CPU: write the [b, t, d] delta directly (each hit
-                // position gets its row's vector, exactly mask * v). candle's broadcast
-                // multiply would run on its own thread pool, waking threads that then
-                // compete with the kernels' (measured +5% wall on 16-row decode).
-                let v = slot.vectors.flatten_all()?.to_vec1::<f32>()?; // [b * d]
-                let d = v.len() / b.max(1);
-                let mut out = vec![0f32; b * ctx.t * d];
-                for (i, &w) in m.iter().enumerate() {
-                    if w != 0.0 {
-                        let r = i / ctx.t;
-                        out[i * d..(i + 1) * d].copy_from_slice(&v[r * d..(r + 1) * d]);
-                    }
-                }
-                total = Some(Tensor::from_vec(out, (b, ctx.t, d), device)?);
-                continue;
-            }
-            let mask = Tensor::from_vec(m, (b, ctx.t, 1), device)?;
-            let d = mask.broadcast_mul(&slot.vectors)?; // [b, t, d]
-            total = Some(match total {
-                Some(t) => (t + d)?,
-                None => d,
-            });
+            h = slot.apply(h, ctx)?;
         }
-        Ok(total)
+        Ok(h)
+    }
+}
+
+/// Validate one intervention of row `r` and read its parameters.
+fn check(
+    iv: &Intervention,
+    r: usize,
+    len: usize,
+    extra: usize,
+    n_layers: usize,
+    d: usize,
+    device: &Device,
+) -> Result<RowOp> {
+    iv.positions.check(r, len, extra)?;
+    if let Some(l) = iv.site.layer() {
+        if l >= n_layers {
+            return Err(Error::out_of_range(format!(
+                "row {r}: steering layer {l} is out of range for a model with {n_layers} layers"
+            )));
+        }
+    }
+    let site = iv.site;
+    let vector = |t: &Tensor, what: &str| -> Result<Vec<f32>> {
+        let dims = t.dims();
+        if dims != [d] {
+            return Err(Error::shape(format!(
+                "row {r}: {what} for {site} has shape {dims:?}, expected [{d}] (this \
+                 model's d_model)"
+            )));
+        }
+        finite_values(t, &|| format!("row {r}: {what} for {site}"))
+    };
+    let unit = |t: &Tensor, op: &str| -> Result<Vec<f32>> {
+        let v = vector(t, &format!("{op} direction"))?;
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if (norm - 1.0).abs() > UNIT_TOL {
+            return Err(Error::invalid(format!(
+                "row {r}: {op} direction for {site} has norm {norm}, expected a unit \
+                 direction (norm 1 within {UNIT_TOL}); divide it by its norm first"
+            )));
+        }
+        Ok(v)
+    };
+    let values = match &iv.op {
+        Op::Add(v) => vector(v, "steering vector")?,
+        Op::ProjectOut(u) => unit(u, "project_out")?,
+        Op::Clamp { dir, value } => {
+            if !value.is_finite() {
+                return Err(Error::invalid(format!(
+                    "row {r}: clamp value for {site} is {value}; expected a finite number"
+                )));
+            }
+            unit(dir, "clamp")?
+        }
+        Op::Scale(a) => {
+            let n = a.elem_count();
+            let reads = len.saturating_add(extra);
+            if a.rank() != 1 || !(n == 1 || n >= reads) {
+                return Err(Error::shape(format!(
+                    "row {r}: scale alpha for {site} has shape {:?}, expected [1] (one value \
+                     for every position) or [n] with n >= {reads} (one per position the row \
+                     reads: {len} prompt + {extra} generated)",
+                    a.dims()
+                )));
+            }
+            finite_values(a, &|| format!("row {r}: scale alpha for {site}"))?
+        }
+        Op::Module(_) => Vec::new(),
+    };
+    let op = match &iv.op {
+        Op::Add(v) => Op::Add(v.to_device(device)?),
+        Op::Scale(a) => Op::Scale(a.to_device(device)?),
+        Op::ProjectOut(u) => Op::ProjectOut(u.to_device(device)?),
+        Op::Clamp { dir, value } => Op::Clamp {
+            dir: dir.to_device(device)?,
+            value: *value,
+        },
+        Op::Module(m) => Op::Module(m.clone()),
+    };
+    Ok(RowOp {
+        op,
+        positions: iv.positions.clone(),
+        values,
+    })
+}
+
+impl Slot {
+    /// Row r's hit mask on this step: one flag per column.
+    fn hits(&self, r: usize, ctx: &StepCtx) -> Option<Vec<bool>> {
+        let ro = self.rows[r].as_ref()?;
+        let len = ctx.layout.lens[r];
+        let m: Vec<bool> = (0..ctx.t)
+            .map(|j| {
+                ctx.position(r, j)
+                    .is_some_and(|p| ro.positions.hits(p, len))
+            })
+            .collect();
+        m.iter().any(|&x| x).then_some(m)
+    }
+
+    fn apply(&self, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
+        let b = ctx.layout.rows();
+        let masks: Vec<Option<Vec<bool>>> = (0..b).map(|r| self.hits(r, ctx)).collect();
+        if masks.iter().all(Option::is_none) {
+            return Ok(h);
+        }
+        let has_module = self
+            .rows
+            .iter()
+            .flatten()
+            .any(|ro| matches!(ro.op, Op::Module(_)));
+        if ctx.mode == Mode::Inference && h.device().is_cpu() && !has_module {
+            return self.apply_values(h, ctx, &masks);
+        }
+        self.apply_tensors(h, ctx, &masks)
+    }
+
+    /// Inference form: edit a copy of the CPU values in place.
+    fn apply_values(
+        &self,
+        h: Tensor,
+        ctx: &StepCtx,
+        masks: &[Option<Vec<bool>>],
+    ) -> Result<Tensor> {
+        let (b, t, d) = h.dims3()?;
+        let mut x = h.flatten_all()?.to_vec1::<f32>()?; // [b * t * d]
+        for (r, m) in masks.iter().enumerate() {
+            let (Some(m), Some(ro)) = (m, &self.rows[r]) else {
+                continue;
+            };
+            for (j, _) in m.iter().enumerate().filter(|(_, &hit)| hit) {
+                let row = &mut x[(r * t + j) * d..(r * t + j + 1) * d];
+                let v = &ro.values;
+                match &ro.op {
+                    Op::Add(_) => row.iter_mut().zip(v).for_each(|(h, v)| *h += v),
+                    Op::Scale(_) => {
+                        let a = alpha_at(v, ctx.position(r, j).unwrap_or(0));
+                        row.iter_mut().for_each(|h| *h *= 1.0 + a);
+                    }
+                    Op::ProjectOut(_) => {
+                        let p: f32 = row.iter().zip(v).map(|(h, u)| h * u).sum();
+                        row.iter_mut().zip(v).for_each(|(h, u)| *h -= p * u);
+                    }
+                    Op::Clamp { value, .. } => {
+                        let p: f32 = row.iter().zip(v).map(|(h, u)| h * u).sum();
+                        row.iter_mut()
+                            .zip(v)
+                            .for_each(|(h, u)| *h += (value - p) * u);
+                    }
+                    Op::Module(_) => {}
+                }
+            }
+        }
+        Ok(Tensor::from_vec(x, (b, t, d), h.device())?)
+    }
+
+    /// Gradient form: candle ops row by row, differentiable in h and in each
+    /// operation's tensors.
+    fn apply_tensors(
+        &self,
+        h: Tensor,
+        ctx: &StepCtx,
+        masks: &[Option<Vec<bool>>],
+    ) -> Result<Tensor> {
+        let (b, t, _) = h.dims3()?;
+        let dev = h.device().clone();
+        let mut out = Vec::with_capacity(b);
+        for (r, m) in masks.iter().enumerate() {
+            let hr = h.narrow(0, r, 1)?; // [1, t, d]
+            let (Some(m), Some(ro)) = (m, &self.rows[r]) else {
+                out.push(hr);
+                continue;
+            };
+            let mv: Vec<f32> = m.iter().map(|&x| f32::from(u8::from(x))).collect();
+            let mask = Tensor::from_vec(mv, (1, t, 1), &dev)?; // [1, t, 1]
+            let e = match &ro.op {
+                Op::Add(v) => (&hr + mask.broadcast_mul(&v.reshape((1, 1, ()))?)?)?,
+                Op::Scale(a) => {
+                    let idx: Vec<u32> = (0..t)
+                        .map(|j| {
+                            let p = ctx.position(r, j).unwrap_or(0);
+                            if a.elem_count() == 1 {
+                                0
+                            } else {
+                                p as u32
+                            }
+                        })
+                        .collect();
+                    let idx = Tensor::from_vec(idx, t, &dev)?;
+                    let at = a.index_select(&idx, 0)?.reshape((1, t, 1))?; // [1, t, 1]
+                    (&hr + hr.broadcast_mul(&(at * &mask)?)?)?
+                }
+                Op::ProjectOut(u) => {
+                    let u = u.reshape((1, 1, ()))?; // [1, 1, d]
+                    let p = hr.broadcast_mul(&u)?.sum_keepdim(2)?; // [1, t, 1]
+                    (&hr - (p * &mask)?.broadcast_mul(&u)?)?
+                }
+                Op::Clamp { dir, value } => {
+                    let u = dir.reshape((1, 1, ()))?;
+                    let p = hr.broadcast_mul(&u)?.sum_keepdim(2)?; // [1, t, 1]
+                    let gap = (p.affine(-1.0, f64::from(*value))? * &mask)?;
+                    (&hr + gap.broadcast_mul(&u)?)?
+                }
+                Op::Module(module) => {
+                    let sub = crate::model::BatchLayout {
+                        lens: vec![ctx.layout.lens[r]],
+                        width: ctx.layout.width,
+                    };
+                    let sctx = StepCtx {
+                        layout: &sub,
+                        start: ctx.start,
+                        t: ctx.t,
+                        mode: ctx.mode,
+                    };
+                    module.apply(&hr, &mask, &sctx)?
+                }
+            };
+            out.push(e);
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+}
+
+/// The scale at position p: one value for all, or one per position.
+fn alpha_at(alpha: &[f32], p: usize) -> f32 {
+    match alpha {
+        [a] => *a,
+        all => all.get(p).copied().unwrap_or(0.0),
     }
 }
 
@@ -273,11 +546,11 @@ mod tests {
     use super::*;
 
     fn row(positions: Positions) -> Vec<RowSteering> {
-        vec![vec![Intervention {
-            layer: 0,
-            vector: Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        vec![vec![Intervention::add(
+            0,
+            Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
             positions,
-        }]]
+        )]]
     }
 
     fn plan(positions: Positions, len: usize, extra: usize) -> Result<SteeringPlan> {

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod hooks;
 pub mod intervene;
 pub mod kernels;
 pub mod model;

@@ -9,8 +9,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use steerlab::cancel::Cancel;
 use steerlab::capture::{Captured, Reduce};
 use steerlab::generate::{forward_batch, GenParams, Generation};
+use steerlab::hooks::Sites;
 use steerlab::intervene::{Intervention, Positions, SteeringPlan};
-use steerlab::model::{BatchLayout, Model, Site, Sites, StepCtx, WeightDtype};
+use steerlab::model::{BatchLayout, Mode, Model, Site, StepCtx, WeightDtype};
 
 const D: usize = 32;
 const VOCAB: usize = 40;
@@ -138,7 +139,7 @@ fn direction(seed: f32) -> Tensor {
 fn batch_equals_alone_for_each_family() {
     for fam in ["llama", "qwen2", "gemma3_text"] {
         let (_d, m) = tiny(fam);
-        let sites = vec![Site::Embed, Site::Layer(0), Site::Layer(2)];
+        let sites = vec![Site::Embed, Site::ResidPost(0), Site::ResidPost(2)];
         let (cb, lb) = forward_batch(
             &m,
             &rows(),
@@ -184,11 +185,7 @@ fn kv_cache_matches_full_recompute() {
             max_new_tokens: 8,
             ..Default::default()
         };
-        let steer = vec![vec![Intervention {
-            layer: 1,
-            vector: direction(1.0),
-            positions: Positions::All,
-        }]];
+        let steer = vec![vec![Intervention::add(1, direction(1.0), Positions::All)]];
         let gen = Generation::new(
             m.clone(),
             std::slice::from_ref(&prompt),
@@ -226,17 +223,9 @@ fn per_row_steering_matches_alone() {
     let v = direction(0.3);
     let neg = v.neg().unwrap();
     let steer = vec![
-        vec![Intervention {
-            layer: 1,
-            vector: (&v * 3.0).unwrap(),
-            positions: Positions::All,
-        }],
+        vec![Intervention::add(1, (&v * 3.0).unwrap(), Positions::All)],
         vec![],
-        vec![Intervention {
-            layer: 2,
-            vector: (&neg * 2.0).unwrap(),
-            positions: Positions::Last,
-        }],
+        vec![Intervention::add(2, (&neg * 2.0).unwrap(), Positions::Last)],
     ];
     let params = GenParams {
         max_new_tokens: 6,
@@ -270,15 +259,9 @@ fn per_row_steering_matches_alone() {
 fn positions_select_the_right_tokens() {
     let (_d, m) = tiny("llama");
     let row = vec![vec![5u32, 9, 3, 7]];
-    let site = vec![Site::Layer(1)];
+    let site = vec![Site::ResidPost(1)];
     let all = |p: Option<Positions>| {
-        let st = p.map(|p| {
-            vec![vec![Intervention {
-                layer: 1,
-                vector: direction(2.0),
-                positions: p,
-            }]]
-        });
+        let st = p.map(|p| vec![vec![Intervention::add(1, direction(2.0), p)]]);
         let (c, _) = forward_batch(
             &m,
             &row,
@@ -308,11 +291,7 @@ fn positions_select_the_right_tokens() {
         Positions::Indices(vec![4]),
         Positions::Indices(vec![-5]),
     ] {
-        let st = vec![vec![Intervention {
-            layer: 1,
-            vector: direction(2.0),
-            positions: bad.clone(),
-        }]];
+        let st = vec![vec![Intervention::add(1, direction(2.0), bad.clone())]];
         let r = forward_batch(
             &m,
             &row,
@@ -356,6 +335,11 @@ fn direct_attention_matches_differentiable_path() {
                 layout: &layout,
                 start: 0,
                 t: layout.width,
+                mode: if track {
+                    Mode::Gradient
+                } else {
+                    Mode::Inference
+                },
             };
             let h = m
                 .forward_embeds(embed(&ids), &ctx, &mut cache, &mut Sites::default())
@@ -366,6 +350,11 @@ fn direct_attention_matches_differentiable_path() {
                 layout: &layout,
                 start: layout.width,
                 t: 1,
+                mode: if track {
+                    Mode::Gradient
+                } else {
+                    Mode::Inference
+                },
             };
             let h2 = m
                 .forward_embeds(embed(&next), &ctx, &mut cache, &mut Sites::default())
@@ -392,11 +381,7 @@ fn gradient_reaches_steering_vector() {
     let ids = Tensor::new(&[[5u32, 9, 3, 7]], &Device::Cpu).unwrap();
     let loss_for = |vec: &Tensor| -> Tensor {
         let plan = SteeringPlan::new(
-            &[vec![Intervention {
-                layer: 0,
-                vector: vec.clone(),
-                positions: Positions::All,
-            }]],
+            &[vec![Intervention::add(0, vec.clone(), Positions::All)]],
             &[4],
             0,
             m.n_layers(),
@@ -408,6 +393,7 @@ fn gradient_reaches_steering_vector() {
             layout: &layout,
             start: 0,
             t: 4,
+            mode: Mode::Gradient,
         };
         let mut cache = m.new_cache();
         let mut sites = Sites {
@@ -418,7 +404,7 @@ fn gradient_reaches_steering_vector() {
         let h = m
             .forward_embeds(m.embed(&ids).unwrap(), &ctx, &mut cache, &mut sites)
             .unwrap();
-        let lg = m.logits_last(&h).unwrap();
+        let lg = m.logits_last(&h, Mode::Gradient).unwrap();
         lg.narrow(1, 3, 1).unwrap().sum_all().unwrap()
     };
     let loss = loss_for(v.as_tensor());
@@ -455,11 +441,7 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(m.resolve_layer(-4).is_err());
     assert_eq!(m.resolve_layer(-1).unwrap(), 2);
     let wrong = Tensor::zeros(D + 1, DType::F32, &Device::Cpu).unwrap();
-    let st = vec![vec![Intervention {
-        layer: 0,
-        vector: wrong,
-        positions: Positions::All,
-    }]];
+    let st = vec![vec![Intervention::add(0, wrong, Positions::All)]];
     let e = forward_batch(
         &m,
         &[vec![1, 2]],
@@ -473,11 +455,7 @@ fn bad_inputs_are_errors_not_panics() {
     .unwrap();
     assert!(e.to_string().contains("expected [32]"), "{e}");
     let nan = vecf(vec![f32::NAN; D]);
-    let st = vec![vec![Intervention {
-        layer: 0,
-        vector: nan,
-        positions: Positions::All,
-    }]];
+    let st = vec![vec![Intervention::add(0, nan, Positions::All)]];
     let e = forward_batch(
         &m,
         &[vec![1, 2]],
@@ -530,7 +508,7 @@ fn bad_inputs_are_errors_not_panics() {
     let e = forward_batch(
         &m,
         &[vec![1, 2]],
-        vec![Site::Layer(0)],
+        vec![Site::ResidPost(0)],
         Reduce::Index(5),
         None,
         false,
@@ -574,7 +552,7 @@ fn a_set_cancel_stops_every_loop_and_leaves_the_model_usable() {
     let e = forward_batch(
         &m,
         &rows(),
-        vec![Site::Layer(1)],
+        vec![Site::ResidPost(1)],
         Reduce::Mean,
         None,
         true,

@@ -70,9 +70,9 @@ fn batch_invariant(path: PathBuf) {
     let n = m.n_layers();
     let sites = vec![
         Site::Embed,
-        Site::Layer(0),
-        Site::Layer(n / 2),
-        Site::Layer(n - 1),
+        Site::ResidPost(0),
+        Site::ResidPost(n / 2),
+        Site::ResidPost(n - 1),
     ];
     let (cb, lb) = forward_batch(
         &m,
@@ -123,17 +123,9 @@ fn batch_invariant(path: PathBuf) {
         Tensor::from_vec(v, d, &Device::Cpu).unwrap()
     };
     let steer = vec![
-        vec![Intervention {
-            layer: n / 2,
-            vector: dir(1.0),
-            positions: Positions::All,
-        }],
+        vec![Intervention::add(n / 2, dir(1.0), Positions::All)],
         vec![],
-        vec![Intervention {
-            layer: n - 3,
-            vector: dir(2.0),
-            positions: Positions::Last,
-        }],
+        vec![Intervention::add(n - 3, dir(2.0), Positions::Last)],
     ];
     let params = GenParams {
         max_new_tokens: 12,

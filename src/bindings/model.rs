@@ -14,8 +14,8 @@ use super::errors::invalid;
 use crate::capture::{Captured, Reduce};
 use crate::error::Error;
 use crate::generate::{forward_batch, token_logprobs, GenParams, Generation};
-use crate::intervene::{Intervention, Positions, RowSteering};
-use crate::model::{Model, Site, WeightDtype};
+use crate::intervene::{Intervention, Op, Positions, RowSteering};
+use crate::model::{Model, Site, SiteKind, WeightDtype};
 use crate::pool::in_pool;
 
 fn parse_device(s: &str) -> PyResult<Device> {
@@ -93,31 +93,14 @@ fn extract_steering(
         return Ok(None);
     }
     let rows = st.cast::<PyList>().map_err(|_| {
-        invalid("steering must be a list with one list of (layer, vector, positions) per row")
+        invalid("steering must be a list with one list of interventions (or None) per row")
     })?;
     let mut out = Vec::with_capacity(rows.len());
     for (r, row) in rows.iter().enumerate() {
         let mut ivs = Vec::new();
         if !row.is_none() {
             for item in row.try_iter()? {
-                let item = item?;
-                let (layer, vec, pos): (i64, Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                    item.extract().map_err(|_| {
-                        invalid(format!(
-                            "row {r}: each intervention must be a (layer, vector, positions) tuple"
-                        ))
-                    })?;
-                let layer = model.resolve_layer(layer)?;
-                let vector = vector_from_numpy(
-                    &vec,
-                    &model.device,
-                    &format!("row {r} layer {layer} vector"),
-                )?;
-                ivs.push(Intervention {
-                    layer,
-                    vector,
-                    positions: extract_positions(&pos)?,
-                });
+                ivs.push(extract_intervention(model, &item?, r)?);
             }
         }
         out.push(ivs);
@@ -125,7 +108,67 @@ fn extract_steering(
     Ok(Some(out))
 }
 
-fn extract_sites(model: &Model, layers: &Bound<'_, PyAny>) -> PyResult<Vec<Site>> {
+/// One intervention: `(layer, vector, positions)` (add at `resid_post`), or
+/// `(site, layer, op, array, value, positions)` with site a [`SiteKind`] name and op one
+/// of 'add', 'scale', 'project_out', 'clamp' (`value` is the clamp target, else unused).
+fn extract_intervention(
+    model: &Model,
+    item: &Bound<'_, PyAny>,
+    r: usize,
+) -> PyResult<Intervention> {
+    let shape_err = || {
+        invalid(format!(
+            "row {r}: each intervention must be a (layer, vector, positions) or a (site, \
+             layer, op, array, value, positions) tuple"
+        ))
+    };
+    if let Ok((layer, vec, pos)) = item.extract::<(i64, Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
+        let layer = model.resolve_layer(layer)?;
+        let vector = vector_from_numpy(
+            &vec,
+            &model.device,
+            &format!("row {r} layer {layer} vector"),
+        )?;
+        return Ok(Intervention::add(layer, vector, extract_positions(&pos)?));
+    }
+    let (site, layer, op, arr, value, pos): (
+        String,
+        i64,
+        String,
+        Bound<'_, PyAny>,
+        f64,
+        Bound<'_, PyAny>,
+    ) = item.extract().map_err(|_| shape_err())?;
+    let kind = SiteKind::parse(&site)?;
+    let site = match kind {
+        SiteKind::Embed => Site::Embed,
+        k => k.at(model.resolve_layer(layer)?),
+    };
+    let what = format!("row {r} {op} at {site}");
+    let arr = vector_from_numpy(&arr, &model.device, &what)?;
+    let op = match op.as_str() {
+        "add" => Op::Add(arr),
+        "scale" => Op::Scale(arr),
+        "project_out" => Op::ProjectOut(arr),
+        "clamp" => Op::Clamp {
+            dir: arr,
+            value: value as f32,
+        },
+        other => {
+            return Err(invalid(format!(
+                "row {r}: unknown operation '{other}' (expected 'add', 'scale', \
+                 'project_out' or 'clamp')"
+            )))
+        }
+    };
+    Ok(Intervention {
+        site,
+        positions: extract_positions(&pos)?,
+        op,
+    })
+}
+
+fn extract_sites(model: &Model, layers: &Bound<'_, PyAny>, site: SiteKind) -> PyResult<Vec<Site>> {
     let mut sites = Vec::new();
     for item in layers.try_iter()? {
         let item = item?;
@@ -142,7 +185,7 @@ fn extract_sites(model: &Model, layers: &Bound<'_, PyAny>) -> PyResult<Vec<Site>
         let l: i64 = item
             .extract()
             .map_err(|_| invalid("layers must be ints (or 'embed')"))?;
-        sites.push(Site::Layer(model.resolve_layer(l)?));
+        sites.push(site.at(model.resolve_layer(l)?));
     }
     Ok(sites)
 }
@@ -288,7 +331,8 @@ impl PyModel {
         Ok(self.inner.tokenizer.decode(&ids, skip_special_tokens)?)
     }
 
-    #[pyo3(signature = (batch, layers, reduce, steering = None, logits = false))]
+    #[pyo3(signature = (batch, layers, reduce, steering = None, logits = false, site = "resid_post"))]
+    #[allow(clippy::too_many_arguments)]
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -297,10 +341,11 @@ impl PyModel {
         reduce: &Bound<'py, PyAny>,
         steering: Option<&Bound<'py, PyAny>>,
         logits: bool,
+        site: &str,
     ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let m = &self.inner;
         let rows = extract_batch(batch)?;
-        let sites = extract_sites(m, layers)?;
+        let sites = extract_sites(m, layers, SiteKind::parse(site)?)?;
         let reduce = extract_reduce(reduce)?;
         let steering = extract_steering(m, steering)?;
         let (cap, lg) = interruptible(py, |cancel| {

@@ -11,12 +11,12 @@
 //! Each (row, head, query) only reads its own row's keys, in key order, and masked
 //! keys contribute nothing, so a row's output does not depend on the rest of the batch.
 
-use candle_core::{Module, Storage, Tensor, D};
+use candle_core::{Module, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::config::{Arch, Config};
+use super::ops::{rope, rope_into, softmax_last, Mode, RmsNorm};
 use super::weights::{Linear, Weights};
-use super::RmsNorm;
 use crate::error::{Error, Result};
 use crate::kernels::{vecops, Isa};
 
@@ -114,6 +114,7 @@ pub struct AttnInput<'a> {
     pub rot: &'a Rotary,
     pub mask: &'a Mask,
     pub cache: &'a mut LayerCache,
+    pub mode: Mode,
 }
 
 /// Multiply-adds above which the direct attention splits rows over threads.
@@ -178,8 +179,9 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
         // Weights are constants; gradients can only come in through x.
-        let direct =
-            x.device().is_cpu() && !x.track_op() && !matches!(a.cache.kv, Some(Kv::Tensors(..)));
+        let direct = a.mode == Mode::Inference
+            && x.device().is_cpu()
+            && !matches!(a.cache.kv, Some(Kv::Tensors(..)));
         if direct {
             self.forward_direct(x, a)
         } else {
@@ -188,7 +190,7 @@ impl Attention {
     }
 
     /// Projections [b, t, heads * hd] with biases, and the per-head norms (Gemma).
-    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn qkv(&self, x: &Tensor, mode: Mode) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let proj = |m: &Linear, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
             let mut y = m.forward(x)?; // [b, t, heads * hd]
@@ -201,10 +203,10 @@ impl Attention {
         let mut k = proj(&self.k, &self.k_bias, self.n_kv)?;
         let v = proj(&self.v, &self.v_bias, self.n_kv)?;
         if let Some(n) = &self.q_norm {
-            q = n.forward(&q)?;
+            q = n.forward(&q, mode)?;
         }
         if let Some(n) = &self.k_norm {
-            k = n.forward(&k)?;
+            k = n.forward(&k, mode)?;
         }
         Ok((q, k, v))
     }
@@ -212,7 +214,7 @@ impl Attention {
     fn forward_direct(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv);
-        let (q, k, v) = self.qkv(x)?; // [b, t, heads, hd]
+        let (q, k, v) = self.qkv(x, a.mode)?; // [b, t, heads, hd]
         let kv = a
             .cache
             .kv
@@ -336,12 +338,12 @@ impl Attention {
 
     fn forward_candle(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (q, k, v) = self.qkv(x)?; // [b, t, heads, hd]
+        let (q, k, v) = self.qkv(x, a.mode)?; // [b, t, heads, hd]
         let q = q.transpose(1, 2)?.contiguous()?; // [b, heads, t, hd]
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let q = rope(&q, &a.rot.cos, &a.rot.sin, self.interleaved)?;
-        let k = rope(&k, &a.rot.cos, &a.rot.sin, self.interleaved)?;
+        let q = rope(&q, &a.rot.cos, &a.rot.sin, self.interleaved, a.mode)?;
+        let k = rope(&k, &a.rot.cos, &a.rot.sin, self.interleaved, a.mode)?;
         let prev = match a.cache.kv.take() {
             Some(Kv::Tensors(pk, pv)) => Some((pk, pv)),
             Some(Kv::Buffers(c)) if c.len > 0 => Some(c.to_tensors(x.device())?),
@@ -360,11 +362,7 @@ impl Attention {
         let scores = scores
             .reshape((b, self.n_kv, g, t, kv_len))?
             .broadcast_add(&a.mask.t)?;
-        let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = softmax_last(&scores, a.mode)?;
         let probs = probs.reshape((b, self.n_kv, g * t, kv_len))?;
         let out = probs.matmul(&v)?; // [b, n_kv, g*t, hd]
         let out = out
@@ -415,55 +413,4 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         return Err(Error::invalid("attention: expected contiguous activations"));
     };
     f(&data[o0..o1])
-}
-
-/// Rotary embedding of one head vector into `out` (the formulas of candle-nn's `rope` /
-/// `rope_i`, i.e. Hugging Face's `rotate_half` and llama.cpp's pairwise layout).
-fn rope_into(x: &[f32], cos: &[f32], sin: &[f32], interleaved: bool, out: &mut [f32]) {
-    let half = cos.len();
-    if interleaved {
-        for i in 0..half {
-            let (x0, x1) = (x[2 * i], x[2 * i + 1]);
-            out[2 * i] = x0 * cos[i] - x1 * sin[i];
-            out[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
-        }
-    } else {
-        for i in 0..half {
-            let (x0, x1) = (x[i], x[i + half]);
-            out[i] = x0 * cos[i] - x1 * sin[i];
-            out[i + half] = x1 * cos[i] + x0 * sin[i];
-        }
-    }
-}
-
-/// Rotary embedding with per-row positions. `interleaved` rotates pairs (2i, 2i+1)
-/// (GGUF llama layout); otherwise halves (Hugging Face `rotate_half`).
-/// The fused kernels have no backward pass, so a tensor that tracks gradients takes the
-/// elementary-op path.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    if !x.track_op() {
-        return Ok(if interleaved {
-            candle_nn::rotary_emb::rope_i(x, cos, sin)?
-        } else {
-            candle_nn::rotary_emb::rope(x, cos, sin)?
-        });
-    }
-    // Differentiable path built from elementary ops.
-    let (b, h, t, hd) = x.dims4()?;
-    let c = cos.unsqueeze(1)?; // [b, 1, t, hd/2]
-    let s = sin.unsqueeze(1)?;
-    if interleaved {
-        let xr = x.reshape((b, h, t, hd / 2, 2))?;
-        let x0 = xr.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
-        let x1 = xr.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
-        let o0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
-        let o1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
-        Ok(Tensor::stack(&[&o0, &o1], D::Minus1)?.reshape((b, h, t, hd))?)
-    } else {
-        let x0 = x.narrow(D::Minus1, 0, hd / 2)?;
-        let x1 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-        let o0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
-        let o1 = (x1.broadcast_mul(&c)? + x0.broadcast_mul(&s)?)?;
-        Ok(Tensor::cat(&[&o0, &o1], D::Minus1)?)
-    }
 }

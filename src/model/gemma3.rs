@@ -8,12 +8,13 @@
 //! `models/gemma3/modeling_gemma3.py` (`Gemma3DecoderLayer`), and llama.cpp's
 //! `llm_build_gemma3` for GGUF files (norm scales stored as 1 + w).
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
 use super::attention::{Attention, AttnInput};
+use super::block::Mlp;
 use super::config::Config;
+use super::ops::{Mode, RmsNorm};
 use super::weights::Weights;
-use super::{Mlp, RmsNorm};
 use crate::error::Result;
 
 pub struct Gemma3Block {
@@ -40,14 +41,17 @@ impl Gemma3Block {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
-        let h = self.attn_norm.forward(x)?; // [b, t, d]
+    /// What attention adds to the residual x [b, t, d]: post_norm(attn(norm(x))).
+    pub fn attn_out(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        let h = self.attn_norm.forward(x, a.mode)?; // [b, t, d]
         let h = self.attn.forward(&h, a)?;
-        let h = self.post_attn_norm.forward(&h)?;
-        let x = (x + h)?; // residual after attention
-        let h = self.ffn_norm.forward(&x)?;
-        let h = self.mlp.forward(&h)?;
-        let h = self.post_ffn_norm.forward(&h)?;
-        Ok((x + h)?) // [b, t, d] residual stream after this block
+        self.post_attn_norm.forward(&h, a.mode) // [b, t, d]
+    }
+
+    /// What the MLP adds to the residual x [b, t, d]: post_norm(mlp(norm(x))).
+    pub fn mlp_out(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.ffn_norm.forward(x, mode)?;
+        let h = self.mlp.forward(&h, mode)?;
+        self.post_ffn_norm.forward(&h, mode) // [b, t, d]
     }
 }

@@ -7,12 +7,13 @@
 //! `models/llama/modeling_llama.py` and `models/qwen2/modeling_qwen2.py` (and llama.cpp's
 //! `llm_build_llama` for GGUF files, whose Q/K rows are permuted for interleaved rotary).
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
 use super::attention::{Attention, AttnInput};
+use super::block::Mlp;
 use super::config::Config;
+use super::ops::{Mode, RmsNorm};
 use super::weights::Weights;
-use super::{Mlp, RmsNorm};
 use crate::error::Result;
 
 pub struct LlamaBlock {
@@ -33,12 +34,15 @@ impl LlamaBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
-        let h = self.attn_norm.forward(x)?; // [b, t, d]
-        let h = self.attn.forward(&h, a)?; // [b, t, d]
-        let x = (x + h)?; // residual after attention
-        let h = self.ffn_norm.forward(&x)?;
-        let h = self.mlp.forward(&h)?;
-        Ok((x + h)?) // [b, t, d] residual stream after this block
+    /// What attention adds to the residual x [b, t, d]: attn(norm(x)) [b, t, d].
+    pub fn attn_out(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        let h = self.attn_norm.forward(x, a.mode)?; // [b, t, d]
+        self.attn.forward(&h, a) // [b, t, d]
+    }
+
+    /// What the MLP adds to the residual x [b, t, d]: mlp(norm(x)) [b, t, d].
+    pub fn mlp_out(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.ffn_norm.forward(x, mode)?;
+        self.mlp.forward(&h, mode) // [b, t, d]
     }
 }

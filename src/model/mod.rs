@@ -1,133 +1,36 @@
-//! Decoder-only transformer with intervention sites.
+//! Decoder-only transformer with sites inside every block.
 //!
-//! A site is the embedding output (`Site::Embed`) or the residual stream after decoder
-//! block i (`Site::Layer(i)`, Hugging Face `hidden_states[i + 1]`). At every site the
-//! forward adds the steering deltas for that layer and records what the capture asks
-//! for. The weights are immutable; the KV cache, steering plan and capture buffers are
-//! per-call values, so one `Model` serves many threads.
+//! The forward calls a [`Hooks`] value at every [`Site`] (`embed`, and per block
+//! `attn_out`, `resid_mid`, `mlp_out`, `resid_post`); what the hook returns is what the
+//! forward continues with, so steering plans, captures and learned modules all plug in
+//! there and the model knows none of them. The execution mode ([`Mode`]) travels in the
+//! step context. The weights are immutable; the KV cache and the hooks are per-call
+//! values, so one `Model` serves many threads.
 
 pub mod attention;
+pub mod block;
 pub mod config;
 pub mod gemma3;
 pub mod llama;
+pub mod ops;
+pub mod step;
 pub mod weights;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use sha2::{Digest, Sha256};
 
-use crate::cancel::Cancel;
-use crate::capture::Capture;
 use crate::error::{Error, Result};
-use crate::intervene::SteeringPlan;
 use crate::tokenize::Tokenizer;
-use attention::{AttnInput, LayerCache, Mask, Rotary};
+use attention::{AttnInput, LayerCache, Mask};
+use block::Block;
 pub use config::{Activation, Arch, Config, RopeScaling};
+pub use ops::{Mode, RmsNorm};
+pub use step::{BatchLayout, Hooks, NoHooks, Site, SiteKind, StepCtx};
 pub use weights::WeightDtype;
 use weights::{Embedding, Linear, Weights};
-
-/// Root-mean-square norm: x / sqrt(mean(x^2) + eps) * w (Gemma's 1 + w is folded in at
-/// load time).
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    w: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    pub fn load(w: &Weights, name: &str, len: usize, eps: f64) -> Result<Self> {
-        Ok(RmsNorm {
-            w: w.vector(name, len)?,
-            eps: eps as f32,
-        })
-    }
-}
-
-impl Module for RmsNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        if x.track_op() {
-            // The fused kernel has no backward pass; gradients need elementary ops.
-            candle_nn::ops::rms_norm_slow(&x, &self.w, self.eps)
-        } else {
-            candle_nn::ops::rms_norm(&x, &self.w, self.eps)
-        }
-    }
-}
-
-/// Gated MLP: down(act(gate(x)) * up(x)).
-pub struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    act: Activation,
-}
-
-impl Mlp {
-    pub fn load(w: &Weights, cfg: &Config, i: usize) -> Result<Self> {
-        let (d, f) = (cfg.d_model, cfg.d_ff);
-        Ok(Mlp {
-            gate: w.linear(&format!("{i}.gate"), f, d)?,
-            up: w.linear(&format!("{i}.up"), f, d)?,
-            down: w.linear(&format!("{i}.down"), d, f)?,
-            act: cfg.activation,
-        })
-    }
-}
-
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let g = self.gate.forward(x)?; // [b, t, d_ff]
-        let u = self.up.forward(x)?; // [b, t, d_ff]
-        if self.act == Activation::Silu && !g.track_op() && !u.track_op() {
-            if let Some(h) = silu_mul_cpu(&g, &u)? {
-                return self.down.forward(&h); // [b, t, d]
-            }
-        }
-        let g = match self.act {
-            Activation::Silu => candle_nn::ops::silu(&g)?,
-            Activation::GeluTanh => g.gelu()?,
-        };
-        self.down.forward(&(g * u)?) // [b, t, d]
-    }
-}
-
-/// silu(g) * u in one pass over f32 CPU tensors, on rayon's pool when large (candle's
-/// `silu` and `*` each allocate, and above 64 K values run on candle's own thread pool,
-/// whose threads then compete with rayon's). The same formula per element as candle's
-/// (`g / (1 + exp(-g))`, then `* u`), so the same bits. `None` when the tensors are not
-/// contiguous f32 on the CPU of one shape (the caller takes candle's ops).
-fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    use candle_core::{CpuStorage, Storage};
-    use rayon::prelude::*;
-    if g.dims() != u.dims() {
-        return Ok(None);
-    }
-    let (gs, gl) = g.storage_and_layout();
-    let (us, ul) = u.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(gd)), Storage::Cpu(CpuStorage::F32(ud))) = (&*gs, &*us)
-    else {
-        return Ok(None);
-    };
-    let (Some((g0, g1)), Some((u0, u1))) = (gl.contiguous_offsets(), ul.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    let (gv, uv) = (&gd[g0..g1], &ud[u0..u1]);
-    let f = |(&g, &u): (&f32, &f32)| (g / (1.0 + (-g).exp())) * u;
-    const PAR_MIN: usize = 64 * 1024;
-    let out: Vec<f32> = if gv.len() >= PAR_MIN {
-        gv.par_iter()
-            .zip(uv.par_iter())
-            .with_min_len(8 * 1024)
-            .map(f)
-            .collect()
-    } else {
-        gv.iter().zip(uv).map(f).collect()
-    };
-    Ok(Some(Tensor::from_vec(out, g.shape(), g.device())?))
-}
 
 /// Gemma's chat turn format (`<start_of_turn>role ... <end_of_turn>`), written for
 /// files that carry no `tokenizer.chat_template`. A system message is folded into the
@@ -143,107 +46,6 @@ const GEMMA_TURN_TEMPLATE: &str = "{{- bos_token -}}\
 {%- endif -%}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}";
-
-enum Block {
-    Llama(llama::LlamaBlock),
-    Gemma3(gemma3::Gemma3Block),
-}
-
-/// Where the forward can record and intervene.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Site {
-    Embed,
-    Layer(usize),
-}
-
-/// Rotary inverse frequencies (f32, as transformers computes them).
-fn inv_freq(cfg: &Config, base: f64, scaled: bool) -> Vec<f32> {
-    let hd = cfg.head_dim;
-    let mut f: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / hd as f32))
-        .collect();
-    if !scaled {
-        return f;
-    }
-    match &cfg.rope_scaling {
-        RopeScaling::None => {}
-        RopeScaling::Linear(s) => f.iter_mut().for_each(|x| *x /= *s as f32),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        } => {
-            let low_wl = original_max_position / low_freq_factor;
-            let high_wl = original_max_position / high_freq_factor;
-            for x in f.iter_mut() {
-                let wl = 2.0 * std::f64::consts::PI / *x as f64;
-                let v = *x as f64;
-                *x = if wl < high_wl {
-                    v
-                } else if wl > low_wl {
-                    v / factor
-                } else {
-                    let smooth = (original_max_position / wl - low_freq_factor)
-                        / (high_freq_factor - low_freq_factor);
-                    (1.0 - smooth) * v / factor + smooth * v
-                } as f32;
-            }
-        }
-    }
-    f
-}
-
-/// Rows of a left-padded batch: prompt lengths and the padded width.
-#[derive(Debug, Clone)]
-pub struct BatchLayout {
-    pub lens: Vec<usize>,
-    pub width: usize,
-}
-
-impl BatchLayout {
-    pub fn new(lens: Vec<usize>) -> Self {
-        let width = lens.iter().copied().max().unwrap_or(0);
-        BatchLayout { lens, width }
-    }
-    pub fn rows(&self) -> usize {
-        self.lens.len()
-    }
-    pub fn pad(&self, row: usize) -> usize {
-        self.width - self.lens[row]
-    }
-}
-
-/// One forward step over columns `[start, start + t)` of the padded batch.
-/// Prefill is `start = 0, t = width`; decode step k is `start = width + k, t = 1`.
-#[derive(Debug, Clone)]
-pub struct StepCtx<'a> {
-    pub layout: &'a BatchLayout,
-    pub start: usize,
-    pub t: usize,
-}
-
-impl StepCtx<'_> {
-    /// Position of (row, column j of this step) in the unpadded sequence, or None on a
-    /// padding column. Decode step k of a row is position `len + k`.
-    pub fn position(&self, row: usize, j: usize) -> Option<usize> {
-        let col = self.start + j;
-        let pad = self.layout.pad(row);
-        (col >= pad).then(|| col - pad)
-    }
-    pub fn is_prefill(&self) -> bool {
-        self.start == 0
-    }
-}
-
-/// Hooks applied at the sites during one step.
-#[derive(Default)]
-pub struct Sites<'a> {
-    pub steering: Option<&'a SteeringPlan>,
-    pub capture: Option<&'a mut Capture>,
-    /// Checked before each decoder block, so a long prefill stops within one block.
-    pub cancel: Option<&'a Cancel>,
-}
 
 pub struct Model {
     pub cfg: Config,
@@ -344,7 +146,7 @@ impl Model {
         let embed = w.embedding(cfg.vocab_size, cfg.d_model)?;
         // Blocks read and repack their tensors independently (positional reads): in
         // parallel, the first error wins.
-        let blocks = crate::generate::in_pool(|| {
+        let blocks = crate::pool::in_pool(|| {
             use rayon::prelude::*;
             (0..cfg.n_layers)
                 .into_par_iter()
@@ -393,8 +195,8 @@ impl Model {
             .map(|b| format!("{b:02x}"))
             .collect();
         let dev = w.device.clone();
-        let ig = inv_freq(&cfg, cfg.rope_theta, true);
-        let il = inv_freq(&cfg, cfg.rope_local_theta, false);
+        let ig = step::inv_freq(&cfg, cfg.rope_theta, true);
+        let il = step::inv_freq(&cfg, cfg.rope_local_theta, false);
         Ok(Model {
             inv_freq_global: ig,
             inv_freq_local: il,
@@ -435,61 +237,6 @@ impl Model {
         Ok(i as usize)
     }
 
-    /// Additive attention mask [b, 1, 1, t, T] for one step.
-    fn mask(&self, ctx: &StepCtx, window: Option<usize>) -> Result<Mask> {
-        let b = ctx.layout.rows();
-        let kv = ctx.start + ctx.t;
-        let mut m = vec![f32::NEG_INFINITY; b * ctx.t * kv];
-        for r in 0..b {
-            let pad = ctx.layout.pad(r);
-            for j in 0..ctx.t {
-                let qc = ctx.start + j;
-                let row = &mut m[(r * ctx.t + j) * kv..(r * ctx.t + j + 1) * kv];
-                if qc < pad {
-                    // A padding query attends to itself only, so it stays finite.
-                    row[qc] = 0.0;
-                    continue;
-                }
-                let lo = match window {
-                    Some(w) => pad.max((qc + 1).saturating_sub(w)),
-                    None => pad,
-                };
-                for x in row.iter_mut().take(qc + 1).skip(lo) {
-                    *x = 0.0;
-                }
-            }
-        }
-        Ok(Mask {
-            t: Tensor::from_slice(&m, (b, 1, 1, ctx.t, kv), &self.device)?,
-            v: m,
-        })
-    }
-
-    /// cos/sin [b, t, hd/2] for this step's positions.
-    fn rotary(&self, ctx: &StepCtx, inv: &[f32]) -> Result<Rotary> {
-        let b = ctx.layout.rows();
-        let half = inv.len();
-        let mut cos_v = Vec::with_capacity(b * ctx.t * half);
-        let mut sin_v = Vec::with_capacity(b * ctx.t * half);
-        for r in 0..b {
-            for j in 0..ctx.t {
-                let pos = ctx.position(r, j).unwrap_or(0) as f32;
-                for &f in inv {
-                    let ang = pos * f;
-                    cos_v.push(ang.cos());
-                    sin_v.push(ang.sin());
-                }
-            }
-        }
-        let shape = (b, ctx.t, half);
-        Ok(Rotary {
-            cos: Tensor::from_slice(&cos_v, shape, &self.device)?,
-            sin: Tensor::from_slice(&sin_v, shape, &self.device)?,
-            cos_v,
-            sin_v,
-        })
-    }
-
     /// Token embeddings (scaled for Gemma): ids [b, t] -> [b, t, d].
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let h = self.embed.forward(ids)?;
@@ -499,45 +246,68 @@ impl Model {
         })
     }
 
-    /// Run the blocks over one step, starting from embeddings `h` [b, t, d]; returns the
-    /// residual stream after the last block [b, t, d] (before the final norm).
-    ///
-    /// Differentiable: when an input or an intervention vector is a candle `Var` (dense
-    /// weights), every op on its path has a backward pass (fused kernels without one are
-    /// swapped for elementary ops only then).
+    /// Run every block over one step, starting from embeddings `h` [b, t, d]; returns
+    /// the residual stream after the last block [b, t, d] (before the final norm).
     pub fn forward_embeds(
         &self,
         h: Tensor,
         ctx: &StepCtx,
         cache: &mut [LayerCache],
-        sites: &mut Sites,
+        hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        if cache.len() != self.cfg.n_layers {
+        self.forward_blocks(h, 0..self.cfg.n_layers, ctx, cache, hooks)
+    }
+
+    /// Run blocks `blocks` over one step. `h` [b, t, d] is the input of the first: the
+    /// embeddings when it is block 0, else `resid_post` of the block before it. The hook
+    /// at that entry site (`embed` or `resid_post[start - 1]`) is applied first, so a
+    /// frozen prefix computed once (blocks `0..s` under [`NoHooks`]) can be resumed at
+    /// block s with the hooks of the trained sites. Returns `resid_post` of the last
+    /// block [b, t, d]. In `Mode::Gradient` every op on the path from a tracked tensor
+    /// (a `Var` in `h` or in a hook) to the output has a backward pass.
+    pub fn forward_blocks(
+        &self,
+        h: Tensor,
+        blocks: Range<usize>,
+        ctx: &StepCtx,
+        cache: &mut [LayerCache],
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let n = self.cfg.n_layers;
+        if cache.len() != n {
             return Err(Error::invalid(format!(
-                "KV cache has {} layers, model has {}",
-                cache.len(),
-                self.cfg.n_layers
+                "KV cache has {} layers, model has {n}",
+                cache.len()
             )));
         }
-        let rot_g = self.rotary(ctx, &self.inv_freq_global)?;
+        if blocks.start > blocks.end || blocks.end > n {
+            return Err(Error::out_of_range(format!(
+                "blocks {}..{} are out of range for a model with {n} blocks",
+                blocks.start, blocks.end
+            )));
+        }
+        let dev = &self.device;
+        let rot_g = step::rotary(ctx, &self.inv_freq_global, dev)?;
         let rot_l = if self.cfg.arch == Arch::Gemma3 {
-            Some(self.rotary(ctx, &self.inv_freq_local)?)
+            Some(step::rotary(ctx, &self.inv_freq_local, dev)?)
         } else {
             None
         };
-        let mask_global = self.mask(ctx, None)?;
+        let mask_global = step::mask(ctx, None, dev)?;
         let mut mask_local: Option<(usize, Mask)> = None;
-        let mut h = self.site(Site::Embed, h, ctx, sites)?;
-        for (i, (block, c)) in self.blocks.iter().zip(cache.iter_mut()).enumerate() {
-            if let Some(cancel) = sites.cancel {
-                cancel.check()?;
-            }
+        let entry = match blocks.start {
+            0 => Site::Embed,
+            s => Site::ResidPost(s - 1),
+        };
+        let mut x = hooks.at(entry, h, ctx)?; // [b, t, d]
+        for i in blocks {
+            hooks.before_block(i)?;
             let window = self.cfg.sliding_window[i];
             let (rot, mask) = match window {
                 None => (&rot_g, &mask_global),
                 Some(w) => {
                     if mask_local.as_ref().map(|(mw, _)| *mw) != Some(w) {
-                        mask_local = Some((w, self.mask(ctx, Some(w))?));
+                        mask_local = Some((w, step::mask(ctx, Some(w), dev)?));
                     }
                     let m = match &mask_local {
                         Some((_, m)) => m,
@@ -549,28 +319,18 @@ impl Model {
             let mut a = AttnInput {
                 rot,
                 mask,
-                cache: c,
+                cache: &mut cache[i],
+                mode: ctx.mode,
             };
-            h = match block {
-                Block::Llama(b) => b.forward(&h, &mut a)?,
-                Block::Gemma3(b) => b.forward(&h, &mut a)?,
-            };
-            h = self.site(Site::Layer(i), h, ctx, sites)?;
+            let block = &self.blocks[i];
+            let attn = block.attn_out(&x, &mut a)?; // [b, t, d]
+            let attn = hooks.at(Site::AttnOut(i), attn, ctx)?;
+            let mid = hooks.at(Site::ResidMid(i), (x + attn)?, ctx)?; // [b, t, d]
+            let mlp = block.mlp_out(&mid, ctx.mode)?; // [b, t, d]
+            let mlp = hooks.at(Site::MlpOut(i), mlp, ctx)?;
+            x = hooks.at(Site::ResidPost(i), (mid + mlp)?, ctx)?; // [b, t, d]
         }
-        Ok(h)
-    }
-
-    fn site(&self, site: Site, h: Tensor, ctx: &StepCtx, sites: &mut Sites) -> Result<Tensor> {
-        let mut h = h;
-        if let (Some(plan), Site::Layer(l)) = (sites.steering, site) {
-            if let Some(delta) = plan.delta(l, ctx, &self.device)? {
-                h = (h + delta)?; // [b, t, d]
-            }
-        }
-        if let Some(cap) = sites.capture.as_deref_mut() {
-            cap.record(site, &h, ctx)?;
-        }
-        Ok(h)
+        Ok(x)
     }
 
     /// Forward one step from token ids [b, t] (u32).
@@ -579,17 +339,17 @@ impl Model {
         ids: &Tensor,
         ctx: &StepCtx,
         cache: &mut [LayerCache],
-        sites: &mut Sites,
+        hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let h = self.embed(ids)?;
-        self.forward_embeds(h, ctx, cache, sites)
+        self.forward_embeds(h, ctx, cache, hooks)
     }
 
     /// Next-token logits from the residual at the last column: h [b, t, d] -> [b, vocab].
-    pub fn logits_last(&self, h: &Tensor) -> Result<Tensor> {
+    pub fn logits_last(&self, h: &Tensor, mode: Mode) -> Result<Tensor> {
         let (_, t, _) = h.dims3()?;
         let last = h.narrow(1, t - 1, 1)?.contiguous()?; // [b, 1, d]
-        let x = self.norm.forward(&last)?;
+        let x = self.norm.forward(&last, mode)?;
         let mut y = self.lm_head.forward(&x)?.squeeze(1)?; // [b, vocab]
         if let Some(c) = self.cfg.final_logit_softcap {
             y = ((y / c)?.tanh()? * c)?;
@@ -598,8 +358,8 @@ impl Model {
     }
 
     /// Next-token logits at every column: h [b, t, d] -> [b, t, vocab] (f32).
-    pub fn logits_all(&self, h: &Tensor) -> Result<Tensor> {
-        let x = self.norm.forward(&h.contiguous()?)?;
+    pub fn logits_all(&self, h: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = self.norm.forward(&h.contiguous()?, mode)?;
         let mut y = self.lm_head.forward(&x)?; // [b, t, vocab]
         if let Some(c) = self.cfg.final_logit_softcap {
             y = ((y / c)?.tanh()? * c)?;
@@ -653,39 +413,5 @@ impl Model {
         }
         let ids = Tensor::from_vec(flat, (rows.len(), layout.width), &self.device)?;
         Ok((ids, layout))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fused SiLU-gate gives the bits of candle's `silu(g) * u`, below and above the
-    /// size where it goes parallel, and declines what it does not handle.
-    #[test]
-    fn silu_mul_matches_candle_bitwise() {
-        for n in [7usize, 1536 * 16, 70 * 1024 + 3] {
-            let g: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.013).sin() * 9.0).collect();
-            let u: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.007).cos() * 2.0).collect();
-            let g = Tensor::from_vec(g, n, &Device::Cpu).unwrap();
-            let u = Tensor::from_vec(u, n, &Device::Cpu).unwrap();
-            let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
-            let got = silu_mul_cpu(&g, &u)
-                .unwrap()
-                .expect("f32 CPU tensors are handled");
-            let bits = |t: &Tensor| -> Vec<u32> {
-                t.to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            };
-            assert_eq!(bits(&got), bits(&want), "n = {n}");
-        }
-        let g = Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap();
-        assert!(silu_mul_cpu(&g, &g.t().unwrap()).unwrap().is_none()); // not contiguous
-        assert!(silu_mul_cpu(&g, &g.reshape(9).unwrap()).unwrap().is_none()); // shapes
-        let h = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
-        assert!(silu_mul_cpu(&h, &h).unwrap().is_none());
     }
 }

@@ -1,0 +1,39 @@
+//! The hooks the engine's calls hand to the forward: a steering plan, a capture and a
+//! cancellation flag, behind the model's [`Hooks`] trait.
+
+use candle_core::Tensor;
+
+use crate::cancel::Cancel;
+use crate::capture::Capture;
+use crate::error::Result;
+use crate::intervene::SteeringPlan;
+use crate::model::{Hooks, Site, StepCtx};
+
+/// Steering, then capture, at every site; cancellation checked before each block, so a
+/// long prefill stops within one block.
+#[derive(Default)]
+pub struct Sites<'a> {
+    pub steering: Option<&'a SteeringPlan>,
+    pub capture: Option<&'a mut Capture>,
+    pub cancel: Option<&'a Cancel>,
+}
+
+impl Hooks for Sites<'_> {
+    fn at(&mut self, site: Site, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
+        let h = match self.steering {
+            Some(plan) => plan.apply(site, h, ctx)?,
+            None => h,
+        };
+        if let Some(cap) = self.capture.as_deref_mut() {
+            cap.record(site, &h, ctx)?;
+        }
+        Ok(h)
+    }
+
+    fn before_block(&mut self, _block: usize) -> Result<()> {
+        match self.cancel {
+            Some(c) => c.check(),
+            None => Ok(()),
+        }
+    }
+}
