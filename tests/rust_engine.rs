@@ -1,139 +1,16 @@
 //! Engine tests on tiny random checkpoints written here: batching and padding,
 //! per-row steering, the KV cache, positions, and gradients reaching steering vectors.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Tensor, Var};
 use steerlab::cancel::Cancel;
 use steerlab::capture::{Captured, Reduce};
 use steerlab::generate::{forward_batch, GenParams, Generation};
 use steerlab::hooks::Sites;
 use steerlab::intervene::{Intervention, Positions, SteeringPlan};
-use steerlab::model::{BatchLayout, Mode, Model, Site, StepCtx, WeightDtype};
+use steerlab::model::{BatchLayout, Mode, Site, StepCtx};
 
-const D: usize = 32;
-const VOCAB: usize = 40;
-
-fn write_tiny(dir: &Path, family: &str) {
-    let dev = Device::Cpu;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    let hd = 8;
-    let (nh, nkv, ff, nl) = (4, 2, 64, 3);
-    let randn = |shape: &[usize], s: f64| Tensor::randn(0f32, s as f32, shape, &dev).unwrap();
-    let gemma = family == "gemma3_text";
-    let norm = |n: usize| {
-        if gemma {
-            randn(&[n], 0.1)
-        } else {
-            (randn(&[n], 0.1) + 1.0).unwrap()
-        }
-    };
-    t.insert("model.embed_tokens.weight".into(), randn(&[VOCAB, D], 0.5));
-    t.insert("model.norm.weight".into(), norm(D));
-    if !gemma {
-        t.insert("lm_head.weight".into(), randn(&[VOCAB, D], 0.2));
-    }
-    for i in 0..nl {
-        let p = format!("model.layers.{i}.");
-        t.insert(format!("{p}input_layernorm.weight"), norm(D));
-        t.insert(format!("{p}post_attention_layernorm.weight"), norm(D));
-        t.insert(
-            format!("{p}self_attn.q_proj.weight"),
-            randn(&[nh * hd, D], 0.2),
-        );
-        t.insert(
-            format!("{p}self_attn.k_proj.weight"),
-            randn(&[nkv * hd, D], 0.2),
-        );
-        t.insert(
-            format!("{p}self_attn.v_proj.weight"),
-            randn(&[nkv * hd, D], 0.2),
-        );
-        t.insert(
-            format!("{p}self_attn.o_proj.weight"),
-            randn(&[D, nh * hd], 0.2),
-        );
-        t.insert(format!("{p}mlp.gate_proj.weight"), randn(&[ff, D], 0.2));
-        t.insert(format!("{p}mlp.up_proj.weight"), randn(&[ff, D], 0.2));
-        t.insert(format!("{p}mlp.down_proj.weight"), randn(&[D, ff], 0.2));
-        if family == "qwen2" {
-            t.insert(format!("{p}self_attn.q_proj.bias"), randn(&[nh * hd], 0.2));
-            t.insert(format!("{p}self_attn.k_proj.bias"), randn(&[nkv * hd], 0.2));
-            t.insert(format!("{p}self_attn.v_proj.bias"), randn(&[nkv * hd], 0.2));
-        }
-        if gemma {
-            t.insert(format!("{p}pre_feedforward_layernorm.weight"), norm(D));
-            t.insert(format!("{p}post_feedforward_layernorm.weight"), norm(D));
-            t.insert(format!("{p}self_attn.q_norm.weight"), norm(hd));
-            t.insert(format!("{p}self_attn.k_norm.weight"), norm(hd));
-        }
-    }
-    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
-    let mut cfg = serde_json::json!({
-        "model_type": family, "hidden_size": D, "intermediate_size": ff,
-        "num_hidden_layers": nl, "num_attention_heads": nh, "num_key_value_heads": nkv,
-        "head_dim": hd, "vocab_size": VOCAB, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "max_position_embeddings": 64, "tie_word_embeddings": gemma,
-    });
-    if gemma {
-        cfg["sliding_window"] = serde_json::json!(3);
-        cfg["layer_types"] =
-            serde_json::json!(["sliding_attention", "sliding_attention", "full_attention"]);
-        cfg["hidden_activation"] = serde_json::json!("gelu_pytorch_tanh");
-        cfg["query_pre_attn_scalar"] = serde_json::json!(8);
-    }
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<unk>".into(), 0.into());
-    vocab.insert("</s>".into(), 1.into());
-    for i in 2..VOCAB {
-        vocab.insert(format!("w{i}"), i.into());
-    }
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [{"id": 1, "content": "</s>", "single_word": false, "lstrip": false,
-                          "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-}
-
-fn tiny(family: &str) -> (tempfile::TempDir, Arc<Model>) {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny(dir.path(), family);
-    let m = Model::load(dir.path(), WeightDtype::F32, Device::Cpu).unwrap();
-    (dir, Arc::new(m))
-}
-
-fn rows() -> Vec<Vec<u32>> {
-    vec![vec![5, 9, 3, 7, 11, 2, 8], vec![4, 6], vec![12, 13, 14, 15]]
-}
-
-fn reduced(c: Captured) -> (Vec<f32>, [usize; 3]) {
-    match c {
-        Captured::Reduced { data, shape } => (data, shape),
-        Captured::PerRow(_) => panic!("expected reduced"),
-    }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn vecf(v: Vec<f32>) -> Tensor {
-    Tensor::from_vec(v, D, &Device::Cpu).unwrap()
-}
-
-fn direction(seed: f32) -> Tensor {
-    vecf((0..D).map(|i| ((i as f32 + seed) * 0.7).sin()).collect())
-}
+mod common;
+use common::*;
 
 #[test]
 fn batch_equals_alone_for_each_family() {
