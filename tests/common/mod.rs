@@ -131,4 +131,3 @@ pub fn vecf(v: Vec<f32>) -> Tensor {
 pub fn direction(seed: f32) -> Tensor {
     vecf((0..D).map(|i| ((i as f32 + seed) * 0.7).sin()).collect())
 }
-
