@@ -65,8 +65,14 @@ def test_arithmetic_errors() -> None:
         a * True
     with pytest.raises(sl.InvalidArgumentError, match="cannot scale a Steering by nan"):
         a * float("nan")
+    # Joining steerings on different positions keeps both operations (a Steering is a
+    # list of operations); the single-positions views then say so.
+    joined = a + sl.Steering({3: vec(1)}, positions="prompt")
+    assert [o.positions for o in joined.ops] == ["all", "prompt"]
     with pytest.raises(sl.InvalidArgumentError, match="different positions"):
-        a + sl.Steering({3: vec(1)}, positions="prompt")
+        joined.positions
+    with pytest.raises(sl.InvalidArgumentError, match="several add operations"):
+        joined.vectors
     with pytest.raises(sl.ShapeError, match="widths 8 and 9 at layer 3"):
         a + sl.Steering({3: vec(1, d=9)})
 
@@ -112,14 +118,14 @@ def test_rows_format() -> None:
     s = sl.Steering({3: vec(0)}, positions="last")
     rows = prepare(s).rows(2)  # type: ignore[union-attr]
     assert rows is not None and len(rows) == 2
-    layer, array, positions = rows[0][0]
-    assert (layer, positions) == (3, "last")
+    site, layer, op, array, value, positions = rows[0][0]
+    assert (site, layer, op, value, positions) == ("resid_post", 3, "add", 0.0, "last")
     assert array.dtype == np.float32 and array.flags.c_contiguous
     assert prepare(None) is None
     assert prepare({}).rows(3) is None  # type: ignore[union-attr]
     assert prepare([None, None]).rows(2) is None  # type: ignore[union-attr]
     per_row = prepare([None, {3: vec(1)}]).rows(2)  # type: ignore[union-attr]
-    assert per_row is not None and per_row[0] == [] and per_row[1][0][2] == "all"
+    assert per_row is not None and per_row[0] == [] and per_row[1][0][5] == "all"
 
 
 def test_to_steering_may_return_a_mapping() -> None:
@@ -128,7 +134,7 @@ def test_to_steering_may_return_a_mapping() -> None:
             return {4: vec(0)}
 
     rows = prepare(Vector()).rows(1)  # type: ignore[union-attr]
-    assert rows is not None and rows[0][0][0] == 4
+    assert rows is not None and rows[0][0][:3] == ("resid_post", 4, "add")
 
 
 # ------------------------------------------------------------------- on a model

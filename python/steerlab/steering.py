@@ -1,25 +1,43 @@
-"""Steering as data: which vector to add at which layer and positions, per batch row.
+"""Steering as data: a list of operations, each at a site, a layer and positions.
+
+`Steering` is the one "what to apply" type. An operation acts on the activation ``h``
+at a site of a layer, on some positions of each row:
+
+- ``add``: ``h + v`` (the classic steering vector; `Steering({layer: v})` is a list of
+  these at ``resid_post``);
+- ``scale``: ``h * (1 + alpha)``, ``alpha`` one number or one per position (activation
+  scaling, Stoehr et al. 2024);
+- ``project_out``: ``h - (h . u) u`` for a unit direction ``u`` (directional ablation,
+  Arditi et al. 2024);
+- ``clamp``: ``h + (c - h . u) u``: the projection on ``u`` set to ``c``.
+
+Sites follow TransformerLens's hook names: ``resid_post`` (layer ``i`` = the output of
+decoder block ``i``, Hugging Face ``hidden_states[i + 1]``), ``resid_mid`` (between the
+attention and MLP sub-blocks), ``attn_out`` and ``mlp_out`` (what each sub-block adds to
+the residual; Gemma: after its post-norms), and ``embed`` (the input of block 0).
 
 A steering argument (``steering=`` of `Model.capture`, `Model.logits`, `Model.generate`,
 `Model.generate_stream`, and `Model.steering`) may be
 
 - ``None``: no steering;
-- a `Steering`: vectors per layer plus the positions they apply to;
-- a mapping ``{layer: vector}`` (vectors already scaled; applied at all positions);
+- a `Steering`;
+- a mapping ``{layer: vector}`` (vectors already scaled; added at all positions);
 - any object with a ``to_steering()`` method returning one of the two above (e.g. a
-  trained steering vector);
+  `SteeringVector`);
 - a list or tuple with one of the above (or ``None``) per prompt: row ``i`` of the
   batch gets entry ``i``, so a coefficient sweep or several concepts run as one batch.
 
 All of it is normalised into the extension's row format: one list of
-``(layer, float32 vector, positions)`` per batch row (see ``steerlab/_core.pyi``).
+``(site, layer, op, float32 array, value, positions)`` per batch row (see
+``steerlab/_core.pyi``).
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, Protocol, TypeAlias, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -29,20 +47,26 @@ from steerlab.errors import (
     DivisionByZeroError,
     InvalidArgumentError,
     InvalidTypeError,
-    ShapeError,
     SteerlabError,
 )
 
-__all__ = ["POSITION_NAMES", "Steering", "SteeringLike"]
+__all__ = ["OPERATIONS", "POSITION_NAMES", "SITES", "Operation", "Steering", "SteeringLike"]
 
-#: Named position sets a `Steering` can apply to (or pass a list of indices).
-POSITION_NAMES = ("all", "prompt", "generated", "last")
+from steerlab._layers import (
+    OPERATIONS,
+    POSITION_NAMES,
+    SITES,
+    Intervention,
+    OpName,
+    Positions,
+    PositionsLike,
+    Row,
+    SiteName,
+    check_positions,
+    summed_arrays,
+)
 
-PositionName: TypeAlias = Literal["all", "prompt", "generated", "last"]
-PositionsLike: TypeAlias = PositionName | int | Iterable[int]
-Positions: TypeAlias = PositionName | list[int]
-Intervention: TypeAlias = tuple[int, npt.NDArray[np.float32], Positions]
-Row: TypeAlias = list[Intervention]
+_check_positions = check_positions  # the name vectors.py and older code import
 
 
 class _HasToSteering(Protocol):
@@ -56,118 +80,316 @@ def _check_layer(layer: Any) -> int:
     return _args.index(layer, "a layer index")
 
 
-def _check_vector(vector: Any, layer: int) -> npt.NDArray[np.float32]:
-    return _args.vector(vector, f"the steering vector for layer {layer}")
+def _check_site(site: Any) -> SiteName:
+    if not isinstance(site, str):
+        raise InvalidTypeError(f"site must be a str, got {_args.show(site)}")
+    if site not in SITES:
+        raise InvalidArgumentError(
+            f"unknown site {site!r}; expected one of {', '.join(repr(s) for s in SITES)}"
+        )
+    return cast(SiteName, site)
 
 
-def _check_positions(positions: Any) -> Positions:
-    if isinstance(positions, str):
-        if positions not in POSITION_NAMES:
+def _unit(direction: Any, name: str) -> npt.NDArray[np.float32]:
+    v = _args.vector(direction, name)
+    n = float(np.linalg.norm(v.astype(np.float64)))
+    if n == 0.0:
+        raise InvalidArgumentError(f"{name} is zero; expected a nonzero direction")
+    u = (v.astype(np.float64) / n).astype(np.float32)
+    u.flags.writeable = False
+    return u
+
+
+@dataclass(frozen=True, eq=False)
+class Operation:
+    """One operation of a `Steering` (immutable; build it with the `Steering`
+    constructors).
+
+    Attributes:
+        op: ``"add"``, ``"scale"``, ``"project_out"`` or ``"clamp"``.
+        layer: the block index (negative from the end; ignored for ``site="embed"``).
+        array: float32, read-only: the vector [d_model] (``add``), alpha [1] or [n]
+            (``scale``), the unit direction [d_model] (``project_out``, ``clamp``).
+        site: one of `SITES`.
+        value: the clamp target (0.0 for the other operations).
+        positions: a name from `POSITION_NAMES` or a list of indices.
+    """
+
+    op: OpName
+    layer: int
+    array: npt.NDArray[np.float32]
+    site: SiteName = "resid_post"
+    value: float = 0.0
+    positions: Positions = "all"
+
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.op, self.site, self.layer, repr(self.positions))
+
+    def scaled(self, k: float) -> Operation:
+        """This operation at strength ``k``: ``add`` scales v, ``scale`` scales alpha
+        (``h * (1 + k alpha)``, the strength beta of activation scaling).
+
+        Raises:
+            InvalidArgumentError: ``project_out`` and ``clamp`` have no strength.
+        """
+        if self.op in ("project_out", "clamp"):
             raise InvalidArgumentError(
-                f"unknown steering positions {positions!r}; expected one of "
-                f"{', '.join(repr(p) for p in POSITION_NAMES)} or a list of indices"
+                f"cannot scale a Steering that holds a {self.op} operation (at "
+                f"{self.site}[{self.layer}]): it has no strength; scale the other "
+                f"operations before joining them with +"
             )
-        return cast(PositionName, positions)
-    if isinstance(positions, bool | np.bool_):
-        raise InvalidTypeError(f"steering positions must be a name or indices, got {positions!r}")
-    if isinstance(positions, numbers.Integral):
-        return [_args.index(positions, "steering position")]
-    if isinstance(positions, Iterable) and not isinstance(positions, bytes | bytearray | Mapping):
-        out: list[int] = []
-        for p in positions:
-            if isinstance(p, bool | np.bool_) or not isinstance(p, numbers.Integral):
-                raise InvalidTypeError(
-                    f"steering positions must be ints, got {type(p).__name__} {p!r}"
-                )
-            out.append(_args.index(p, "steering position"))
-        if not out:
-            raise InvalidArgumentError("steering positions is an empty list; name at least one")
-        return out
-    raise InvalidTypeError(
-        f"steering positions must be one of {POSITION_NAMES} or a list of ints, "
-        f"got {type(positions).__name__}"
-    )
+        arr = _args.scaled({self.layer: self.array}, k, f"scaling by {k}")[self.layer]
+        return Operation(self.op, self.layer, arr, self.site, self.value, self.positions)
 
+    def to_row(self) -> Intervention:
+        """The extension's tuple ``(site, layer, op, array, value, positions)``."""
+        positions = self.positions if isinstance(self.positions, str) else list(self.positions)
+        return (self.site, self.layer, self.op, self.array, self.value, positions)
 
-def _check_scalar(k: Any, op: str) -> float:
-    return _args.factor(k, "Steering", op)
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Operation):
+            return NotImplemented
+        return (
+            self.key() == other.key()
+            and self.value == other.value
+            and np.array_equal(self.array, other.array)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        norm = float(np.linalg.norm(self.array.astype(np.float64)))
+        extra = f", value={self.value}" if self.op == "clamp" else ""
+        return (
+            f"{self.op}({self.site}[{self.layer}], <{self.array.shape[0]} floats, norm "
+            f"{norm:.4g}>{extra}, positions={self.positions!r})"
+        )
 
 
 class Steering:
-    """Vectors to add to the residual stream, per layer, at a set of positions.
+    """What to apply to a model's activations: an ordered list of operations.
 
-    The vectors are already scaled: `Steering({12: v}) * 4.0` adds ``4 v`` after block 12.
+    ``Steering({layer: v}, positions)`` is the classic form: add each (already scaled)
+    vector to the residual stream after block ``layer``, so ``Steering({12: v}) * 4.0``
+    adds ``4 v``. The constructors `Steering.add`, `Steering.scale`,
+    `Steering.project_out` and `Steering.clamp` make one operation at any site; ``+``
+    joins steerings (operations applied in order; two ``add`` operations at the same
+    site, layer and positions merge into their sum).
 
     Args:
         vectors: ``{layer: vector}``; layer ``i`` is the output of decoder block ``i``
             (negative counts from the end); each vector is 1-D with the model's
             ``d_model`` entries (converted to float32, copied).
-        positions: where to add: ``"all"`` (prompt and generated tokens, the default),
-            ``"prompt"``, ``"generated"``, ``"last"`` (the last prompt token and every
-            generated token), or a list of indices into the unpadded prompt (negative
-            from its end; decode step ``k`` is position ``len(prompt) + k``), as
-            `Model.encode` numbers the tokens. Nothing is skipped silently: when the
+        positions: where to apply: ``"all"`` (prompt and generated tokens, the
+            default), ``"prompt"``, ``"generated"``, ``"last"`` (the last prompt token
+            and every generated token), or a list of indices into the unpadded prompt
+            (negative from its end; decode step ``k`` is position ``len(prompt) + k``),
+            as `Model.encode` numbers the tokens. Nothing is skipped silently: when the
             steering is used, an index outside a row (before its start, or past its
             prompt plus the ``max_new_tokens - 1`` generated tokens the model reads)
             raises `OutOfRangeError` naming the row, and ``"generated"`` in a call that
             reads no generated token (capture, logits, ``max_new_tokens=1``) raises
             `InvalidArgumentError`. For prompts of different lengths, use negative
             indices or give each row its own steering.
+        site: where the vectors are added (default ``"resid_post"``; see `SITES`).
 
     Raises:
         InvalidTypeError: a layer that is not an int, a vector that is not real numbers
             (strings, bools, complex), positions that are not a name or ints.
         ShapeError: a vector that is not 1-D or is empty.
         InvalidArgumentError: a NaN/inf entry (or one beyond float32's range), unknown
-            or empty positions.
+            or empty positions, an unknown site.
         OutOfRangeError: a layer or position index beyond -2**63..2**63-1.
 
-    Arithmetic: ``s * k``, ``k * s``, ``s / k``, ``-s`` scale every vector; ``s + t``
-    (and ``s - t``) join two steerings with the same positions, adding vectors on shared
-    layers. The vector width is checked against the model when the steering is used.
+    Arithmetic: ``s * k``, ``k * s``, ``s / k``, ``-s`` scale every operation's strength
+    (`Operation.scaled`); ``s + t`` joins, ``s - t`` is ``s + (-t)``. Widths, layers and
+    positions are checked against the model when the steering is used.
     """
 
-    __slots__ = ("_positions", "_vectors")
+    __slots__ = ("_ops",)
 
-    def __init__(self, vectors: Mapping[int, npt.ArrayLike], positions: PositionsLike = "all"):
+    def __init__(
+        self,
+        vectors: Mapping[int, npt.ArrayLike] | None = None,
+        positions: PositionsLike = "all",
+        *,
+        site: SiteName = "resid_post",
+    ):
+        if vectors is None:
+            vectors = {}
         if not isinstance(vectors, Mapping):
             raise InvalidTypeError(
                 f"vectors must be a mapping {{layer: vector}}, got {type(vectors).__name__}"
             )
-        checked: dict[int, npt.NDArray[np.float32]] = {}
+        site = _check_site(site)
+        pos = check_positions(positions)
+        ops: list[Operation] = []
+        seen: set[int] = set()
         for layer, vector in vectors.items():
             index = _check_layer(layer)
-            if index in checked:
+            if index in seen:
                 raise InvalidArgumentError(f"layer {index} appears twice in the steering")
-            checked[index] = _check_vector(vector, index)
-        self._vectors = checked
-        self._positions = _check_positions(positions)
+            seen.add(index)
+            vec = _args.vector(vector, f"the steering vector for layer {index}")
+            ops.append(Operation("add", index, vec, site, 0.0, pos))
+        self._ops: tuple[Operation, ...] = tuple(ops)
+
+    @classmethod
+    def from_operations(cls, ops: Iterable[Operation]) -> Steering:
+        """A steering of these operations, in this order."""
+        new = cls.__new__(cls)
+        items = tuple(ops)
+        for o in items:
+            if not isinstance(o, Operation):
+                raise InvalidTypeError(f"expected Operation values, got {type(o).__name__}")
+        new._ops = items
+        return new
 
     @classmethod
     def _trusted(
         cls, vectors: dict[int, npt.NDArray[np.float32]], positions: Positions
     ) -> Steering:
-        new = cls.__new__(cls)
-        for v in vectors.values():
+        ops = []
+        for layer, v in vectors.items():
             v.flags.writeable = False
-        new._vectors = vectors
-        new._positions = positions
-        return new
+            ops.append(Operation("add", layer, v, "resid_post", 0.0, positions))
+        return cls.from_operations(ops)
+
+    @classmethod
+    def add(
+        cls,
+        layer: int,
+        vector: npt.ArrayLike,
+        *,
+        site: SiteName = "resid_post",
+        positions: PositionsLike = "all",
+    ) -> Steering:
+        """Add ``vector`` [d_model] at ``site`` of block ``layer``: ``h + v``."""
+        index = _check_layer(layer)
+        vec = _args.vector(vector, f"the steering vector for {site}[{index}]")
+        op = Operation("add", index, vec, _check_site(site), 0.0, check_positions(positions))
+        return cls.from_operations([op])
+
+    @classmethod
+    def scale(
+        cls,
+        layer: int,
+        alpha: float | npt.ArrayLike,
+        *,
+        site: SiteName = "resid_post",
+        positions: PositionsLike = "all",
+    ) -> Steering:
+        """Scale the activation: ``h * (1 + alpha)`` (``alpha = 0`` is the identity,
+        ``-1`` zeroes it). Activation scaling, Stoehr et al. 2024, at the outputs of
+        attention and MLP (``site="attn_out"`` / ``"mlp_out"``).
+
+        Args:
+            alpha: one number for every position, or a 1-D array with one value per
+                position of the row (position ``p`` takes ``alpha[p]``; it must cover
+                every position the row reads, prompt and generated).
+        """
+        index = _check_layer(layer)
+        if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool | np.bool_):
+            value = _args.real(alpha, f"scale alpha for {site}[{index}]")
+            arr = np.array([value], dtype=np.float32)
+            arr.flags.writeable = False
+        else:
+            arr = _args.vector(alpha, f"scale alpha for {site}[{index}]")
+        op = Operation("scale", index, arr, _check_site(site), 0.0, check_positions(positions))
+        return cls.from_operations([op])
+
+    @classmethod
+    def project_out(
+        cls,
+        layer: int,
+        direction: npt.ArrayLike,
+        *,
+        site: SiteName = "resid_post",
+        positions: PositionsLike = "all",
+    ) -> Steering:
+        """Remove the component along ``direction``: ``h - (h . u) u`` with ``u`` the
+        direction divided by its norm (directional ablation, Arditi et al. 2024).
+
+        Raises:
+            InvalidArgumentError: a zero direction (and see `Steering`).
+        """
+        index = _check_layer(layer)
+        u = _unit(direction, f"the project_out direction for {site}[{index}]")
+        op = Operation("project_out", index, u, _check_site(site), 0.0, check_positions(positions))
+        return cls.from_operations([op])
+
+    @classmethod
+    def clamp(
+        cls,
+        layer: int,
+        direction: npt.ArrayLike,
+        value: float,
+        *,
+        site: SiteName = "resid_post",
+        positions: PositionsLike = "all",
+    ) -> Steering:
+        """Set the projection on ``direction`` to ``value``: ``h + (value - h . u) u`` with
+        ``u`` the direction divided by its norm.
+
+        Raises:
+            InvalidArgumentError: a zero direction, a non-finite value (and see
+                `Steering`).
+        """
+        index = _check_layer(layer)
+        u = _unit(direction, f"the clamp direction for {site}[{index}]")
+        c = _args.real(value, f"clamp value for {site}[{index}]")
+        op = Operation("clamp", index, u, _check_site(site), c, check_positions(positions))
+        return cls.from_operations([op])
+
+    # -- views ----------------------------------------------------------------------
+
+    @property
+    def ops(self) -> list[Operation]:
+        """The operations, in the order they are applied."""
+        return list(self._ops)
 
     @property
     def vectors(self) -> dict[int, npt.NDArray[np.float32]]:
-        """``{layer: vector}`` (read-only float32 arrays)."""
-        return dict(self._vectors)
+        """``{layer: vector}`` of the ``add`` operations at ``resid_post`` (read-only
+        float32 arrays; the other operations are in `ops`).
+
+        Raises:
+            InvalidArgumentError: a layer has several such operations (on different
+                positions): read `ops` instead.
+        """
+        out: dict[int, npt.NDArray[np.float32]] = {}
+        for o in self._ops:
+            if o.op == "add" and o.site == "resid_post":
+                if o.layer in out:
+                    raise InvalidArgumentError(
+                        f"layer {o.layer} has several add operations (on different "
+                        f"positions); read Steering.ops instead of .vectors"
+                    )
+                out[o.layer] = o.array
+        return out
 
     @property
     def positions(self) -> Positions:
-        """The positions spec: a name from `POSITION_NAMES` or a list of indices."""
-        return self._positions if isinstance(self._positions, str) else list(self._positions)
+        """The positions every operation applies to.
+
+        Raises:
+            InvalidArgumentError: the operations have different positions (see `ops`).
+        """
+        specs = {repr(o.positions) for o in self._ops}
+        if len(specs) > 1:
+            raise InvalidArgumentError(
+                "the operations of this steering apply to different positions; read "
+                "Steering.ops for each one's"
+            )
+        if not self._ops:
+            return "all"
+        p = self._ops[0].positions
+        return p if isinstance(p, str) else list(p)
 
     @property
     def layers(self) -> list[int]:
-        """The layers this steering touches, in insertion order."""
-        return list(self._vectors)
+        """The layers this steering touches, in order of first use."""
+        return list(dict.fromkeys(o.layer for o in self._ops))
 
     def to_steering(self) -> Steering:
         """Return self (the protocol every steering-like object implements)."""
@@ -177,24 +399,29 @@ class Steering:
         """This steering as one batch row of the extension's format.
 
         Returns:
-            ``[(layer, float32 contiguous vector, positions), ...]``.
+            ``[(site, layer, op, float32 array, value, positions), ...]``.
         """
-        return [(layer, vec, self.positions) for layer, vec in self._vectors.items()]
+        return [o.to_row() for o in self._ops]
 
     def with_positions(self, positions: PositionsLike) -> Steering:
-        """The same vectors applied at other positions."""
-        return Steering._trusted(dict(self._vectors), _check_positions(positions))
+        """The same operations applied at other positions."""
+        pos = check_positions(positions)
+        return Steering.from_operations(
+            Operation(o.op, o.layer, o.array, o.site, o.value, pos) for o in self._ops
+        )
+
+    # -- arithmetic -----------------------------------------------------------------
 
     def _scaled(self, k: float) -> Steering:
-        return Steering._trusted(_args.scaled(self._vectors, k, f"scaling by {k}"), self._positions)
+        return Steering.from_operations(o.scaled(k) for o in self._ops)
 
     def __mul__(self, k: float) -> Steering:
-        return self._scaled(_check_scalar(k, "multiplied by"))
+        return self._scaled(_args.factor(k, "Steering", "multiplied by"))
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> Steering:
-        value = _check_scalar(k, "divided by")
+        value = _args.factor(k, "Steering", "divided by")
         if value == 0.0:
             raise DivisionByZeroError(f"cannot divide a Steering by zero (divided by {k!r})")
         return self._scaled(1.0 / value)
@@ -210,30 +437,18 @@ class Steering:
             raise InvalidTypeError(
                 f"only a Steering can be added to a Steering, got {type(other).__name__}"
             )
-        if self._positions != other._positions:
-            raise InvalidArgumentError(
-                f"cannot add steerings with different positions ({self._positions!r} and "
-                f"{other._positions!r}); pass them as separate rows or give them the same "
-                f"positions with .with_positions()"
+        ops = list(self._ops)
+        for o in other._ops:
+            same = next(
+                (i for i, p in enumerate(ops) if o.op == "add" and p.key() == o.key()), None
             )
-        vectors = dict(self._vectors)
-        for layer, v in other._vectors.items():
-            if layer in vectors:
-                if vectors[layer].shape != v.shape:
-                    raise ShapeError(
-                        f"cannot add vectors of widths {vectors[layer].shape[0]} and "
-                        f"{v.shape[0]} at layer {layer}"
-                    )
-                with np.errstate(over="ignore", invalid="ignore"):
-                    total = vectors[layer] + v
-                if not np.isfinite(total).all():
-                    raise InvalidArgumentError(
-                        f"adding the steerings overflows float32 at layer {layer} (max 3.4e38)"
-                    )
-                vectors[layer] = total
-            else:
-                vectors[layer] = v
-        return Steering._trusted(vectors, self._positions)
+            if same is None:
+                ops.append(o)
+                continue
+            p = ops[same]
+            total = summed_arrays({o.layer: p.array}, {o.layer: o.array}, "steerings")[o.layer]
+            ops[same] = Operation("add", p.layer, total, p.site, 0.0, p.positions)
+        return Steering.from_operations(ops)
 
     def __sub__(self, other: Steering) -> Steering:
         if not isinstance(other, Steering):
@@ -245,17 +460,14 @@ class Steering:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Steering):
             return NotImplemented
-        return (
-            self._positions == other._positions
-            and self._vectors.keys() == other._vectors.keys()
-            and all(np.array_equal(v, other._vectors[k]) for k, v in self._vectors.items())
+        return len(self._ops) == len(other._ops) and all(
+            a == b for a, b in zip(self._ops, other._ops, strict=True)
         )
 
     __hash__ = None  # type: ignore[assignment]
 
-    # Immutable: a copy is the same value. Pickling rebuilds read-only arrays (numpy
-    # would otherwise unpickle them writeable, and editing one would change what is
-    # steered).
+    # Immutable: a copy is the same value. Pickling rebuilds through the constructors,
+    # so arrays come back read-only and checked (numpy would unpickle them writeable).
     def __copy__(self) -> Steering:
         return self
 
@@ -263,20 +475,39 @@ class Steering:
         return self
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        positions = self._positions if isinstance(self._positions, str) else list(self._positions)
-        return (_restore, (dict(self._vectors), positions))
+        return (_restore_ops, ([o.to_row() for o in self._ops],))
 
     def __repr__(self) -> str:
-        parts = ", ".join(
-            f"{layer}: <{v.shape[0]} floats, norm {float(np.linalg.norm(v)):.4g}>"
-            for layer, v in self._vectors.items()
-        )
-        return f"Steering({{{parts}}}, positions={self._positions!r})"
+        plain = all(o.op == "add" and o.site == "resid_post" for o in self._ops)
+        if plain and len({repr(o.positions) for o in self._ops}) <= 1:
+            parts = ", ".join(
+                f"{o.layer}: <{o.array.shape[0]} floats, norm {float(np.linalg.norm(o.array)):.4g}>"
+                for o in self._ops
+            )
+            return f"Steering({{{parts}}}, positions={self.positions!r})"
+        return f"Steering([{', '.join(repr(o) for o in self._ops)}])"
 
 
 def _restore(vectors: dict[int, Any], positions: Positions) -> Steering:
-    """Unpickle a `Steering` (checked again: a pickle is data from outside)."""
+    """Unpickle a `Steering` pickled by steerlab <= 0.x (a dict of vectors)."""
     return Steering(vectors, positions)
+
+
+def _restore_ops(rows: list[Any]) -> Steering:
+    """Unpickle a `Steering` (checked again: a pickle is data from outside)."""
+    out = Steering()
+    for site, layer, op, array, value, positions in rows:
+        if op == "add":
+            out = out + Steering.add(layer, array, site=site, positions=positions)
+        elif op == "scale":
+            out = out + Steering.scale(layer, array, site=site, positions=positions)
+        elif op == "project_out":
+            out = out + Steering.project_out(layer, array, site=site, positions=positions)
+        elif op == "clamp":
+            out = out + Steering.clamp(layer, array, value, site=site, positions=positions)
+        else:
+            raise InvalidArgumentError(f"unknown operation {op!r} in a pickled Steering")
+    return out
 
 
 def _one_row(item: Any) -> Row:

@@ -29,6 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _args, _core
+from steerlab._layers import Positions, summed_arrays
+from steerlab._layers import check_positions as _check_positions
 from steerlab.errors import (
     DivisionByZeroError,
     InvalidArgumentError,
@@ -38,7 +40,7 @@ from steerlab.errors import (
     ShapeError,
     SteerlabError,
 )
-from steerlab.steering import Positions, Steering, _check_positions
+from steerlab.steering import Steering
 
 if TYPE_CHECKING:
     from steerlab.contrast import ContrastPairs
@@ -351,8 +353,13 @@ class SteeringVector:
     # -- views ----------------------------------------------------------------------
 
     @property
+    def vectors(self) -> dict[int, FloatArray]:
+        """``{layer: read-only float32 vector}`` (the same name as `Steering.vectors`)."""
+        return dict(self._dirs)
+
+    @property
     def directions(self) -> dict[int, FloatArray]:
-        """``{layer: read-only float32 vector}``."""
+        """The same as `vectors` (the name earlier releases used)."""
         return dict(self._dirs)
 
     @property
@@ -448,18 +455,7 @@ class SteeringVector:
                 f"only a SteeringVector can be added to a SteeringVector, got {type(other).__name__}"
             )
         self._check_same_model(other, "add")
-        dirs = dict(self._dirs)
-        for layer, v in other._dirs.items():
-            if layer in dirs:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    total = (dirs[layer] + v).astype(np.float32)
-                if not np.isfinite(total).all():
-                    raise InvalidArgumentError(
-                        f"adding the vectors overflows float32 at layer {layer} (max 3.4e38)"
-                    )
-                dirs[layer] = total
-            else:
-                dirs[layer] = v
+        dirs = summed_arrays(self._dirs, other._dirs, "vectors")
         norms = {**other._info.residual_norms, **self._info.residual_norms}
         info = replace(
             self._info,
