@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod intervene;
 pub mod kernels;
+pub mod learn;
 pub mod model;
 pub mod pool;
 pub mod safetensors_header;

@@ -1,0 +1,14 @@
+//! Training learned steering modules: the model-independent half.
+//!
+//! - [`losses`]: differentiable losses on logits (continuation cross-entropy, sequence
+//!   log-probability, logit difference, KL to the unsteered distribution, L1).
+//! - [`trainer`]: parameters as candle `Var`s, AdamW (or SGD) from candle-nn, gradient
+//!   clipping, a seeded mini-batch sampler, per-step history, best-parameter tracking and
+//!   cancellation between steps.
+//! - [`artifact`]: a trained module on disk (safetensors + JSON metadata bound to the
+//!   model fingerprint).
+//!
+//! The forward pass that turns parameters into logits lives with the model; a step is
+//! `trainer.step(|| loss_from_a_forward())`.
+
+pub mod losses;
