@@ -12,3 +12,4 @@
 //! `trainer.step(|| loss_from_a_forward())`.
 
 pub mod losses;
+pub mod trainer;
