@@ -11,5 +11,6 @@
 //! The forward pass that turns parameters into logits lives with the model; a step is
 //! `trainer.step(|| loss_from_a_forward())`.
 
+pub mod artifact;
 pub mod losses;
 pub mod trainer;
