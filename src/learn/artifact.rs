@@ -104,9 +104,12 @@ pub struct ArtifactMeta {
     /// The sites the module acts on, in the caller's notation (e.g. `"resid_post.15"`).
     pub sites: Vec<String>,
     /// Training settings, as the caller wants them recorded.
+    #[serde(default)]
     pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
     pub history: HistorySummary,
     /// One record per step.
+    #[serde(default)]
     pub records: Vec<StoredRecord>,
 }
 
@@ -418,9 +421,10 @@ mod tests {
             let e = load(&bytes[..cut]);
             assert!(matches!(e, Error::Format(_)), "cut {cut}: {e}");
         }
-        // Every single-byte corruption of the header: an error or an intact load.
+        // Single-byte corruptions of the length and of ~64 places in the header: an error
+        // or an intact load, never a panic.
         let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        for i in 0..8 + hlen {
+        for i in (0..8).chain((8..8 + hlen).step_by(hlen.div_ceil(64))) {
             let mut b = bytes.clone();
             b[i] ^= 0x5A;
             std::fs::write(&q, &b).unwrap();
@@ -471,6 +475,12 @@ mod tests {
         save_named(&q, &named, LEARNED_FORMAT, &json).unwrap();
         let e = LearnedArtifact::read(&q).unwrap_err();
         assert!(matches!(e, Error::Unsupported(_)), "{e}");
+        // The smallest metadata that loads: history and hyperparameters default to empty.
+        let min = r#"{"format_version":1,"kind":"k","fingerprint":"f","d_model":2,"n_layers":1,"sites":[]}"#;
+        save_named(&q, &named, LEARNED_FORMAT, min).unwrap();
+        let art = LearnedArtifact::load(&q, "f", 2).unwrap();
+        assert_eq!(art.meta.history, HistorySummary::default());
+        assert!(art.meta.records.is_empty() && art.meta.hyperparameters.is_empty());
         // Missing file.
         let e = LearnedArtifact::read(&dir.path().join("none")).unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }), "{e}");

@@ -818,6 +818,14 @@ mod tests {
     }
 
     #[test]
+    fn trainer_can_move_to_a_worker_thread() {
+        // The bindings run steps with the GIL released, on another thread.
+        fn send<T: Send>() {}
+        send::<Trainer>();
+        send::<Batches>();
+    }
+
+    #[test]
     fn varmap_params_are_ordered_by_name() {
         let map = VarMap::new();
         for name in ["b", "a", "c"] {
