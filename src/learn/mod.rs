@@ -3,8 +3,8 @@
 //! - [`losses`]: differentiable losses on logits (continuation cross-entropy, sequence
 //!   log-probability, logit difference, KL to the unsteered distribution, L1).
 //! - [`trainer`]: parameters as candle `Var`s, AdamW (or SGD) from candle-nn, gradient
-//!   clipping, a seeded mini-batch sampler, per-step history, best-parameter tracking and
-//!   cancellation between steps.
+//!   clipping, per-step history, best-parameter tracking and cancellation between steps.
+//! - [`batches`]: the seeded mini-batch sampler.
 //! - [`artifact`]: a trained module on disk (safetensors + JSON metadata bound to the
 //!   model fingerprint).
 //!
@@ -12,5 +12,6 @@
 //! `trainer.step(|| loss_from_a_forward())`.
 
 pub mod artifact;
+pub mod batches;
 pub mod losses;
 pub mod trainer;
