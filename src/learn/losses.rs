@@ -8,12 +8,17 @@
 //! not overflow. Reference distributions and masks are constants: no gradient flows into
 //! them.
 //!
+//! On the CPU the vocabulary-wide parts (target log-probabilities, KL per row) run as
+//! fused kernels with hand-written backward passes (`fused.rs`); elsewhere they are
+//! composed from candle ops. Tests check the two agree.
+//!
 //! Index and mask arguments are checked (shapes, dtypes, ranges) and a bad one is an
 //! [`Error`] naming the argument; these checks read the small index/mask tensors back to
 //! the host, never the logits.
 
 use candle_core::{DType, Tensor, D};
 
+use super::fused;
 use crate::error::{Error, Result};
 
 /// The float dtype of `t`, or an error naming `what` when it is not F32/F64.
@@ -71,6 +76,28 @@ pub fn log_softmax_rows(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
+/// `log softmax(x[rows[j]])[targets[j]]` for each `j` from candle ops (any device):
+/// x `[N, V]` -> `[k]`.
+fn composed_target_logprobs(x: &Tensor, rows: Vec<u32>, targets: Vec<u32>) -> Result<Tensor> {
+    let k = rows.len();
+    let row_ids = Tensor::from_vec(rows, k, x.device())?;
+    let target_ids = Tensor::from_vec(targets, (k, 1), x.device())?;
+    let chosen = x.index_select(&row_ids, 0)?; // [k, V]
+    Ok(log_softmax_rows(&chosen)?
+        .gather(&target_ids, 1)?
+        .squeeze(1)?)
+}
+
+/// KL(p_ref || softmax(x)) of each row from candle ops (any device): `[n, V]` -> `[n]`.
+fn composed_row_kl(x: &Tensor, r: &Tensor) -> Result<Tensor> {
+    let p_ref = r.exp()?; // [n, V]; 0 where r = -inf
+                          // sum_v p log p, with 0 log 0 = 0 (r = -inf makes p * r NaN there; where_cond drops it).
+    let zeros = p_ref.zeros_like()?;
+    let neg_entropy = p_ref.gt(&zeros)?.where_cond(&(&p_ref * r)?, &zeros)?;
+    let cross = (&p_ref * log_softmax_rows(x)?)?; // [n, V]
+    Ok((neg_entropy - cross)?.sum(1)?)
+}
+
 /// The masked positions of a `[b, t, V]` batch: their log-probabilities `[k]` of the
 /// targets, a `[b, k]` matrix of mask weights that sums them per row, and the mask total.
 fn masked_target_logprobs(
@@ -120,14 +147,14 @@ fn masked_target_logprobs(
     let k = rows.len();
     let dev = logits.device();
     let row_ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-    let row_ids = Tensor::from_vec(row_ids, k, dev)?;
     let target_ids: Vec<u32> = rows.iter().map(|&r| ids[r]).collect();
-    let target_ids = Tensor::from_vec(target_ids, (k, 1), dev)?;
-    // Only the masked rows go through the log-softmax: [b*t, V] -> [k, V].
-    let chosen = logits.reshape((b * t, v))?.index_select(&row_ids, 0)?;
-    let lp = log_softmax_rows(&chosen)?
-        .gather(&target_ids, 1)?
-        .squeeze(1)?; // [k]
+    // Only the masked rows go through the log-softmax.
+    let flat = logits.reshape((b * t, v))?; // [b*t, V]
+    let lp = if fused::applies(logits) {
+        fused::target_logprobs(&flat, row_ids, target_ids)? // [k]
+    } else {
+        composed_target_logprobs(&flat, row_ids, target_ids)?
+    };
     let mut sum_rows = vec![0f64; b * k];
     for (j, &r) in rows.iter().enumerate() {
         sum_rows[(r / t) * k + j] = weights[r];
@@ -277,8 +304,7 @@ pub fn kl_to_reference(logits: &Tensor, ref_logprobs: &Tensor) -> Result<Tensor>
         )));
     }
     // Each row must be a distribution: logsumexp(row) = 0.
-    let p_ref = r.exp()?; // [n, V]; 0 where r = -inf
-    let mass = p_ref.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let mass = r.exp()?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     if let Some((j, m)) = mass
         .iter()
         .enumerate()
@@ -289,12 +315,12 @@ pub fn kl_to_reference(logits: &Tensor, ref_logprobs: &Tensor) -> Result<Tensor>
              whose probabilities sum to 1 (take a log-softmax of the reference logits)"
         )));
     }
-    // sum_v p log p, with 0 log 0 = 0 (r = -inf makes p * r NaN there; where_cond drops it).
-    let zeros = p_ref.zeros_like()?;
-    let neg_entropy = p_ref.gt(&zeros)?.where_cond(&(&p_ref * &r)?, &zeros)?;
-    let cross = (&p_ref * log_softmax_rows(logits)?)?; // [n, V]
-    let kl = (neg_entropy - cross)?.sum_all()?;
-    Ok((kl * (1.0 / n as f64))?)
+    let per_row = if fused::applies(logits) {
+        fused::row_kl(logits, &r)?
+    } else {
+        composed_row_kl(logits, &r)?
+    }; // [n]
+    Ok((per_row.sum_all()? * (1.0 / n as f64))?)
 }
 
 /// L1 norm of `t` (any shape, float): `sum |t|`, a scalar (a sum, not a mean: the
@@ -605,5 +631,62 @@ mod tests {
             e.contains("the tensor has dtype U32; expected F32 (or F64)"),
             "{e}"
         );
+    }
+
+    /// The fused CPU kernels and the composed candle ops (the other devices' path) give
+    /// the same values and gradients.
+    #[test]
+    fn fused_and_composed_paths_agree() {
+        for dtype in [DType::F32, DType::F64] {
+            let x0 = Tensor::from_vec(values(6 * 7, 8), (6, 7), &CPU)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let grad_of = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+                let x = Var::from_tensor(&x0).unwrap();
+                let y = f(x.as_tensor()).unwrap();
+                let w = Tensor::from_vec(values(y.elem_count(), 9), y.dims(), &CPU)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let g = (y.clone() * w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let flat = |t: &Tensor| {
+                    t.to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                };
+                (flat(&y), flat(g.get(x.as_tensor()).unwrap()))
+            };
+            let close = |a: (Vec<f64>, Vec<f64>), b: (Vec<f64>, Vec<f64>)| {
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                for (u, v) in a.0.iter().chain(&a.1).zip(b.0.iter().chain(&b.1)) {
+                    assert!(
+                        (u - v).abs() <= tol * u.abs().max(1.0),
+                        "{dtype:?}: {u} vs {v}"
+                    );
+                }
+            };
+            let (rows, targets) = (vec![4u32, 0, 5], vec![6u32, 0, 3]);
+            close(
+                grad_of(&|x| fused::target_logprobs(x, rows.clone(), targets.clone())),
+                grad_of(&|x| composed_target_logprobs(x, rows.clone(), targets.clone())),
+            );
+            let mut raw = values(6 * 7, 10);
+            raw[3] = f64::NEG_INFINITY;
+            let raw = Tensor::from_vec(raw, (6, 7), &CPU).unwrap();
+            let r = log_softmax_rows(&raw).unwrap().to_dtype(dtype).unwrap();
+            close(
+                grad_of(&|x| fused::row_kl(x, &r)),
+                grad_of(&|x| composed_row_kl(x, &r)),
+            );
+        }
     }
 }

@@ -13,5 +13,6 @@
 
 pub mod artifact;
 pub mod batches;
+mod fused;
 pub mod losses;
 pub mod trainer;
