@@ -54,24 +54,41 @@ fn check_directions(dirs: &Directions) -> Result<usize> {
 /// Write directions and a metadata JSON string as safetensors.
 pub fn save_safetensors(path: &Path, dirs: &Directions, metadata_json: &str) -> Result<()> {
     check_directions(dirs)?;
-    let bytes: Vec<(String, Vec<u8>, usize)> = dirs
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = dirs
         .iter()
-        .map(|(layer, v)| {
-            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (format!("layer.{layer}"), b, v.len())
-        })
+        .map(|(layer, v)| (format!("layer.{layer}"), vec![v.len()], v.as_slice()))
         .collect();
-    let views = bytes
+    write_f32_tensors(path, &tensors, VECTOR_FORMAT, metadata_json)
+}
+
+/// The `format` header value of steerlab's steering-vector files.
+const VECTOR_FORMAT: &str = "steerlab.steering_vector";
+
+/// Write `(name, shape, values)` f32 tensors as safetensors with the header metadata
+/// `format` = `format` and `steerlab` = `metadata_json`. Shapes are trusted (callers
+/// check them).
+fn write_f32_tensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    format: &str,
+    metadata_json: &str,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(name, b, n)| {
-            TensorView::new(Dtype::F32, vec![*n], b)
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
                 .map(|t| (name.clone(), t))
                 .map_err(|e| Error::format(format!("cannot describe tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut meta = HashMap::new();
     meta.insert("steerlab".to_string(), metadata_json.to_string());
-    meta.insert("format".to_string(), "steerlab.steering_vector".to_string());
+    meta.insert("format".to_string(), format.to_string());
     safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
         safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
         other => Error::format(format!("{}: cannot write: {other}", path.display())),
@@ -124,12 +141,29 @@ fn check_vector_header(path: &Path) -> Result<String> {
             )));
         }
     }
+    steerlab_metadata(
+        path,
+        &header,
+        "a steerlab steering vector",
+        "the vector's info",
+    )
+}
+
+/// The `steerlab` metadata string of a checked header, which must hold a JSON object;
+/// `what` names the kind of file expected, `info` what the object describes.
+fn steerlab_metadata(
+    path: &Path,
+    header: &crate::safetensors_header::Header,
+    what: &str,
+    info: &str,
+) -> Result<String> {
+    let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
     let text = match header.metadata.get("steerlab") {
         Some(serde_json::Value::String(s)) => s,
         _ => {
-            return Err(bad(
-                "no 'steerlab' metadata in the header: not a steerlab steering vector".into(),
-            ))
+            return Err(bad(format!(
+                "no 'steerlab' metadata in the header: not {what}"
+            )))
         }
     };
     // serde_json bounds nesting, so deep nesting is an error here, not a RecursionError
@@ -137,9 +171,9 @@ fn check_vector_header(path: &Path) -> Result<String> {
     let parsed: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| bad(format!("metadata 'steerlab' is not valid JSON ({e})")))?;
     if !parsed.is_object() {
-        return Err(bad(
-            "metadata 'steerlab' is not a JSON object (expected the vector's info)".into(),
-        ));
+        return Err(bad(format!(
+            "metadata 'steerlab' is not a JSON object (expected {info})"
+        )));
     }
     Ok(text.clone())
 }
@@ -176,6 +210,157 @@ pub fn load_safetensors(path: &Path) -> Result<(Directions, String)> {
     }
     check_directions(&dirs).map_err(|e| bad(e.to_string()))?;
     Ok((dirs, meta_json))
+}
+
+/// One named f32 tensor of a [`save_named`] file: its shape and row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// The largest rank a [`NamedTensor`] may have.
+pub const MAX_NAMED_RANK: usize = 8;
+
+/// Check `(shape, values)` of tensor `name`: rank 1..=MAX_NAMED_RANK, no zero
+/// dimension, `values.len()` = the product of `shape`, every value finite.
+fn check_named(name: &str, shape: &[usize], values: &[f32]) -> std::result::Result<(), String> {
+    if name.is_empty() || name == "__metadata__" {
+        return Err(format!(
+            "tensor name '{name}' is reserved or empty; expected a non-empty name"
+        ));
+    }
+    if shape.is_empty() || shape.len() > MAX_NAMED_RANK || shape.contains(&0) {
+        return Err(format!(
+            "tensor '{name}' has shape {shape:?}; expected 1 to {MAX_NAMED_RANK} dimensions, \
+             none of them 0"
+        ));
+    }
+    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if count != Some(values.len()) {
+        return Err(format!(
+            "tensor '{name}' has shape {shape:?} but {} values",
+            values.len()
+        ));
+    }
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        return Err(format!(
+            "tensor '{name}' has a NaN or inf value at flat index {i}"
+        ));
+    }
+    Ok(())
+}
+
+/// Check what [`save_named`] checks of its tensors: at least one, unique names, and
+/// each tensor one that [`load_named`] accepts (non-empty name other than
+/// `__metadata__`, rank 1..=8, no 0 dimension, as many values as the shape holds, all
+/// finite). Errors: [`Error::InvalidArgument`] naming the tensor and the problem.
+pub fn check_named_tensors(tensors: &[NamedTensor]) -> Result<()> {
+    if tensors.is_empty() {
+        return Err(Error::invalid("no tensors to save; expected at least one"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for t in tensors {
+        check_named(&t.name, &t.shape, &t.values).map_err(Error::invalid)?;
+        if !names.insert(t.name.as_str()) {
+            return Err(Error::invalid(format!(
+                "tensor name '{}' appears twice; expected unique names",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Write named f32 tensors and a metadata JSON object as safetensors, with the header
+/// metadata `format` = `format` (which [`load_named`] checks) and `steerlab` =
+/// `metadata_json`.
+///
+/// Errors: [`Error::InvalidArgument`] for no tensors, a repeated name, metadata that is
+/// not a JSON object, or a tensor [`load_named`] would refuse (empty or reserved name,
+/// rank outside 1..=8, a 0 dimension, a value count that does not match the shape, NaN or
+/// inf); [`Error::Io`] when the file cannot be written.
+pub fn save_named(
+    path: &Path,
+    tensors: &[NamedTensor],
+    format: &str,
+    metadata_json: &str,
+) -> Result<()> {
+    check_named_tensors(tensors)?;
+    match serde_json::from_str::<serde_json::Value>(metadata_json) {
+        Ok(v) if v.is_object() => {}
+        _ => return Err(Error::invalid("metadata_json is not a JSON object")),
+    }
+    let list: Vec<(String, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone(), t.values.as_slice()))
+        .collect();
+    write_f32_tensors(path, &list, format, metadata_json)
+}
+
+/// The header a named-tensor file may have (the metadata JSON is a few KB to MB).
+const MAX_NAMED_HEADER: u64 = 64 << 20;
+
+/// Read a [`save_named`] file whose `format` header value must be `format`; `what`
+/// names the kind of file for messages ("a steerlab learned module"). Returns the
+/// tensors ordered by name and the `steerlab` metadata JSON string (an object).
+///
+/// The header is checked with bounded reads before anything is allocated from it (see
+/// `safetensors_header::check`), then the format, every tensor's dtype (F32) and shape,
+/// and after reading, every value (finite).
+///
+/// Errors: [`Error::NotFound`] / [`Error::Io`] when the file cannot be read,
+/// [`Error::Format`] naming the path and the problem for anything else.
+pub fn load_named(path: &Path, format: &str, what: &str) -> Result<(Vec<NamedTensor>, String)> {
+    let bad = |msg: String| Error::format(format!("{}: {msg}", path.display()));
+    let header = crate::safetensors_header::check(path, MAX_NAMED_HEADER)?;
+    match header.metadata.get("format").and_then(|v| v.as_str()) {
+        Some(f) if f == format => {}
+        Some(f) => {
+            return Err(bad(format!(
+                "the header's format is '{f}'; expected '{format}' ({what})"
+            )))
+        }
+        None => return Err(bad(format!("no 'format' in the header: not {what}"))),
+    }
+    for t in &header.tensors {
+        let ok_shape = (1..=MAX_NAMED_RANK).contains(&t.shape.len()) && !t.shape.contains(&0);
+        if t.dtype != "F32" || !ok_shape {
+            return Err(bad(format!(
+                "tensor '{}' is {} {:?}; expected an F32 tensor of 1 to {MAX_NAMED_RANK} \
+                 dimensions, none of them 0",
+                t.name, t.dtype, t.shape
+            )));
+        }
+    }
+    let meta_json = steerlab_metadata(path, &header, what, "the module's info")?;
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&data)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let mut out = Vec::with_capacity(header.tensors.len());
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!("tensor '{name}' is not F32")));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let shape = view.shape().to_vec();
+        check_named(&name, &shape, &values).map_err(bad)?;
+        out.push(NamedTensor {
+            name,
+            shape,
+            values,
+        });
+    }
+    if out.is_empty() {
+        return Err(bad(format!("the file holds no tensors: not {what}")));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((out, meta_json))
 }
 
 /// Write a llama.cpp control vector (GGUF). Layer 0 has no slot in llama.cpp.

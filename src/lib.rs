@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod hooks;
 pub mod intervene;
 pub mod kernels;
+pub mod learn;
 pub mod model;
 pub mod pool;
 pub mod safetensors_header;

@@ -1,0 +1,739 @@
+//! The training loop's state: parameters, optimiser, clipping, history, best parameters
+//! (the seeded mini-batch sampler is [`crate::learn::batches::Batches`]).
+//!
+//! The trainer knows nothing of models. The caller owns the forward pass and hands each
+//! step a closure that builds the loss from the trainer's `Var`s:
+//!
+//! ```ignore
+//! let mut tr = Trainer::new(vec![("layer.15".into(), v.clone())], TrainConfig::default())?
+//!     .with_cancel(cancel);
+//! let batches = Batches::new(n_examples, 8, seed)?;
+//! for step in 0..steps {
+//!     let idx = batches.batch(step);
+//!     let rec = tr.step(|| model_loss(&idx, v.as_tensor()))?; // Err(Interrupted) on Ctrl-C
+//! }
+//! tr.restore_best()?;
+//! ```
+//!
+//! One step: check the cancel flag, evaluate the loss, refuse a non-finite loss, run
+//! `loss.backward()`, refuse a missing or non-finite gradient, check the flag again,
+//! remember the parameters if this loss is the lowest so far, clip the gradients to a
+//! global L2 norm, and let the optimiser update the `Var`s in place (candle-nn's `AdamW`
+//! with `ParamsAdamW`, or `SGD`). A step that fails or is cancelled changes nothing: no
+//! update, no history record.
+
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap, SGD};
+
+use crate::cancel::Cancel;
+use crate::error::{Error, Result};
+
+/// Which candle-nn optimiser updates the parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// `candle_nn::AdamW` (decoupled weight decay, bias-corrected moments).
+    AdamW,
+    /// `candle_nn::SGD` (plain gradient descent, no momentum; `weight_decay` must be 0).
+    Sgd,
+}
+
+/// Hyperparameters of a [`Trainer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Learning rate, finite and > 0.
+    pub lr: f64,
+    /// AdamW's decoupled weight decay (`θ ← θ (1 − lr·wd)` each step), finite and >= 0.
+    pub weight_decay: f64,
+    /// AdamW's moment decay rates, each in [0, 1).
+    pub beta1: f64,
+    pub beta2: f64,
+    /// AdamW's denominator term, finite and > 0.
+    pub eps: f64,
+    /// Clip the gradients to this global L2 norm (over every parameter together) before
+    /// the update; `None` does not clip. Finite and > 0.
+    pub max_grad_norm: Option<f64>,
+    pub optimizer: OptimizerKind,
+}
+
+impl Default for TrainConfig {
+    /// AdamW with PyTorch's defaults except `lr = 1e-2` and `weight_decay = 0` (a steering
+    /// vector has no reason to shrink towards 0), clipped to a norm of 1.
+    fn default() -> Self {
+        Self {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: Some(1.0),
+            optimizer: OptimizerKind::AdamW,
+        }
+    }
+}
+
+/// `Err(InvalidArgument)` naming `name`, its value and what was expected.
+fn check(ok: bool, name: &str, value: f64, expected: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{name} is {value}; expected {expected}"
+        )))
+    }
+}
+
+impl TrainConfig {
+    /// Check every field. Errors: [`Error::InvalidArgument`] naming the field, its value
+    /// and the range expected.
+    pub fn validate(&self) -> Result<()> {
+        let lr = self.lr;
+        check(lr.is_finite() && lr > 0.0, "lr", lr, "a finite number > 0")?;
+        let wd = self.weight_decay;
+        check(
+            wd.is_finite() && wd >= 0.0,
+            "weight_decay",
+            wd,
+            "a finite number >= 0",
+        )?;
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            check((0.0..1.0).contains(&b), name, b, "a number in [0, 1)")?;
+        }
+        let eps = self.eps;
+        check(
+            eps.is_finite() && eps > 0.0,
+            "eps",
+            eps,
+            "a finite number > 0",
+        )?;
+        if let Some(m) = self.max_grad_norm {
+            check(
+                m.is_finite() && m > 0.0,
+                "max_grad_norm",
+                m,
+                "a finite number > 0 (or None to not clip)",
+            )?;
+        }
+        if self.optimizer == OptimizerKind::Sgd {
+            check(
+                wd == 0.0,
+                "weight_decay",
+                wd,
+                "0 with the SGD optimizer (candle-nn's SGD has no weight decay)",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn adamw(&self) -> ParamsAdamW {
+        ParamsAdamW {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// 0-based index of the step (= the number of steps before it).
+    pub step: usize,
+    /// The loss at the parameters before this step's update.
+    pub loss: f64,
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+    /// The learning rate the update used.
+    pub lr: f64,
+    /// Further numbers the loss closure reported (loss terms, accuracy...), in its order.
+    pub extra: Vec<(String, f64)>,
+}
+
+enum Opt {
+    AdamW(AdamW),
+    Sgd(SGD),
+}
+
+impl Opt {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        match self {
+            Opt::AdamW(o) => o.step(grads)?,
+            Opt::Sgd(o) => o.step(grads)?,
+        }
+        Ok(())
+    }
+    fn set_lr(&mut self, lr: f64) {
+        match self {
+            Opt::AdamW(o) => o.set_learning_rate(lr),
+            Opt::Sgd(o) => o.set_learning_rate(lr),
+        }
+    }
+}
+
+/// The lowest loss seen and the parameter values that produced it.
+struct Best {
+    step: usize,
+    loss: f64,
+    values: Vec<Tensor>,
+}
+
+/// A copy of `v`'s value that later updates of `v` do not change.
+fn snapshot(v: &Var) -> Result<Tensor> {
+    Ok(v.as_tensor().detach().copy()?)
+}
+
+/// Parameters, optimiser state, history and best parameters of one training run.
+pub struct Trainer {
+    params: Vec<(String, Var)>,
+    opt: Opt,
+    cfg: TrainConfig,
+    history: Vec<StepRecord>,
+    best: Option<Best>,
+    cancel: Cancel,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("params", &self.params)
+            .field("cfg", &self.cfg)
+            .field("steps", &self.history.len())
+            .field("best_step", &self.best.as_ref().map(|b| b.step))
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// A trainer for `params` (name, `Var`), in the order given (the order of
+    /// [`Trainer::best_params`] and of the gradient-norm sum).
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an invalid `cfg` (see
+    /// [`TrainConfig::validate`]), no parameters, an empty or repeated name, a parameter
+    /// that is not F32/F64, or one holding NaN/inf; [`Error::Shape`] for a parameter with no
+    /// elements.
+    pub fn new(params: Vec<(String, Var)>, cfg: TrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        if params.is_empty() {
+            return Err(Error::invalid(
+                "params is empty; expected at least one (name, Var) to train",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, v) in &params {
+            if name.is_empty() {
+                return Err(Error::invalid("a parameter has an empty name"));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(Error::invalid(format!(
+                    "parameter name '{name}' appears twice; expected unique names"
+                )));
+            }
+            if !matches!(v.dtype(), DType::F32 | DType::F64) {
+                return Err(Error::invalid(format!(
+                    "parameter '{name}' has dtype {:?}; expected F32 (or F64)",
+                    v.dtype()
+                )));
+            }
+            if v.elem_count() == 0 {
+                return Err(Error::shape(format!(
+                    "parameter '{name}' has shape {:?} with no elements",
+                    v.dims()
+                )));
+            }
+            let s = v.as_tensor().to_dtype(DType::F64)?.abs()?.sum_all()?;
+            if !s.to_scalar::<f64>()?.is_finite() {
+                return Err(Error::invalid(format!(
+                    "parameter '{name}' holds NaN or inf; expected finite initial values"
+                )));
+            }
+        }
+        let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+        let opt = match cfg.optimizer {
+            OptimizerKind::AdamW => Opt::AdamW(AdamW::new(vars, cfg.adamw())?),
+            OptimizerKind::Sgd => Opt::Sgd(SGD::new(vars, cfg.lr)?),
+        };
+        Ok(Self {
+            params,
+            opt,
+            cfg,
+            history: Vec::new(),
+            best: None,
+            cancel: Cancel::new(),
+        })
+    }
+
+    /// A trainer for every `Var` of a candle-nn `VarMap`, ordered by name (a `VarMap`
+    /// is a hash map; sorting keeps runs deterministic). Errors as [`Trainer::new`].
+    pub fn from_varmap(map: &VarMap, cfg: TrainConfig) -> Result<Self> {
+        let mut params: Vec<(String, Var)> = map
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("the VarMap's lock is poisoned"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::new(params, cfg)
+    }
+
+    /// Stop at the next step boundary once `cancel` is set (see [`Trainer::step`]).
+    pub fn with_cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// One training step with the loss from `loss_fn` (a scalar: shape `[]`, F32/F64).
+    /// See [`Trainer::step_with`].
+    pub fn step(&mut self, loss_fn: impl FnOnce() -> Result<Tensor>) -> Result<StepRecord> {
+        self.step_with(|| Ok((loss_fn()?, Vec::new())))
+    }
+
+    /// One training step; `loss_fn` returns the loss (a scalar: shape `[]`, F32/F64,
+    /// computed from the trainer's `Var`s) and extra numbers to record with it.
+    ///
+    /// Errors (the parameters, optimiser state, history and best parameters are then
+    /// unchanged): [`Error::Interrupted`] when the cancel flag is set before the loss is
+    /// evaluated or before the update is applied; whatever `loss_fn` returns;
+    /// [`Error::Shape`] / [`Error::InvalidArgument`] for a loss that is not a float
+    /// scalar; [`Error::InvalidArgument`] for a NaN/inf loss, a parameter the loss does not
+    /// depend on (no gradient), or a NaN/inf gradient.
+    pub fn step_with(
+        &mut self,
+        loss_fn: impl FnOnce() -> Result<(Tensor, Vec<(String, f64)>)>,
+    ) -> Result<StepRecord> {
+        let step = self.history.len();
+        self.cancel.check()?;
+        let (loss, extra) = loss_fn()?;
+        if !loss.dims().is_empty() {
+            return Err(Error::shape(format!(
+                "training step {step}: the loss has shape {:?}; expected a scalar (shape [])",
+                loss.dims()
+            )));
+        }
+        if !matches!(loss.dtype(), DType::F32 | DType::F64) {
+            return Err(Error::invalid(format!(
+                "training step {step}: the loss has dtype {:?}; expected F32 (or F64)",
+                loss.dtype()
+            )));
+        }
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(Error::invalid(format!(
+                "training step {step}: the loss is {value}; the parameters were not updated \
+                 (lower lr, or check the data)"
+            )));
+        }
+        let mut grads = loss.backward()?;
+        let mut sq = 0f64;
+        let mut gs = Vec::with_capacity(self.params.len());
+        for (name, v) in &self.params {
+            let Some(g) = grads.get(v.as_tensor()) else {
+                return Err(Error::invalid(format!(
+                    "training step {step}: parameter '{name}' got no gradient: the loss does \
+                     not depend on it"
+                )));
+            };
+            let s = g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            if !s.is_finite() {
+                return Err(Error::invalid(format!(
+                    "training step {step}: the gradient of parameter '{name}' holds NaN or \
+                     inf (loss {value}); the parameters were not updated"
+                )));
+            }
+            sq += s;
+            gs.push(g.clone());
+        }
+        let grad_norm = sq.sqrt();
+        self.cancel.check()?;
+        if self.best.as_ref().is_none_or(|b| value < b.loss) {
+            let values = self
+                .params
+                .iter()
+                .map(|(_, v)| snapshot(v))
+                .collect::<Result<Vec<_>>>()?;
+            self.best = Some(Best {
+                step,
+                loss: value,
+                values,
+            });
+        }
+        if let Some(max) = self.cfg.max_grad_norm {
+            if grad_norm > max {
+                // As torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6).
+                let scale = max / (grad_norm + 1e-6);
+                for ((_, v), g) in self.params.iter().zip(gs) {
+                    grads.insert(v.as_tensor(), (g * scale)?);
+                }
+            }
+        }
+        self.opt.step(&grads)?;
+        let rec = StepRecord {
+            step,
+            loss: value,
+            grad_norm,
+            lr: self.cfg.lr,
+            extra,
+        };
+        self.history.push(rec.clone());
+        Ok(rec)
+    }
+
+    /// One record per completed step, in order.
+    pub fn history(&self) -> &[StepRecord] {
+        &self.history
+    }
+
+    /// The parameters being trained (their current values).
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The step with the lowest loss so far and that loss; `None` before the first step.
+    ///
+    /// The loss of a step is measured on that step's mini-batch, so with batches smaller
+    /// than the data set "best" is the best batch loss, not the best loss on the whole set.
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.best.as_ref().map(|b| (b.step, b.loss))
+    }
+
+    /// Copies of the parameter values that gave the lowest loss (those before that
+    /// step's update), by name in the trainer's order; the current values before the first
+    /// step.
+    pub fn best_params(&self) -> Result<Vec<(String, Tensor)>> {
+        match &self.best {
+            Some(b) => Ok(self
+                .params
+                .iter()
+                .zip(&b.values)
+                .map(|((name, _), t)| (name.clone(), t.clone()))
+                .collect()),
+            None => self.current_params(),
+        }
+    }
+
+    /// Copies of the current parameter values, by name.
+    pub fn current_params(&self) -> Result<Vec<(String, Tensor)>> {
+        self.params
+            .iter()
+            .map(|(name, v)| Ok((name.clone(), snapshot(v)?)))
+            .collect()
+    }
+
+    /// Set every `Var` to its best value (no-op before the first step). The optimiser's
+    /// moments are not rewound.
+    pub fn restore_best(&self) -> Result<()> {
+        if let Some(b) = &self.best {
+            for ((_, v), t) in self.params.iter().zip(&b.values) {
+                v.set(t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Change the learning rate of the following steps (for a schedule).
+    /// Errors: [`Error::InvalidArgument`] unless finite and > 0.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check(lr.is_finite() && lr > 0.0, "lr", lr, "a finite number > 0")?;
+        self.cfg.lr = lr;
+        self.opt.set_lr(lr);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::batches::Batches;
+    use candle_core::Device;
+
+    fn var(v: &[f32]) -> Var {
+        Var::new(v, &Device::Cpu).unwrap()
+    }
+
+    fn values(v: &Var) -> Vec<f32> {
+        v.as_tensor().to_vec1::<f32>().unwrap()
+    }
+
+    /// sum((x − target)^2)
+    fn quadratic(x: &Var, target: &[f32]) -> Result<Tensor> {
+        let t = Tensor::new(target, &Device::Cpu)?;
+        Ok(x.as_tensor().sub(&t)?.sqr()?.sum_all()?)
+    }
+
+    #[test]
+    fn adamw_converges_on_a_quadratic() {
+        let x = var(&[0.0, 0.0, 0.0]);
+        let cfg = TrainConfig {
+            lr: 0.1,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(vec![("x".into(), x.clone())], cfg).unwrap();
+        let target = [1.0, -2.0, 3.0];
+        for _ in 0..300 {
+            tr.step(|| quadratic(&x, &target)).unwrap();
+        }
+        let got = values(&x);
+        for (g, t) in got.iter().zip(target) {
+            assert!((g - t).abs() < 1e-2, "{got:?}");
+        }
+        let h = tr.history();
+        assert_eq!(h.len(), 300);
+        assert_eq!(h[0].loss, 14.0);
+        // First gradient 2(x − t) = [-2, 4, -6]: norm sqrt(56).
+        assert!((h[0].grad_norm - 56f64.sqrt()).abs() < 1e-6);
+        assert!(h[299].loss < 1e-3, "{}", h[299].loss);
+        assert_eq!(tr.best().unwrap().0, 299);
+    }
+
+    /// Least squares on 10 examples, batches of 3: x·a_i ≈ b_i.
+    fn run_seeded(seed: u64) -> Vec<StepRecord> {
+        let a: Vec<f32> = (0..20).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+        let b: Vec<f32> = (0..10).map(|i| (i as f32).sin()).collect();
+        let x = var(&[0.5, -0.5]);
+        let mut tr = Trainer::new(vec![("x".into(), x.clone())], TrainConfig::default()).unwrap();
+        let batches = Batches::new(10, 3, seed).unwrap();
+        for step in 0..12 {
+            let idx = batches.batch(step);
+            tr.step_with(|| {
+                let rows: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                let rows = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+                let am = Tensor::from_slice(&a, (10, 2), &Device::Cpu)?.index_select(&rows, 0)?;
+                let bm = Tensor::from_slice(&b, 10, &Device::Cpu)?.index_select(&rows, 0)?;
+                let pred = am.matmul(&x.as_tensor().unsqueeze(1)?)?.squeeze(1)?;
+                let loss = pred.sub(&bm)?.sqr()?.mean_all()?;
+                Ok((loss, vec![("first".into(), idx[0] as f64)]))
+            })
+            .unwrap();
+        }
+        tr.history().to_vec()
+    }
+
+    #[test]
+    fn same_seed_same_history_bit_for_bit() {
+        let (h1, h2) = (run_seeded(7), run_seeded(7));
+        let bits = |h: &[StepRecord]| -> Vec<(u64, u64, u64)> {
+            h.iter()
+                .map(|r| {
+                    (
+                        r.loss.to_bits(),
+                        r.grad_norm.to_bits(),
+                        r.extra[0].1.to_bits(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(bits(&h1), bits(&h2));
+        assert_ne!(bits(&h1), bits(&run_seeded(8)));
+    }
+
+    #[test]
+    fn clipping_bounds_the_applied_update() {
+        // SGD: the update is lr · clipped gradient. Gradient of 100·sum(x) is [100; 3],
+        // norm 100·sqrt(3); clipped to 0.5, the step moves x by 0.5 (lr 1).
+        let x = var(&[0.0, 0.0, 0.0]);
+        let cfg = TrainConfig {
+            lr: 1.0,
+            max_grad_norm: Some(0.5),
+            optimizer: OptimizerKind::Sgd,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(vec![("x".into(), x.clone())], cfg).unwrap();
+        let rec = tr.step(|| Ok((x.as_tensor().sum_all()? * 100.0)?)).unwrap();
+        assert!((rec.grad_norm - 100.0 * 3f64.sqrt()).abs() < 1e-4);
+        let moved: f32 = values(&x).iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(moved <= 0.5 && moved > 0.5 - 1e-5, "{moved}");
+        // Without clipping the same step moves it by 100·sqrt(3).
+        let y = var(&[0.0, 0.0, 0.0]);
+        let cfg = TrainConfig {
+            lr: 1.0,
+            max_grad_norm: None,
+            optimizer: OptimizerKind::Sgd,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(vec![("y".into(), y.clone())], cfg).unwrap();
+        tr.step(|| Ok((y.as_tensor().sum_all()? * 100.0)?)).unwrap();
+        assert_eq!(values(&y), [-100.0; 3]);
+    }
+
+    #[test]
+    fn non_finite_loss_or_gradient_is_refused_without_an_update() {
+        let x = var(&[0.0, 1.0]);
+        let mut tr = Trainer::new(vec![("x".into(), x.clone())], TrainConfig::default()).unwrap();
+        let e = tr
+            .step(|| Ok((x.as_tensor().sum_all()? * f64::NAN)?))
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)));
+        assert!(
+            e.to_string()
+                .contains("training step 0: the loss is NaN; the parameters were not updated"),
+            "{e}"
+        );
+        // sqrt at 0: finite loss, infinite gradient.
+        let e = tr
+            .step(|| Ok(x.as_tensor().sqrt()?.sum_all()?))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the gradient of parameter 'x' holds NaN or inf (loss 1)"),
+            "{e}"
+        );
+        assert_eq!(values(&x), [0.0, 1.0]);
+        assert!(tr.history().is_empty());
+        assert!(tr.best().is_none());
+        // A loss that is not a scalar, or ignores a parameter.
+        let e = tr
+            .step(|| Ok(x.as_tensor().clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the loss has shape [2]; expected a scalar"),
+            "{e}"
+        );
+        let z = var(&[1.0]);
+        let mut tr = Trainer::new(
+            vec![("x".into(), x.clone()), ("z".into(), z)],
+            TrainConfig::default(),
+        )
+        .unwrap();
+        let e = tr
+            .step(|| Ok(x.as_tensor().sum_all()?))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("parameter 'z' got no gradient: the loss does not depend on it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cancel_stops_and_keeps_the_best_parameters() {
+        // SGD with lr 1.5 on x^2 overshoots: x ← −2x, so the loss grows every step and the
+        // best parameters are the initial ones.
+        let x = var(&[1.0]);
+        let cancel = Cancel::new();
+        let cfg = TrainConfig {
+            lr: 1.5,
+            max_grad_norm: None,
+            optimizer: OptimizerKind::Sgd,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(vec![("x".into(), x.clone())], cfg)
+            .unwrap()
+            .with_cancel(cancel.clone());
+        let mut result = Ok(());
+        for step in 0..10 {
+            if step == 3 {
+                cancel.cancel();
+            }
+            match tr.step(|| Ok(x.as_tensor().sqr()?.sum_all()?)) {
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        assert!(matches!(result, Err(Error::Interrupted)));
+        let losses: Vec<f64> = tr.history().iter().map(|r| r.loss).collect();
+        assert_eq!(losses, [1.0, 4.0, 16.0]);
+        assert_eq!(values(&x), [-8.0]);
+        assert_eq!(tr.best(), Some((0, 1.0)));
+        let best = tr.best_params().unwrap();
+        assert_eq!(best[0].0, "x");
+        assert_eq!(best[0].1.to_vec1::<f32>().unwrap(), [1.0]);
+        tr.restore_best().unwrap();
+        assert_eq!(values(&x), [1.0]);
+
+        // Cancelled while the loss was computed: that step is discarded.
+        let y = var(&[1.0]);
+        let cancel = Cancel::new();
+        let mut tr = Trainer::new(vec![("y".into(), y.clone())], TrainConfig::default())
+            .unwrap()
+            .with_cancel(cancel.clone());
+        let e = tr.step(|| {
+            cancel.cancel();
+            Ok(y.as_tensor().sqr()?.sum_all()?)
+        });
+        assert!(matches!(e, Err(Error::Interrupted)));
+        assert!(tr.history().is_empty());
+        assert_eq!(values(&y), [1.0]);
+    }
+
+    #[test]
+    fn bad_configs_and_params_are_refused() {
+        let x = || vec![("x".to_string(), var(&[1.0]))];
+        let err = |cfg: TrainConfig| Trainer::new(x(), cfg).unwrap_err().to_string();
+        let d = TrainConfig::default();
+        assert_eq!(
+            err(TrainConfig {
+                lr: 0.0,
+                ..d.clone()
+            }),
+            "lr is 0; expected a finite number > 0"
+        );
+        assert_eq!(
+            err(TrainConfig {
+                beta2: 1.0,
+                ..d.clone()
+            }),
+            "beta2 is 1; expected a number in [0, 1)"
+        );
+        assert_eq!(
+            err(TrainConfig {
+                max_grad_norm: Some(f64::NAN),
+                ..d.clone()
+            }),
+            "max_grad_norm is NaN; expected a finite number > 0 (or None to not clip)"
+        );
+        assert_eq!(
+            err(TrainConfig { weight_decay: 0.1, optimizer: OptimizerKind::Sgd, ..d.clone() }),
+            "weight_decay is 0.1; expected 0 with the SGD optimizer (candle-nn's SGD has no weight decay)"
+        );
+        let e = Trainer::new(vec![], d.clone()).unwrap_err().to_string();
+        assert!(e.contains("params is empty"), "{e}");
+        let twice = vec![
+            ("a".to_string(), var(&[1.0])),
+            ("a".to_string(), var(&[2.0])),
+        ];
+        let e = Trainer::new(twice, d.clone()).unwrap_err().to_string();
+        assert!(e.contains("parameter name 'a' appears twice"), "{e}");
+        let nan = vec![("a".to_string(), var(&[f32::NAN]))];
+        let e = Trainer::new(nan, d.clone()).unwrap_err().to_string();
+        assert!(e.contains("parameter 'a' holds NaN or inf"), "{e}");
+        let mut tr = Trainer::new(x(), d).unwrap();
+        assert!(tr.set_lr(-1.0).is_err());
+        tr.set_lr(0.5).unwrap();
+        assert_eq!(tr.config().lr, 0.5);
+    }
+
+    #[test]
+    fn trainer_can_move_to_a_worker_thread() {
+        // The bindings run steps with the GIL released, on another thread.
+        fn send<T: Send>() {}
+        send::<Trainer>();
+        send::<Batches>();
+    }
+
+    #[test]
+    fn varmap_params_are_ordered_by_name() {
+        let map = VarMap::new();
+        for name in ["b", "a", "c"] {
+            map.data()
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), var(&[1.0]));
+        }
+        let tr = Trainer::from_varmap(&map, TrainConfig::default()).unwrap();
+        let names: Vec<&str> = tr.params().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+}
