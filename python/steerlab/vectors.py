@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import numbers
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,11 @@ class VectorInfo:
     strength: str = _STRENGTH
     created: str | None = None
     steerlab_version: str = _core.__version__
+    #: Trained vectors: one record per optimiser step (``loss``, ``grad_norm``, ``lr``,
+    #: and method-dependent terms), in order.
+    history: list[dict[str, float]] = field(default_factory=list)
+    #: Trained vectors: the objective and hyperparameters of the run.
+    training: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, positions: Positions | None = None) -> str:
         """The metadata as JSON; with `positions`, the steering positions of the vector
@@ -88,6 +93,10 @@ class VectorInfo:
         d: dict[str, Any] = asdict(self)
         d["residual_norms"] = {str(k): v for k, v in self.residual_norms.items()}
         d["scores"] = {str(k): v for k, v in self.scores.items()}
+        if not self.history:
+            d.pop("history")
+        if not self.training:
+            d.pop("training")
         d["format_version"] = _FORMAT_VERSION
         if positions is not None:
             d["positions"] = positions
@@ -122,6 +131,9 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "created": ((str,), True),
     "steerlab_version": ((str,), False),
 }
+
+# Step records kept in a vector file at most (a run of more steps keeps its first ones).
+_MAX_HISTORY = 1_000_000
 
 # The engine loads models of at most this many layers (MAX_LAYERS in src/model/config.rs).
 _MAX_LAYERS = 4096
@@ -192,6 +204,25 @@ def _meta_from_json(text: str, where: str) -> tuple[VectorInfo, Positions]:
                 )
             out[int(k)] = float(v)
         fields[key] = out
+    history = d.get("history", [])
+    if not isinstance(history, list) or len(history) > _MAX_HISTORY:
+        raise bad(f"history must be a list of at most {_MAX_HISTORY} step records")
+    for i, rec in enumerate(history):
+        if not isinstance(rec, dict) or not all(
+            isinstance(k, str)
+            and not isinstance(v, bool)
+            and isinstance(v, int | float)
+            and np.isfinite(v)
+            for k, v in rec.items()
+        ):
+            raise bad(f"history[{i}] must map names to finite numbers, got {rec!r:.60}")
+    fields["history"] = [{k: float(v) for k, v in rec.items()} for rec in history]
+    training = d.get("training", {})
+    if not isinstance(training, dict) or not all(
+        isinstance(v, str | int | float | bool | None) for v in training.values()
+    ):
+        raise bad(f"training must map names to plain values, got {training!r:.60}")
+    fields["training"] = training
     raw = d.get("positions", "all")
     if not isinstance(raw, str | list):  # `save` writes a name or a list, never a bare int
         raise bad(
@@ -802,6 +833,111 @@ class SteeringVector:
             created=_now(),
         )
         return cls(dirs, info)
+
+    @classmethod
+    def optimize(
+        cls,
+        model: Model,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        layers: int | Iterable[int],
+        negatives: Sequence[str] | None = None,
+        steps: int = 100,
+        lr: float = 1e-2,
+        batch_size: int = 8,
+        seed: int = 0,
+        positions: str | int | Iterable[int] = "all",
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        init: SteeringVector | None = None,
+        progress: bool | None = None,
+    ) -> SteeringVector:
+        """Train an additive vector per layer so that the steered model gives
+        ``completions`` high likelihood after ``prompts`` (method ``"optimized"``).
+
+        The trained-vector baseline of AxBench (Wu et al. 2025; ReFT-r1 / RePS family)
+        and the SteerVec baseline of activation scaling (Stoehr et al. 2024). The loss is
+        the cross-entropy of the completion tokens (each token weighs the same); with
+        ``negatives``, ``softplus(-(lp+ - lp-))`` per example, ``lp±`` the mean
+        log-probability per token of the completion and of the negative: log p(completion)
+        - log p(negative) is maximised, bounded so the negative is not pushed to zero
+        probability for its own sake. AdamW (candle-nn) with gradient clipping; the
+        blocks below the first layer run once per example (frozen prefix). Trains through
+        the model as loaded: on the default quantized GGUF the weights stay quantized and
+        frozen.
+
+        Args:
+            model: the model to steer (its weights are not changed).
+            prompts: prompt texts, encoded as `Model.encode` does (format chat prompts
+                with `Model.chat_prompt` first if you want them).
+            completions: one target continuation per prompt (encoded without special
+                tokens).
+            layers: layer index or indices (resid_post; negative from the end).
+            negatives: optional, one unwanted continuation per prompt.
+            steps: optimiser steps (one mini-batch each; batches are drawn in a seeded
+                order, epoch after epoch).
+            lr: AdamW learning rate.
+            batch_size: examples per step.
+            seed: the batch order (training is deterministic for a seed).
+            positions: where the vector is added while training (as `Steering`;
+                default every prompt and completion token).
+            weight_decay: AdamW's decoupled weight decay.
+            max_grad_norm: clip the gradient to this L2 norm (None: no clipping).
+            init: start from this vector (its layers must cover ``layers``); default 0.
+            progress: a tqdm bar with the running loss (None: automatic).
+
+        Returns:
+            The vector at the step of lowest batch loss, with ``.history`` (one dict per
+            step: ``loss``, ``grad_norm``, ``lr``, ``ce``, and ``margin`` with negatives)
+            and the run's settings in ``info.training``. Ctrl-C stops between (or within)
+            steps and returns the best vector so far with a `TrainingInterrupted`
+            warning.
+
+        Raises:
+            InvalidTypeError, InvalidArgumentError: bad arguments (empty or unequal
+                lists, a prompt or completion with no token, a non-positive lr...).
+            OutOfRangeError: a layer outside the model.
+            ContextLengthError: a prompt plus completion longer than the context.
+            KeyboardInterrupt: Ctrl-C before the first step finished.
+        """
+        from steerlab.optimize import optimize_vector
+
+        return optimize_vector(
+            model,
+            prompts,
+            completions,
+            layers=layers,
+            negatives=negatives,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            positions=positions,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            init=init,
+            progress=progress,
+        )
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Trained vectors: one dict per optimiser step (at least ``loss``); else []."""
+        return [dict(r) for r in self._info.history]
+
+    def plot_history(self, ax: Any = None) -> Any:
+        """The loss curve of a trained vector (matplotlib Figure; needs matplotlib).
+
+        Raises:
+            InvalidArgumentError: the vector has no training history.
+        """
+        from steerlab.plots import plot_loss
+
+        if not self._info.history:
+            raise InvalidArgumentError(
+                f"this vector (method {self._info.method!r}) has no training history"
+            )
+        return plot_loss(self._info.history, ax=ax, title=f"{self._info.method} vector")
 
     @classmethod
     def mean_centring(

@@ -72,7 +72,7 @@ fn extract_batch(batch: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u32>>> {
         .collect()
 }
 
-fn extract_positions(p: &Bound<'_, PyAny>) -> PyResult<Positions> {
+pub(super) fn extract_positions(p: &Bound<'_, PyAny>) -> PyResult<Positions> {
     if let Ok(s) = p.cast::<PyString>() {
         return Ok(Positions::parse(&s.to_cow()?)?);
     }
@@ -237,7 +237,7 @@ fn gen_params(
 /// A loaded model: immutable, shared between threads.
 #[pyclass(frozen, name = "Model", module = "steerlab._core")]
 pub struct PyModel {
-    inner: Arc<Model>,
+    pub(super) inner: Arc<Model>,
 }
 
 #[pymethods]

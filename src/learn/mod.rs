@@ -16,3 +16,4 @@ pub mod batches;
 mod fused;
 pub mod losses;
 pub mod trainer;
+pub mod vector;

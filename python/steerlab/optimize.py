@@ -1,0 +1,180 @@
+"""Optimised steering vectors: an additive vector per layer trained by gradient descent
+through the frozen model (`SteeringVector.optimize`).
+
+The objective follows AxBench's trained-vector baseline (Wu et al. 2025, the ReFT-r1 /
+RePS family) and activation scaling's SteerVec baseline (Stoehr et al. 2024): maximise
+the steered model's log-likelihood of target completions given their prompts; with
+negatives, prefer the target over the negative completion (``softplus(-(lp+ - lp-))``
+on the mean log-probability per token, the bounded preference form of RePS / BiPO).
+The engine trains through the model as loaded, so the default quantized GGUF works
+(frozen quantized weights, trainable vector). See `steerlab._core.VectorTrainer`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from steerlab import _args, _core
+from steerlab._layers import check_positions
+from steerlab._progress import progress_bar
+from steerlab.errors import InvalidArgumentError, InvalidTypeError
+
+if TYPE_CHECKING:
+    from steerlab.model import Model
+    from steerlab.vectors import SteeringVector
+
+__all__ = ["TrainingInterrupted", "optimize_vector", "tokenize_pairs"]
+
+
+class TrainingInterrupted(UserWarning):
+    """Ctrl-C stopped a training loop; the result holds the best parameters so far."""
+
+
+def tokenize_pairs(
+    model: Model, prompts: Sequence[str], completions: Sequence[str], what: str
+) -> list[tuple[list[int], int]]:
+    """``(prompt ids + completion ids, len(prompt ids))`` per pair: the prompt encoded
+    as `Model.encode` does (special tokens added as the model's tokenizer adds them), the
+    completion without special tokens.
+
+    Raises:
+        InvalidTypeError: not lists of str.
+        InvalidArgumentError: lists of different lengths, an empty list, a prompt or
+            completion that encodes to no token.
+    """
+    ps, _ = _args.texts(prompts, "prompts")
+    cs, _ = _args.texts(completions, what)
+    if len(ps) != len(cs):
+        raise InvalidArgumentError(
+            f"{len(ps)} prompts but {len(cs)} {what}; expected one per prompt"
+        )
+    if not ps:
+        raise InvalidArgumentError("prompts is empty; expected at least one training pair")
+    out = []
+    for i, (p, c) in enumerate(zip(ps, cs, strict=True)):
+        pi = model.encode(p)
+        ci = model.encode(c, add_special_tokens=False)
+        if not pi or not ci:
+            side = "prompt" if not pi else f"{what[:-1]}"
+            raise InvalidArgumentError(
+                f"pair {i}: the {side} encodes to no token; expected some text"
+            )
+        out.append((pi + ci, len(pi)))
+    return out
+
+
+def optimize_vector(
+    model: Model,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    layers: int | Iterable[int],
+    negatives: Sequence[str] | None = None,
+    steps: int = 100,
+    lr: float = 1e-2,
+    batch_size: int = 8,
+    seed: int = 0,
+    positions: Any = "all",
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = 1.0,
+    init: SteeringVector | None = None,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """See `SteeringVector.optimize` (this is its body)."""
+    from steerlab.model import Model
+    from steerlab.vectors import SteeringVector, VectorInfo, _hash_texts, _layer_list, _now
+
+    if not isinstance(model, Model):
+        raise InvalidTypeError(f"model must be a steerlab.Model, got {type(model).__name__}")
+    wanted = _layer_list(model, layers)
+    n_steps = _args.integer(steps, "steps", minimum=1)
+    size = _args.integer(batch_size, "batch_size", minimum=1)
+    rate = _args.real(lr, "lr", above=0.0)
+    decay = _args.real(weight_decay, "weight_decay", minimum=0.0)
+    clip = None if max_grad_norm is None else _args.real(max_grad_norm, "max_grad_norm", above=0.0)
+    seed_v = _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
+    pos = check_positions(positions)
+    examples = tokenize_pairs(model, prompts, completions, "completions")
+    negs = None
+    if negatives is not None:
+        negs = tokenize_pairs(model, prompts, negatives, "negatives")
+    start = None
+    if init is not None:
+        if not isinstance(init, SteeringVector):
+            raise InvalidTypeError(
+                f"init must be a SteeringVector or None, got {type(init).__name__}"
+            )
+        init.check_model(model)
+        missing = [layer for layer in wanted if layer not in init.vectors]
+        if missing:
+            raise InvalidArgumentError(f"init has no vector for layer(s) {missing}")
+        start = [np.asarray(init.vectors[layer], dtype=np.float32).tolist() for layer in wanted]
+    trainer = _core.VectorTrainer(
+        model._core,
+        examples,
+        wanted,
+        negatives=negs,
+        positions=pos,
+        lr=rate,
+        weight_decay=decay,
+        max_grad_norm=clip,
+        batch_size=size,
+        seed=seed_v,
+        init=start,
+    )
+    bar = progress_bar(progress, n_steps, 1, "optimize", "step")
+    interrupted = False
+    try:
+        for _ in range(n_steps):
+            rec = trainer.step()
+            bar.update(1)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    history = trainer.history
+    if interrupted:
+        warnings.warn(
+            f"optimize stopped by Ctrl-C after {len(history)} of {n_steps} steps; the "
+            f"vector holds the parameters of the lowest batch loss so far",
+            TrainingInterrupted,
+            stacklevel=3,
+        )
+        if not history:
+            raise KeyboardInterrupt
+    best = trainer.best
+    texts = list(prompts) + list(completions) + list(negatives or [])
+    info = VectorInfo(
+        d_model=model.d_model,
+        fingerprint=model.fingerprint,
+        arch=model.arch,
+        n_layers=model.n_layers,
+        method="optimized",
+        position=None,
+        dataset=None,
+        dataset_hash=_hash_texts(texts),
+        n_samples=len(examples),
+        created=_now(),
+        history=[{k: float(v) for k, v in r.items()} for r in history],
+        training={
+            "objective": "preference" if negs else "likelihood",
+            "steps": n_steps,
+            "steps_done": len(history),
+            "lr": rate,
+            "batch_size": size,
+            "seed": seed_v,
+            "weight_decay": decay,
+            "max_grad_norm": clip,
+            "best_step": None if best is None else best[0],
+            "best_loss": None if best is None else best[1],
+            "interrupted": interrupted,
+        },
+    )
+    dirs = dict(trainer.vectors(best=True))
+    return SteeringVector(dirs, info, positions=pos)

@@ -1,0 +1,351 @@
+//! Optimised steering vectors: one additive vector per layer, trained so that the
+//! steered, frozen model gives target completions high likelihood.
+//!
+//! This is the trained-vector baseline of AxBench (Wu et al. 2025; the ReFT-r1 / RePS
+//! family) and the SteerVec baseline of activation scaling (Stoehr et al. 2024): the
+//! parameters are the vectors `v_l` added at `resid_post[l]`; the loss is the
+//! cross-entropy of the completion tokens given the prompt (every completion token
+//! weighs the same), or, with negatives, `softplus(-(lp+ - lp-))` averaged over the
+//! examples, where `lp±` is the mean log-probability per token of the target and the
+//! negative completion (the preference form of RePS / BiPO, bounded so the negative's
+//! probability is not driven to zero for its own sake).
+//!
+//! Frozen prefix: the blocks below the first steered layer do not depend on the vectors,
+//! so their output (the input of block `min(layers) + 1`) is computed once per example
+//! at construction, without gradients, and every step runs only the blocks above it in
+//! `Mode::Gradient`. Only the completion positions go through the final norm and the LM
+//! head.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::cancel::Cancel;
+use crate::error::{Error, Result};
+use crate::hooks::Sites;
+use crate::intervene::{Intervention, Positions, SteeringPlan};
+use crate::learn::batches::Batches;
+use crate::learn::losses;
+use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
+use crate::model::{BatchLayout, Mode, Model, NoHooks, StepCtx};
+use crate::pool::in_pool;
+
+/// One training example: `ids` = prompt tokens then completion tokens; the completion
+/// starts at `split` (1 <= split < ids.len()).
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub split: usize,
+}
+
+/// What to train and how.
+#[derive(Debug, Clone)]
+pub struct VectorConfig {
+    /// Layers (resid_post, non-negative, distinct) that get a vector each.
+    pub layers: Vec<usize>,
+    /// Where the vectors are added while training (prompt and completion tokens).
+    pub positions: Positions,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub train: TrainConfig,
+    /// Initial vectors [d_model] per layer (zeros when None).
+    pub init: Option<Vec<Vec<f32>>>,
+}
+
+/// An example with the frozen prefix's output: h [len, d] entering the first trained
+/// block.
+struct Cached {
+    ids: Vec<u32>,
+    split: usize,
+    h: Tensor,
+}
+
+/// A training run of optimised steering vectors (see the module docs).
+pub struct VectorTraining {
+    model: Arc<Model>,
+    layers: Vec<usize>,
+    positions: Positions,
+    vars: Vec<Var>,
+    trainer: Trainer,
+    batches: Batches,
+    start: usize,
+    pos: Vec<Cached>,
+    neg: Option<Vec<Cached>>,
+}
+
+fn check_examples(ex: &[Example], what: &str, max_context: usize) -> Result<()> {
+    if ex.is_empty() {
+        return Err(Error::invalid(format!(
+            "no {what}: expected at least one (prompt, completion) pair"
+        )));
+    }
+    for (i, e) in ex.iter().enumerate() {
+        if e.split == 0 || e.split >= e.ids.len() {
+            return Err(Error::invalid(format!(
+                "{what} {i}: the prompt has {} tokens and the completion {}; expected at \
+                 least one token in each",
+                e.split,
+                e.ids.len().saturating_sub(e.split)
+            )));
+        }
+        if e.ids.len() > max_context {
+            return Err(Error::ContextLength(format!(
+                "{what} {i} has {} tokens (prompt + completion), longer than the model's \
+                 context of {max_context} tokens",
+                e.ids.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl VectorTraining {
+    /// Check the data, compute the frozen prefix of every example (cancellable between
+    /// batches) and set up the vectors and the optimiser.
+    ///
+    /// Errors: `InvalidArgument` for empty data, an example without prompt or
+    /// completion, negatives whose count differs from the examples', repeated layers,
+    /// a bad `train` config or `init`; `OutOfRange` for a layer the model lacks;
+    /// `ContextLength` for an example longer than the context; `Interrupted`.
+    pub fn new(
+        model: Arc<Model>,
+        examples: Vec<Example>,
+        negatives: Option<Vec<Example>>,
+        cfg: VectorConfig,
+        cancel: &Cancel,
+    ) -> Result<Self> {
+        let n_layers = model.n_layers();
+        let d = model.d_model();
+        if cfg.layers.is_empty() {
+            return Err(Error::invalid("layers is empty; expected at least one layer"));
+        }
+        let mut sorted = cfg.layers.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::invalid(format!(
+                "layers {:?} repeat a layer; expected distinct layers",
+                cfg.layers
+            )));
+        }
+        if let Some(&l) = sorted.last().filter(|&&l| l >= n_layers) {
+            return Err(Error::out_of_range(format!(
+                "layer {l} is out of range: this model has {n_layers} layers"
+            )));
+        }
+        let ctx_len = model.cfg.max_context;
+        check_examples(&examples, "example", ctx_len)?;
+        if let Some(neg) = &negatives {
+            check_examples(neg, "negative", ctx_len)?;
+            if neg.len() != examples.len() {
+                return Err(Error::invalid(format!(
+                    "{} negatives for {} examples; expected one negative completion per \
+                     example",
+                    neg.len(),
+                    examples.len()
+                )));
+            }
+        }
+        for (i, e) in examples.iter().enumerate() {
+            cfg.positions.check(i, e.ids.len(), 0)?;
+        }
+        let init = match &cfg.init {
+            None => vec![vec![0f32; d]; cfg.layers.len()],
+            Some(v) => {
+                if v.len() != cfg.layers.len() || v.iter().any(|x| x.len() != d) {
+                    return Err(Error::shape(format!(
+                        "init has {} vectors of lengths {:?}; expected {} of length {d}",
+                        v.len(),
+                        v.iter().map(Vec::len).collect::<Vec<_>>(),
+                        cfg.layers.len()
+                    )));
+                }
+                v.clone()
+            }
+        };
+        let vars = init
+            .into_iter()
+            .map(|v| Var::from_vec(v, d, &model.device))
+            .collect::<candle_core::Result<Vec<Var>>>()?;
+        let params = cfg
+            .layers
+            .iter()
+            .zip(&vars)
+            .map(|(l, v)| (format!("resid_post.{l}"), v.clone()))
+            .collect();
+        let trainer = Trainer::new(params, cfg.train.clone())?;
+        let batches = Batches::new(examples.len(), cfg.batch_size, cfg.seed)?;
+        let start = sorted[0] + 1;
+        let chunk = cfg.batch_size.max(8);
+        let pos = in_pool(|| prefix(&model, examples, start, chunk, cancel))?;
+        let neg = match negatives {
+            Some(n) => Some(in_pool(|| prefix(&model, n, start, chunk, cancel))?),
+            None => None,
+        };
+        Ok(VectorTraining {
+            model,
+            layers: cfg.layers,
+            positions: cfg.positions,
+            vars,
+            trainer,
+            batches,
+            start,
+            pos,
+            neg,
+        })
+    }
+
+    /// One optimiser step on the next mini-batch. `Interrupted` (state unchanged) when
+    /// `cancel` is set before the update.
+    pub fn step(&mut self, cancel: &Cancel) -> Result<StepRecord> {
+        let idx = self.batches.batch(self.trainer.history().len());
+        let this = &*self;
+        let loss = in_pool(|| -> Result<(Tensor, Vec<(String, f64)>)> {
+            let (ce, lp) = this.logprobs(&this.pos, &idx, cancel)?;
+            let ce_v = ce.to_scalar::<f32>()? as f64;
+            match &this.neg {
+                None => Ok((ce, vec![("ce".into(), ce_v)])),
+                Some(neg) => {
+                    let (_, lpn) = this.logprobs(neg, &idx, cancel)?;
+                    let margin = (lp - lpn)?; // [b]
+                    let m = margin.mean_all()?.to_scalar::<f32>()? as f64;
+                    let loss = losses::logit_diff_loss(&margin)?;
+                    Ok((loss, vec![("ce".into(), ce_v), ("margin".into(), m)]))
+                }
+            }
+        });
+        let mut loss = Some(loss);
+        in_pool(|| {
+            self.trainer.step_with(|| match loss.take() {
+                Some(l) => l,
+                None => Err(Error::invalid("training step: the loss was already taken")),
+            })
+        })
+    }
+
+    /// The steered model's log-probabilities of the completions of `rows` of `data`:
+    /// the token-weighted cross-entropy (scalar) and each row's mean log-probability
+    /// per completion token [b].
+    fn logprobs(&self, data: &[Cached], rows: &[usize], cancel: &Cancel) -> Result<(Tensor, Tensor)> {
+        let m = &self.model;
+        let d = m.d_model();
+        let dev = &m.device;
+        let lens: Vec<usize> = rows.iter().map(|&i| data[i].ids.len()).collect();
+        let layout = BatchLayout::new(lens.clone());
+        let w = layout.width;
+        let mut hs = Vec::with_capacity(rows.len());
+        for (r, &i) in rows.iter().enumerate() {
+            let pad = layout.pad(r);
+            hs.push(if pad == 0 {
+                data[i].h.clone()
+            } else {
+                Tensor::cat(&[&Tensor::zeros((pad, d), DType::F32, dev)?, &data[i].h], 0)?
+            });
+        }
+        let h = Tensor::stack(&hs, 0)?; // [b, w, d]
+        let steer: Vec<Vec<Intervention>> = rows
+            .iter()
+            .map(|_| {
+                self.layers
+                    .iter()
+                    .zip(&self.vars)
+                    .map(|(&l, v)| Intervention::add(l, v.as_tensor().clone(), self.positions.clone()))
+                    .collect()
+            })
+            .collect();
+        let plan = SteeringPlan::new(&steer, &lens, 0, m.n_layers(), d, dev)?;
+        let ctx = StepCtx {
+            layout: &layout,
+            start: 0,
+            t: w,
+            mode: Mode::Gradient,
+        };
+        let mut cache = m.new_cache();
+        let mut hooks = Sites {
+            steering: Some(&plan),
+            capture: None,
+            cancel: Some(cancel),
+        };
+        let out = m.forward_blocks(h, self.start..m.n_layers(), &ctx, &mut cache, &mut hooks)?;
+        // Columns that predict a completion token, their targets and their row.
+        let (mut pick, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, &i) in rows.iter().enumerate() {
+            let (ids, split) = (&data[i].ids, data[i].split);
+            let pad = layout.pad(r);
+            for j in split - 1..ids.len() - 1 {
+                pick.push((r * w + pad + j) as u32);
+                targets.push(ids[j + 1]);
+                owner.push(r);
+            }
+        }
+        let k = pick.len();
+        let pick = Tensor::from_vec(pick, k, dev)?;
+        let sel = out.reshape((rows.len() * w, d))?.index_select(&pick, 0)?; // [k, d]
+        let logits = m.logits_all(&sel.unsqueeze(0)?, Mode::Gradient)?; // [1, k, V]
+        let v = logits.dim(2)?;
+        let logits = logits.reshape((k, 1, v))?;
+        let targets = Tensor::from_vec(targets, (k, 1), dev)?;
+        let ones = Tensor::ones((k, 1), DType::F32, dev)?;
+        let lp = losses::sequence_logprob(&logits, &targets, &ones)?; // [k]
+        let mut s = vec![0f32; rows.len() * k];
+        let mut count = vec![0usize; rows.len()];
+        owner.iter().for_each(|&r| count[r] += 1);
+        for (j, &r) in owner.iter().enumerate() {
+            s[r * k + j] = 1.0 / count[r] as f32;
+        }
+        let s = Tensor::from_vec(s, (rows.len(), k), dev)?;
+        let per_row = s.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?; // [b]
+        let ce = (lp.sum_all()? * (-1.0 / k as f64))?;
+        Ok((ce, per_row))
+    }
+
+    pub fn history(&self) -> &[StepRecord] {
+        self.trainer.history()
+    }
+
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.trainer.best()
+    }
+
+    pub fn layers(&self) -> &[usize] {
+        &self.layers
+    }
+
+    /// The vectors per layer (in `layers` order): the best ones seen (lowest batch
+    /// loss) or the current ones.
+    pub fn vectors(&self, best: bool) -> Result<Vec<Vec<f32>>> {
+        let params = if best {
+            self.trainer.best_params()?
+        } else {
+            self.trainer.current_params()?
+        };
+        params
+            .into_iter()
+            .map(|(_, t)| Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?))
+            .collect()
+    }
+}
+
+/// The output of blocks `0..start` for each example, without hooks or gradients, in
+/// padded chunks (a row's values do not depend on its batch): h [len, d] per example.
+fn prefix(model: &Model, ex: Vec<Example>, start: usize, chunk: usize, cancel: &Cancel) -> Result<Vec<Cached>> {
+    let mut out = Vec::with_capacity(ex.len());
+    for part in ex.chunks(chunk) {
+        cancel.check()?;
+        let rows: Vec<Vec<u32>> = part.iter().map(|e| e.ids.clone()).collect();
+        let (ids, layout) = model.pad_batch(&rows)?;
+        let ctx = StepCtx::prefill(&layout);
+        let mut cache = model.new_cache();
+        let h = model.embed(&ids)?;
+        let h = model.forward_blocks(h, 0..start, &ctx, &mut cache, &mut NoHooks)?; // [b, w, d]
+        for (r, e) in part.iter().enumerate() {
+            let len = e.ids.len();
+            let hr = h.get(r)?.narrow(0, layout.pad(r), len)?.contiguous()?; // [len, d]
+            out.push(Cached {
+                ids: e.ids.clone(),
+                split: e.split,
+                h: hr.detach(),
+            });
+        }
+    }
+    Ok(out)
+}
