@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -314,4 +316,45 @@ impl CustomOp2 for RowKlGrad {
 pub(crate) fn row_kl(x: &Tensor, ref_logprobs: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?
         .apply_op2(&ref_logprobs.detach().contiguous()?, RowKl)?)
+}
+
+/// For checking reference log-probabilities `[n, V]` (CPU, F32/F64) in one pass: the
+/// number of NaN values, of `+inf` values, and each row's total probability.
+pub(crate) fn ref_summary(r: &Tensor) -> Result<(usize, usize, Vec<f64>)> {
+    fn run<T: Real>(x: &[T], v: usize) -> (usize, usize, Vec<f64>) {
+        let rows: Vec<(usize, usize, f64)> = x
+            .par_chunks(v.max(1))
+            .map(|row| {
+                let (mut nan, mut inf, mut mass) = (0, 0, 0f64);
+                for &e in row {
+                    let f = e.to_f64();
+                    nan += f.is_nan() as usize;
+                    inf += (f == f64::INFINITY) as usize;
+                    mass += e.exp_().to_f64();
+                }
+                (nan, inf, mass)
+            })
+            .collect();
+        let nan = rows.iter().map(|r| r.0).sum();
+        let inf = rows.iter().map(|r| r.1).sum();
+        (nan, inf, rows.into_iter().map(|r| r.2).collect())
+    }
+    let r = r.contiguous()?;
+    let (st, l) = r.storage_and_layout();
+    let name = "steerlab-ref-summary";
+    Ok(match &*st {
+        Storage::Cpu(CpuStorage::F32(d)) => {
+            let (x, _, v) = rows_of(d, l, name)?;
+            run(x, v)
+        }
+        Storage::Cpu(CpuStorage::F64(d)) => {
+            let (x, _, v) = rows_of(d, l, name)?;
+            run(x, v)
+        }
+        _ => {
+            return Err(crate::error::Error::invalid(format!(
+                "{name}: expects F32 or F64 on the CPU"
+            )))
+        }
+    })
 }

@@ -98,6 +98,18 @@ fn composed_row_kl(x: &Tensor, r: &Tensor) -> Result<Tensor> {
     Ok((neg_entropy - cross)?.sum(1)?)
 }
 
+/// For checking reference log-probabilities `[n, V]` from candle ops (any device): the
+/// number of NaN values, of `+inf` values, and each row's total probability.
+fn composed_ref_summary(r: &Tensor) -> Result<(usize, usize, Vec<f64>)> {
+    let count = |t: Tensor| -> Result<usize> {
+        Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize)
+    };
+    let nan = count(r.ne(r)?)?;
+    let pos_inf = count(r.eq(f64::INFINITY)?)?;
+    let mass = r.exp()?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    Ok((nan, pos_inf, mass))
+}
+
 /// The masked positions of a `[b, t, V]` batch: their log-probabilities `[k]` of the
 /// targets, a `[b, k]` matrix of mask weights that sums them per row, and the mask total.
 fn masked_target_logprobs(
@@ -287,24 +299,18 @@ pub fn kl_to_reference(logits: &Tensor, ref_logprobs: &Tensor) -> Result<Tensor>
         )));
     }
     let r = ref_logprobs.detach();
-    let nan = r
-        .ne(&r)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    let pos_inf = r
-        .eq(f64::INFINITY)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    if nan > 0.0 || pos_inf > 0.0 {
+    let (nan, pos_inf, mass) = if fused::applies(&r) {
+        fused::ref_summary(&r)?
+    } else {
+        composed_ref_summary(&r)?
+    };
+    if nan > 0 || pos_inf > 0 {
         return Err(Error::invalid(format!(
             "ref_logprobs holds {nan} NaN and {pos_inf} +inf values; expected \
              log-probabilities (finite, or -inf for probability 0)"
         )));
     }
     // Each row must be a distribution: logsumexp(row) = 0.
-    let mass = r.exp()?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     if let Some((j, m)) = mass
         .iter()
         .enumerate()
@@ -687,6 +693,23 @@ mod tests {
                 grad_of(&|x| fused::row_kl(x, &r)),
                 grad_of(&|x| composed_row_kl(x, &r)),
             );
+            let odd = Tensor::new(
+                &[
+                    [f64::NAN, 0.0, f64::INFINITY],
+                    [f64::NEG_INFINITY, 0.0, 0.5],
+                ],
+                &CPU,
+            )
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+            let (a, b) = (
+                fused::ref_summary(&odd).unwrap(),
+                composed_ref_summary(&odd).unwrap(),
+            );
+            assert_eq!((a.0, a.1, b.0, b.1), (1, 1, 1, 1));
+            assert!(a.2[0].is_nan() && b.2[0].is_nan());
+            assert!((a.2[1] - b.2[1]).abs() < 1e-6 && (a.2[1] - (1.0 + 0.5f64.exp())).abs() < 1e-6);
         }
     }
 }
