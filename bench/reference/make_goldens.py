@@ -7,6 +7,11 @@ What it writes (paths relative to the repository root):
   tests/goldens/{smollm2,gemma3}_config.json      transformers config as built from the GGUF
   tests/fixtures/tiny_{llama,qwen2,gemma3}/       tiny random HF checkpoints + tokenizer
   tests/goldens/tiny_{llama,qwen2,gemma3}.json / .npz
+  tests/goldens/sites_{name}.json / .npz          with --sites, and then only these: the
+                                                  component sites of every block (embed,
+                                                  attn_out, mlp_out, resid_mid, resid_post)
+                                                  for one prompt (SITE_HOOKS says which hook
+                                                  reads each)
 
 How the reference is computed:
   * GGUF models are loaded with
@@ -42,7 +47,7 @@ Deterministic: fixed seeds, CPU, float32. Run twice and compare the printed hash
 Requirements (reference venv only, never CI): see bench/reference/requirements.txt.
 Usage:
   /work/refenv/bin/python bench/reference/make_goldens.py [--smollm2 PATH] [--gemma3 PATH]
-      [--only NAME ...] [--goldens DIR] [--fixtures DIR]
+      [--only NAME ...] [--goldens DIR] [--fixtures DIR] [--sites]
 """
 
 from __future__ import annotations
