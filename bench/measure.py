@@ -17,7 +17,9 @@ Tasks are named ``TOOL:WORKLOAD``:
   API of llama-cpp-python);
 - workloads: ``w1`` capture of the residual stream after every block at the last
   position, ``w2`` steered greedy decode at batch 1, ``w3`` batched steered
-  generation, with suffixes for batch sizes and the variants used to measure overhead.
+  generation, with suffixes for batch sizes and the variants used to measure overhead;
+  ``w5`` one training step of a steering vector (tools ``torch``, ``steerlab-f32``,
+  ``steerlab-q4``; the work is done by ``bench/w5_train_{torch,steerlab}.py``).
 
 Besides those: ``prepare`` (token sequences, vectors, parameter count), ``hf-cache``
 (saves the transformers model dequantized from the GGUF file as safetensors, so that
@@ -741,6 +743,33 @@ def check_llama(work: Path) -> dict[str, Any]:
     return out
 
 
+# -- W5: one training step of a steering vector (bench/w5_*.py) ---------------------------
+
+
+def task_w5(work: Path, tool: str, quick: bool) -> dict[str, Any]:
+    """One W5 process: ``w5_train_torch.run`` (f32 weights from the ``hf-cache``
+    safetensors copy of the GGUF file) or ``w5_train_steerlab.run`` (the GGUF file, f32 or
+    kept quantized). ``seconds`` is the median step; ``tokens`` the 8 x 64 batch."""
+    spec, _ = load_spec(work)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    steps = 1 if quick else 5
+    if tool == "torch":
+        import w5_train_torch
+
+        cache = work / "hf-cache"
+        return w5_train_torch.run(
+            gguf=None if cache.exists() else spec["model_path"],
+            hf_dir=str(cache) if cache.exists() else None,
+            steps=steps,
+        )
+    if tool in ("steerlab-f32", "steerlab-q4"):
+        import w5_train_steerlab
+
+        dtype = "f32" if tool == "steerlab-f32" else "auto"
+        return w5_train_steerlab.run(spec["model_path"], dtype=dtype, steps=steps)
+    raise SystemExit(f"no W5 for tool {tool!r}")
+
+
 # -- entry point --------------------------------------------------------------------------
 
 
@@ -760,6 +789,8 @@ def run_task(task: str, work: Path, quick: bool) -> dict[str, Any]:
             "transformers": lambda: check_transformers(work),
             "llama": lambda: check_llama(work),
         }[workload]()
+    if workload == "w5":
+        return task_w5(work, tool, quick)
     if tool in ("steerlab-q4", "steerlab-f32"):
         return task_steerlab(work, "auto" if tool == "steerlab-q4" else "f32", workload)
     if tool in ("hf", "sv", "repeng"):

