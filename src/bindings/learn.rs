@@ -117,7 +117,11 @@ impl PyVectorTrainer {
 
     /// ``{layer: float32 vector}``: the best (lowest batch loss) or the current values.
     #[pyo3(signature = (best = true))]
-    fn vectors<'py>(&self, py: Python<'py>, best: bool) -> PyResult<Vec<(usize, Bound<'py, PyArray1<f32>>)>> {
+    fn vectors<'py>(
+        &self,
+        py: Python<'py>,
+        best: bool,
+    ) -> PyResult<Vec<(usize, Bound<'py, PyArray1<f32>>)>> {
         let (layers, vs) = self.with(|t| Ok((t.layers().to_vec(), t.vectors(best)?)))?;
         Ok(layers
             .into_iter()

@@ -117,7 +117,9 @@ impl VectorTraining {
         let n_layers = model.n_layers();
         let d = model.d_model();
         if cfg.layers.is_empty() {
-            return Err(Error::invalid("layers is empty; expected at least one layer"));
+            return Err(Error::invalid(
+                "layers is empty; expected at least one layer",
+            ));
         }
         let mut sorted = cfg.layers.clone();
         sorted.sort_unstable();
@@ -225,7 +227,12 @@ impl VectorTraining {
     /// The steered model's log-probabilities of the completions of `rows` of `data`:
     /// the token-weighted cross-entropy (scalar) and each row's mean log-probability
     /// per completion token [b].
-    fn logprobs(&self, data: &[Cached], rows: &[usize], cancel: &Cancel) -> Result<(Tensor, Tensor)> {
+    fn logprobs(
+        &self,
+        data: &[Cached],
+        rows: &[usize],
+        cancel: &Cancel,
+    ) -> Result<(Tensor, Tensor)> {
         let m = &self.model;
         let d = m.d_model();
         let dev = &m.device;
@@ -248,7 +255,9 @@ impl VectorTraining {
                 self.layers
                     .iter()
                     .zip(&self.vars)
-                    .map(|(&l, v)| Intervention::add(l, v.as_tensor().clone(), self.positions.clone()))
+                    .map(|(&l, v)| {
+                        Intervention::add(l, v.as_tensor().clone(), self.positions.clone())
+                    })
                     .collect()
             })
             .collect();
@@ -327,7 +336,13 @@ impl VectorTraining {
 
 /// The output of blocks `0..start` for each example, without hooks or gradients, in
 /// padded chunks (a row's values do not depend on its batch): h [len, d] per example.
-fn prefix(model: &Model, ex: Vec<Example>, start: usize, chunk: usize, cancel: &Cancel) -> Result<Vec<Cached>> {
+fn prefix(
+    model: &Model,
+    ex: Vec<Example>,
+    start: usize,
+    chunk: usize,
+    cancel: &Cancel,
+) -> Result<Vec<Cached>> {
     let mut out = Vec::with_capacity(ex.len());
     for part in ex.chunks(chunk) {
         cancel.check()?;
