@@ -67,11 +67,13 @@ impl Embedding {
     }
 }
 
-/// A frozen projection y = x · Wᵀ with W [out, in]; differentiable with respect to x
-/// (every variant), never with respect to W.
+/// A projection y = x · Wᵀ with W [out, in]; differentiable with respect to x (every
+/// variant). W is frozen (gets no gradient) unless it is a dense weight that tracks
+/// gradients itself (a candle `Var`): that one runs through candle's matmul.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    /// f32 weights: the `gemm` crate on the CPU, candle's matmul on other devices.
+    /// f32 weights: the `gemm` crate on the CPU, candle's matmul on other devices and
+    /// for a weight that is trained.
     Dense(Tensor),
     /// GGUF blocks repacked for steerlab's CPU kernels (`crate::kernels`): 8-bit
     /// activation blocks and integer dots, batch-invariant by construction.
@@ -107,9 +109,9 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let op = match self {
-            Linear::Dense(w) if w.device().is_cpu() => Frozen::Dense(w.clone()),
-            // Off the CPU: candle's matmul (its backward also forms a weight gradient,
-            // which nothing reads).
+            Linear::Dense(w) if w.device().is_cpu() && !w.track_op() => Frozen::Dense(w.clone()),
+            // Off the CPU, and a weight that is itself trained (a `Var`, or computed from
+            // one): candle's matmul, whose backward also gives the weight its gradient.
             Linear::Dense(w) => {
                 let w = match *xs.dims() {
                     [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
