@@ -26,6 +26,7 @@
 //!   most sum over blocks of (d_x / 2) * sum |w| (rounding the activations), plus f32
 //!   rounding; the unit tests check that bound.
 
+pub mod dense;
 pub mod formats;
 pub mod scalar;
 pub mod vecops;

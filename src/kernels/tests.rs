@@ -310,6 +310,53 @@ fn bad_shapes_are_errors() {
     assert!(ql.forward(&[0.0; 64], 1, &mut y[..7]).is_err());
 }
 
+/// The input gradient of a packed weight, dL/dx = g · W (W dequantized in blocks of
+/// `GRAD_BLOCK_ROWS` rows), against an f64 reference on the dequantized weight; the dense
+/// one likewise; shapes refused.
+#[test]
+fn grad_input_matches_dequantized_reference() {
+    for &(dt, fmt) in CASES {
+        // n spans two backward blocks and a partial one.
+        for (n, k) in [
+            (13, fmt.block_len()),
+            (2 * dense::GRAD_BLOCK_ROWS + 5, 2 * fmt.block_len()),
+        ] {
+            let (raw, deq) = weight(dt, n, k, 3);
+            let ql = QLinear::from_gguf(fmt, &raw, n, k).unwrap();
+            let mut rows = vec![0f32; 3 * k];
+            ql.dequantize_rows(n - 3, &mut rows).unwrap();
+            assert_eq!(rows, deq[(n - 3) * k..]);
+            for m in [0usize, 1, 6] {
+                let g = values(m * n, 4);
+                let gq = ql.grad_input(&g, m).unwrap();
+                let gd = dense::grad_input(&g, &deq, m, n, k).unwrap();
+                assert_eq!((gq.len(), gd.len()), (m * k, m * k));
+                for i in 0..m * k {
+                    let (r, c) = (i / k, i % k);
+                    let want: f64 = (0..n)
+                        .map(|j| g[r * n + j] as f64 * deq[j * k + c] as f64)
+                        .sum();
+                    let tol = 1e-5 * (1.0 + want.abs()) * (n as f64).sqrt();
+                    for (name, got) in [("packed", gq[i]), ("dense", gd[i])] {
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "{} [{n}, {k}] m={m} {name}: {got} vs {want}",
+                            fmt.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let (raw, deq) = weight(GgmlDType::Q4_1, 8, 64, 1);
+    let ql = QLinear::from_gguf(Format::Q4_1, &raw, 8, 64).unwrap();
+    assert!(ql.grad_input(&[0.0; 7], 1).is_err());
+    assert!(ql.dequantize_rows(6, &mut [0.0; 3 * 64]).is_err());
+    assert!(ql.dequantize_rows(0, &mut [0.0; 65]).is_err());
+    assert!(dense::grad_input(&[0.0; 8], &deq[1..], 1, 8, 64).is_err());
+    assert!(dense::matmul_t(&[0.0; 63], &deq, 1, 8, 64).is_err());
+}
+
 /// Throughput against candle's f32 matmul on the dequantized weights (not a test):
 /// `cargo test --release --lib kernels::tests::throughput -- --ignored --nocapture`
 #[test]

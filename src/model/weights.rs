@@ -5,14 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Tensor};
 
 use super::config::Arch;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{self, QLinear};
+
+mod linear;
+pub use linear::{Embedding, Linear};
 
 /// `auto` keeps GGUF weights quantized; `f32` dequantizes everything (exact path,
 /// differentiable w.r.t. activations and intervention parameters).
@@ -37,218 +39,6 @@ impl WeightDtype {
             WeightDtype::Auto => "auto",
             WeightDtype::F32 => "f32",
         }
-    }
-}
-
-/// A token embedding table: quantized rows are dequantized on lookup.
-#[derive(Debug, Clone)]
-pub enum Embedding {
-    /// Repacked for the CPU kernels; the tied output projection shares it.
-    Packed(Arc<QLinear>),
-    Quantized(Arc<QTensor>),
-    Dense(Tensor),
-}
-
-impl Embedding {
-    /// ids [b, t] u32 -> [b, t, d] f32
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Embedding::Packed(q) => {
-                let (b, t) = ids.dims2()?;
-                let d = q.k();
-                let flat = ids.flatten_all()?.to_vec1::<u32>()?;
-                let mut out = vec![0f32; flat.len() * d];
-                for (&id, row) in flat.iter().zip(out.chunks_exact_mut(d)) {
-                    q.dequantize_row(id as usize, row).map_err(|_| {
-                        Error::out_of_range(format!(
-                            "token id {id} is out of range for a vocabulary of {}",
-                            q.n()
-                        ))
-                    })?;
-                }
-                Tensor::from_vec(out, (b, t, d), ids.device())?
-            }
-            Embedding::Quantized(q) => q.embedding(ids)?,
-            Embedding::Dense(w) => {
-                let (b, t) = ids.dims2()?;
-                let flat = ids.flatten_all()?;
-                let d = w.dim(1)?;
-                w.index_select(&flat, 0)?.reshape((b, t, d))?
-            }
-        })
-    }
-
-    /// The same table as an output projection (tied embeddings).
-    pub fn as_linear(&self) -> Result<Linear> {
-        Ok(match self {
-            Embedding::Packed(q) => Linear::Packed(q.clone()),
-            Embedding::Quantized(q) => Linear::Candle(QMatMul::from_arc(q.clone())?),
-            Embedding::Dense(w) => Linear::Dense(w.clone()),
-        })
-    }
-}
-
-/// A projection y = x · Wᵀ with W [out, in].
-#[derive(Debug, Clone)]
-pub enum Linear {
-    /// f32 weights: candle's matmul (the `gemm` crate), differentiable.
-    Dense(Tensor),
-    /// GGUF blocks repacked for steerlab's CPU kernels (`crate::kernels`): 8-bit
-    /// activation blocks and integer dots, batch-invariant by construction.
-    Packed(Arc<QLinear>),
-    /// candle's quantized matmul: CUDA, and the formats the CPU kernels do not cover.
-    Candle(QMatMul),
-}
-
-impl Linear {
-    /// Keep GGUF blocks on the CPU kernels when they cover the format, else candle's.
-    fn quantized(q: QTensor) -> Result<Linear> {
-        if q.device().is_cpu() {
-            if let Some(fmt) = kernels::format_of(q.dtype()) {
-                let (n, k) = q.shape().dims2()?;
-                let raw = q.data()?;
-                return Ok(Linear::Packed(Arc::new(QLinear::from_gguf(
-                    fmt, &raw, n, k,
-                )?)));
-            }
-        }
-        Ok(Linear::Candle(QMatMul::from_qtensor(q)?))
-    }
-}
-
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            // Inference on the CPU: the same GEMM call candle makes, without candle's
-            // per-call thread-count lookup (which parses /proc/cpuinfo every time).
-            Linear::Dense(w) if !xs.track_op() && xs.device().is_cpu() => {
-                xs.contiguous()?.apply_op1_no_bwd(&DenseMatMul(w.clone()))
-            }
-            Linear::Dense(w) => {
-                let w = match *xs.dims() {
-                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
-                    [bsize, _, _] => w.broadcast_left(bsize)?.t()?,
-                    _ => w.t()?,
-                };
-                xs.matmul(&w)
-            }
-            Linear::Packed(q) => xs.contiguous()?.apply_op1_no_bwd(&PackedMatMul(q.clone())),
-            Linear::Candle(m) => m.forward(xs),
-        }
-    }
-}
-
-/// `Linear::Dense` without gradients on the CPU: y = x · Wᵀ by the `gemm` crate with the
-/// arguments candle's CPU matmul passes it (so the same results), threads from rayon.
-struct DenseMatMul(Tensor);
-
-impl CustomOp1 for DenseMatMul {
-    fn name(&self) -> &'static str {
-        "steerlab-dense-matmul"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("dense matmul expects f32 activations, got {:?}", s.dtype())
-        };
-        let Some((o0, o1)) = l.contiguous_offsets() else {
-            candle_core::bail!("dense matmul expects contiguous activations")
-        };
-        let (n, k) = self.0.dims2()?;
-        let dims = l.shape().dims();
-        if dims.last().copied() != Some(k) {
-            candle_core::bail!(
-                "dense matmul: activations {dims:?}, the weight expects {k} features"
-            )
-        }
-        let x = &data[o0..o1];
-        let m = x.len() / k.max(1);
-        let (ws, wl) = self.0.storage_and_layout();
-        let candle_core::Storage::Cpu(CpuStorage::F32(wd)) = &*ws else {
-            candle_core::bail!("dense matmul expects an f32 CPU weight")
-        };
-        let Some((w0, w1)) = wl.contiguous_offsets() else {
-            candle_core::bail!("dense matmul expects a contiguous weight")
-        };
-        let w = &wd[w0..w1];
-        let mut y = vec![0f32; m * n];
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        if m > 0 && n > 0 && k > 0 && w.len() == n * k && x.len() == m * k {
-            // SAFETY: dst is m x n (row stride n), lhs m x k (row stride k), rhs is Wᵀ read
-            // from the n x k row-major W (column stride k, row stride 1); lengths checked.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    y.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            }
-        }
-        let mut out = dims.to_vec();
-        if let Some(last) = out.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(out)))
-    }
-}
-
-/// `Linear::Packed` as a candle op: reads the activations in place, writes y.
-struct PackedMatMul(Arc<QLinear>);
-
-impl CustomOp1 for PackedMatMul {
-    fn name(&self) -> &'static str {
-        "steerlab-packed-matmul"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = &self.0;
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!(
-                "quantized matmul expects f32 activations, got {:?}",
-                s.dtype()
-            )
-        };
-        let Some((o0, o1)) = l.contiguous_offsets() else {
-            candle_core::bail!("quantized matmul expects contiguous activations")
-        };
-        let dims = l.shape().dims();
-        let k = dims.last().copied().unwrap_or(0);
-        if k != q.k() {
-            candle_core::bail!(
-                "quantized matmul: activations have {k} features, the weight expects {}",
-                q.k()
-            )
-        }
-        let m = l.shape().elem_count() / k;
-        let mut y = vec![0f32; m * q.n()];
-        q.forward(&data[o0..o1], m, &mut y)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let mut out = dims.to_vec();
-        if let Some(last) = out.last_mut() {
-            *last = q.n();
-        }
-        Ok((CpuStorage::F32(y), Shape::from(out)))
     }
 }
 
