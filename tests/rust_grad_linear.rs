@@ -16,7 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, Var};
 use steerlab::kernels::{self, QLinear};
 use steerlab::model::weights::Linear;
-use steerlab::model::{BatchLayout, Model, Sites, StepCtx, WeightDtype};
+use steerlab::model::{BatchLayout, Mode, Model, NoHooks, StepCtx, WeightDtype};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -296,17 +296,13 @@ fn embed_grad(m: &Model, ids: &[u32]) -> Vec<f32> {
         layout: &layout,
         start: 0,
         t: ids.len(),
+        mode: Mode::Gradient,
     };
     let mut cache = m.new_cache();
     let out = m
-        .forward_embeds(
-            h.as_tensor().clone(),
-            &ctx,
-            &mut cache,
-            &mut Sites::default(),
-        )
+        .forward_embeds(h.as_tensor().clone(), &ctx, &mut cache, &mut NoHooks)
         .unwrap();
-    let logits = m.logits_last(&out).unwrap(); // [1, vocab]
+    let logits = m.logits_last(&out, Mode::Gradient).unwrap(); // [1, vocab]
     let mx = logits.max_keepdim(1).unwrap().detach();
     let lse = (logits
         .broadcast_sub(&mx)
