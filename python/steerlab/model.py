@@ -1,8 +1,16 @@
 """`Model`: load a language model, read its residual stream, generate with steering.
 
 The heavy lifting happens in the Rust extension (`steerlab._core`), which runs each whole
-batch with the GIL released. This module checks arguments, tokenizes, batches, turns
-steering arguments into per-row data, and decodes what comes back.
+batch with the GIL released. This module holds the `Model` class and its public methods;
+what they do besides plumbing lives in private modules by concern:
+
+- `steerlab._checks`: dtype, device, layers and capture position;
+- `steerlab._sampling`: generation settings, stop strings, streaming text;
+- `steerlab._batches`: tokenizing inputs and the batch loops (progress, error numbering);
+- `steerlab._active`: which steering a call applies (``with model.steering(...)``);
+- `steerlab._chat`: the checks around chat templates (`steerlab.templates` renders);
+- `steerlab._hub`: the Hugging Face Hub download of `Model.from_pretrained`;
+- `steerlab.catalog`: where the embedded default model lives.
 """
 
 from __future__ import annotations
@@ -10,33 +18,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _args, _batches, _chat, _core, _hub
+from steerlab import _active, _args, _batches, _chat, _core, _hub
 from steerlab._checks import check_device, check_dtype, check_layers, check_position
 from steerlab._sampling import Sampling, cut_at_stop, stream
 from steerlab.catalog import default_model_path
-from steerlab.errors import (
-    InvalidArgumentError,
-    InvalidTypeError,
-    OutOfRangeError,
-    SteerlabError,
-)
-from steerlab.steering import PreparedSteering, Row, prepare
+from steerlab.errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
 
 __all__ = ["Model"]
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]
-
-# Steering set by `Model.steering(...)`, per model, for the current thread / task.
-# The mapping is never mutated: entering a block sets a copy with one entry changed.
-_ACTIVE: ContextVar[Mapping[int, PreparedSteering | None] | None] = ContextVar(
-    "steerlab_active_steering", default=None
-)
 
 # `steerlab.vectors` imports the capture-position check under this name.
 _check_position = check_position
@@ -305,37 +300,8 @@ class Model:
             InvalidTypeError, ShapeError, InvalidArgumentError: an invalid steering
                 (checked on entry; the width is checked by each call).
         """
-        if steering is not None:
-            self._check_compatible(steering)
-        prepared = prepare(steering)
-        active = dict(_ACTIVE.get() or {})
-        active[id(self)] = prepared
-        token = _ACTIVE.set(active)
-        try:
+        with _active.steering(self, steering):
             yield
-        finally:
-            _ACTIVE.reset(token)
-
-    def _rows(self, steering: Any, n_rows: int) -> list[Row] | None:
-        if steering is None:
-            prepared = (_ACTIVE.get() or {}).get(id(self))
-        else:
-            self._check_compatible(steering)
-            prepared = prepare(steering)
-        return None if prepared is None else prepared.rows(n_rows)
-
-    def _check_compatible(self, steering: Any) -> None:
-        """Let vectors that know their model (e.g. `SteeringVector`) check this one."""
-        items = steering if isinstance(steering, list | tuple) else [steering]
-        for i, item in enumerate(items):
-            check = getattr(item, "check_model", None)
-            if callable(check):
-                try:
-                    check(self)
-                except SteerlabError as exc:
-                    if len(items) > 1 or isinstance(steering, list | tuple):
-                        raise type(exc)(f"steering[{i}]: {exc}") from None
-                    raise
 
     def _resolve_layer(self, layer: int) -> int:
         """A layer index (negative: from the end) -> 0..n_layers-1.
@@ -429,7 +395,7 @@ class Model:
         layer_list = check_layers(layers)
         reduce = check_position(position)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
+        rows = _active.rows(self, steering, len(items))
         ids = _batches.encode(self._core, items, "texts")
         return _batches.capture(self._core, ids, layer_list, reduce, rows, batch_size, progress)
 
@@ -457,7 +423,7 @@ class Model:
         """
         items, _ = _args.texts(texts, "texts")
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
+        rows = _active.rows(self, steering, len(items))
         ids = _batches.encode(self._core, items, "texts")
         return _batches.logits(self._core, ids, rows, batch_size, progress)
 
@@ -486,7 +452,7 @@ class Model:
         """
         items, _ = _args.texts(texts, "texts")
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
+        rows = _active.rows(self, steering, len(items))
         ids = _batches.encode(self._core, items, "texts")
         return _batches.token_logprobs(self._core, ids, rows, batch_size, progress)
 
@@ -677,7 +643,7 @@ class Model:
         ignore_eos = _args.flag(ignore_eos, "ignore_eos")
         sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
+        rows = _active.rows(self, steering, len(items))
         ids = _batches.encode(self._core, items, "prompts")
         if sampling.max_new_tokens == 0:
             new_ids: list[list[int]] = [[] for _ in ids]
@@ -730,7 +696,7 @@ class Model:
             )
         _args.text(prompt, "prompt")
         sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        rows = self._rows(steering, 1)
+        rows = _active.rows(self, steering, 1)
         ids = _batches.encode(self._core, [prompt], "prompts")
         if sampling.max_new_tokens == 0:
             return iter(())
