@@ -15,7 +15,7 @@ Layer ``i`` is the residual stream after decoder block ``i`` (Hugging Face
 ``hidden_states[i + 1]``); negative indices count from the end.
 """
 
-from steerlab import datasets, evaluate, models, plots
+from steerlab import catalog, datasets, evaluate, models, plots
 from steerlab._core import __version__
 from steerlab._progress import set_progress
 from steerlab.contrast import PROMPT_TYPES, ContrastPair, ContrastPairs
@@ -61,6 +61,7 @@ __all__ = [
     "TokenizerError",
     "UnsupportedModelError",
     "__version__",
+    "catalog",
     "datasets",
     "diagnose",
     "evaluate",

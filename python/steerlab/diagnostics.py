@@ -20,15 +20,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _core
+from steerlab import _core, plots
+from steerlab.contrast import ContrastPairs
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
-from steerlab.vectors import METHODS, SteeringVector, VectorInfo, _layer_list, capture_pairs
+from steerlab.vectors import (
+    METHODS,
+    SteeringVector,
+    VectorInfo,
+    _layer_list,
+    _now,
+    capture_pairs,
+    residual_norms,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from steerlab.contrast import ContrastPairs
     from steerlab.model import Model
 
 __all__ = ["DiagnosisReport", "LayerDiagnosis", "diagnose"]
@@ -181,8 +189,6 @@ class DiagnosisReport:
             dirs[layer] = d
             if score is not None:
                 scores[layer] = float(score)
-        from steerlab.vectors import _now, residual_norms
-
         info = VectorInfo(
             d_model=self.model.d_model,
             fingerprint=self.model.fingerprint,
@@ -202,9 +208,7 @@ class DiagnosisReport:
     def plot(self, layer: int | None = None) -> Figure:
         """Layer sweep of mean cosine and d', the per-pair cosine histogram and the
         projections at `layer` (default: the recommended one). Needs matplotlib."""
-        from steerlab.plots import plot_diagnosis
-
-        return plot_diagnosis(self, layer)
+        return plots.plot_diagnosis(self, layer)
 
 
 def diagnose(
@@ -234,8 +238,6 @@ def diagnose(
             identical activations.
         OutOfRangeError: a layer outside the model.
     """
-    from steerlab.contrast import ContrastPairs
-
     if not isinstance(pairs, ContrastPairs):
         raise InvalidTypeError(
             f"pairs must be a steerlab.ContrastPairs, got {type(pairs).__name__}"

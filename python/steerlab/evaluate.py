@@ -10,21 +10,35 @@
   cosines, separability and steerability side by side.
 - `steered_generations`: free generation under several steerings at once (one batch,
   one row per prompt and steering), scored for landing on a topic and for fluency
-  (perplexity of the continuation under the unsteered model).
+  (perplexity of the continuation under the unsteered model); defined in
+  ``steerlab._generations``, re-exported here.
+- `reliability_table`: per behaviour, the diagnostics of its vector at the recommended
+  layer next to its steerability, and how well the first predict the second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _core
+from steerlab import _core, plots
+from steerlab._generations import GenerationReport, steered_generations
 from steerlab._progress import progress_bar
-from steerlab.contrast import PROMPT_TYPES, ContrastPairs, Record, as_records, render_ab
+from steerlab._stats import spearman
+from steerlab.contrast import (
+    PROMPT_TYPES,
+    ContrastPairs,
+    Record,
+    as_records,
+    matching_letter,
+    render_ab,
+)
+from steerlab.datasets import behaviour_names, load_behaviour
+from steerlab.diagnostics import DiagnosisReport, diagnose
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, TokenizerError
 from steerlab.steering import Steering
 from steerlab.vectors import SteeringVector
@@ -33,8 +47,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from steerlab.datasets import TopicSet
-    from steerlab.diagnostics import DiagnosisReport
     from steerlab.model import Model
 
 __all__ = [
@@ -49,11 +61,6 @@ __all__ = [
     "steerability",
     "steered_generations",
 ]
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties get their average rank)."""
-    return _core.spearman([float(v) for v in x], [float(v) for v in y])
 
 
 def _letter_ids(model: Model, prompt: str) -> tuple[int, int]:
@@ -113,9 +120,7 @@ class SteerabilityResult:
 
     def plot(self, ax: Any = None) -> Figure:
         """m against the multiplier per sample, anti-steerable samples highlighted."""
-        from steerlab.plots import plot_steerability
-
-        return plot_steerability(self, ax=ax)
+        return plots.plot_steerability(self, ax=ax)
 
 
 def _check_multipliers(multipliers: Iterable[float]) -> tuple[float, ...]:
@@ -232,8 +237,6 @@ def steerability(
 
 
 def render_letter(index: int, seed: int) -> str:
-    from steerlab.contrast import matching_letter
-
     return matching_letter(index, seed)
 
 
@@ -275,9 +278,7 @@ class PromptTypeComparison:
 
     def plot(self) -> Figure:
         """Cosine heatmap of the vectors and their steerability per prompt type."""
-        from steerlab.plots import plot_prompt_types
-
-        return plot_prompt_types(self)
+        return plots.plot_prompt_types(self)
 
 
 def compare_prompt_types(
@@ -321,8 +322,6 @@ def compare_prompt_types(
     Raises:
         InvalidArgumentError: fewer records than ``n_train + n_eval``, a bad prompt type.
     """
-    from steerlab.diagnostics import diagnose
-
     recs = as_records(records)
     types = list(prompt_types)
     if not types:
@@ -376,121 +375,6 @@ def compare_prompt_types(
         for j in range(i + 1, n):
             cos[i, j] = cos[j, i] = vectors[types[i]].cosine(vectors[types[j]])[layer]
     return PromptTypeComparison(layer, types, vectors, diagnoses, results, cos)
-
-
-@dataclass
-class GenerationReport:
-    """Generations under several steerings, scored for topic and fluency."""
-
-    prompts: list[str]
-    conditions: list[str]
-    #: texts[condition][i] is the continuation of prompts[i].
-    texts: dict[str, list[str]]
-    #: on_topic[condition][i]: the continuation mentions the topic (None: no topic).
-    on_topic: dict[str, list[bool]] | None
-    #: perplexity of each continuation under the unsteered model, given its prompt.
-    perplexity: dict[str, npt.NDArray[np.float64]]
-    topic: str | None = None
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for c in self.conditions:
-            ppl = self.perplexity[c]
-            row: dict[str, Any] = {
-                "condition": c,
-                "median_perplexity": float(np.nanmedian(ppl)),
-                "mean_log_perplexity": float(np.nanmean(np.log(ppl))),
-            }
-            if self.on_topic is not None:
-                row["on_topic"] = float(np.mean(self.on_topic[c]))
-            out.append(row)
-        return out
-
-    def to_pandas(self) -> pd.DataFrame:
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame(self.records()).set_index("condition")
-
-    def samples(self, condition: str, n: int = 3) -> list[str]:
-        return [p + t for p, t in zip(self.prompts[:n], self.texts[condition][:n], strict=False)]
-
-    def plot(self) -> Figure:
-        from steerlab.plots import plot_generation_report
-
-        return plot_generation_report(self)
-
-
-def steered_generations(
-    model: Model,
-    prompts: Sequence[str],
-    steerings: Mapping[str, Any],
-    *,
-    topic: TopicSet | str | None = None,
-    max_new_tokens: int = 32,
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    progress: bool | None = None,
-) -> GenerationReport:
-    """Generate every prompt under every steering in shared batches and score them.
-
-    Args:
-        model: the model.
-        prompts: prompt texts.
-        steerings: ``{condition name: steering}`` (``None`` for the unsteered baseline).
-        topic: a `steerlab.datasets.TopicSet` or the name of a shipped one; each
-            continuation is checked for its keywords.
-        max_new_tokens: continuation length.
-        temperature: 0 greedy; above 0 samples (seeded per prompt).
-        seed: sampling seed.
-        batch_size: rows per forward pass.
-        progress: progress bar.
-
-    Returns:
-        A `GenerationReport`.
-    """
-    from steerlab.datasets import load_topic, topic_score
-
-    if isinstance(prompts, str) or not prompts:
-        raise InvalidArgumentError("prompts must be a non-empty list of str")
-    if not steerings:
-        raise InvalidArgumentError("steerings is empty; name at least one condition")
-    conditions = list(steerings)
-    flat_prompts = [p for _ in conditions for p in prompts]
-    flat_steer = [steerings[c] for c in conditions for _ in prompts]
-    outs = model.generate(
-        flat_prompts,
-        steering=flat_steer,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed if temperature > 0 else None,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    n = len(prompts)
-    texts = {c: list(outs[k * n : (k + 1) * n]) for k, c in enumerate(conditions)}
-    topic_set = load_topic(topic) if isinstance(topic, str) else topic
-    on_topic = (
-        None
-        if topic_set is None
-        else {c: [topic_score(t, topic_set) for t in texts[c]] for c in conditions}
-    )
-    perplexity = {}
-    for c in conditions:
-        scored = [t if t else " " for t in texts[c]]
-        perplexity[c] = model.perplexity(
-            scored, prefix=list(prompts), batch_size=batch_size, progress=False
-        )
-    return GenerationReport(
-        prompts=list(prompts),
-        conditions=conditions,
-        texts=texts,
-        on_topic=on_topic,
-        perplexity=perplexity,
-        topic=topic_set.name if topic_set is not None else None,
-    )
 
 
 @dataclass
@@ -602,9 +486,6 @@ def reliability_table(
     Returns:
         A `ReliabilityTable` (``.to_pandas()``, ``.markdown()``, ``.correlation()``).
     """
-    from steerlab.datasets import behaviour_names, load_behaviour
-    from steerlab.diagnostics import diagnose
-
     items = list(behaviour_names() if behaviours is None else behaviours)
     if not items:
         raise InvalidArgumentError("no behaviours to evaluate")

@@ -1,218 +1,44 @@
 """`Model`: load a language model, read its residual stream, generate with steering.
 
 The heavy lifting happens in the Rust extension (`steerlab._core`), which runs each whole
-batch with the GIL released. This module checks arguments, tokenizes, batches, turns
-steering arguments into per-row data, and decodes what comes back.
+batch with the GIL released. This module holds the `Model` class and its public methods;
+what they do besides plumbing lives in private modules by concern:
+
+- `steerlab._checks`: dtype, device, layers and capture position;
+- `steerlab._sampling`: generation settings, stop strings, streaming text;
+- `steerlab._batches`: tokenizing inputs and the batch loops (progress, error numbering);
+- `steerlab._active`: which steering a call applies (``with model.steering(...)``);
+- `steerlab._chat`: the checks around chat templates (`steerlab.templates` renders);
+- `steerlab._hub`: the Hugging Face Hub download of `Model.from_pretrained`;
+- `steerlab.catalog`: where the embedded default model lives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _args, _core
-from steerlab._progress import progress_bar
-from steerlab.errors import (
-    BackendError,
-    ContextLengthError,
-    InvalidArgumentError,
-    InvalidTypeError,
-    ModelNotFoundError,
-    OutOfRangeError,
-    SteerlabError,
-)
-from steerlab.models import default_model_path
-from steerlab.steering import PreparedSteering, Row, batch_rows, prepare
-from steerlab.templates import render_chat
+from steerlab import _active, _args, _batches, _chat, _core, _hub
+from steerlab._checks import check_device, check_dtype, check_layers, check_position
+from steerlab._sampling import Sampling, cut_at_stop, stream
+from steerlab.catalog import default_model_path
+from steerlab.errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
 
 __all__ = ["Model"]
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]
 
-_DTYPES = ("auto", "f32")
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-_CAPTURE_POSITIONS = ("last", "mean", "mean_skip_first", "all")
-_HF_PATTERNS = [
-    "*.json",
-    "*.safetensors",
-    "tokenizer.model",
-]
-
-# Steering set by `Model.steering(...)`, per model, for the current thread / task.
-# The mapping is never mutated: entering a block sets a copy with one entry changed.
-_ACTIVE: ContextVar[Mapping[int, PreparedSteering | None] | None] = ContextVar(
-    "steerlab_active_steering", default=None
-)
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_dtype(dtype: Any) -> str:
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise InvalidArgumentError(
-            f"dtype must be 'auto' (GGUF weights stay quantized) or 'f32', got {_args.show(dtype)}"
-        )
-    return dtype
-
-
-def _check_device(device: Any) -> str:
-    if not isinstance(device, str) or _DEVICE.fullmatch(device) is None:
-        raise InvalidArgumentError(
-            f"device must be 'cpu', 'cuda' or 'cuda:N', got {_args.show(device)}"
-        )
-    return device
-
-
-# Longest generation the engine takes (it stores counts in i64; a generation also ends at
-# the model's context length).
-_MAX_NEW_TOKENS = _args.I64_MAX
-
-
-def _check_layers(layers: Any) -> list[int | str]:
-    """Layer indices (negative: from the end), or ``"embed"`` for the embedding output."""
-    if isinstance(layers, str) or not isinstance(layers, Iterable):
-        items = [layers]
-    elif isinstance(layers, Mapping):
-        raise InvalidTypeError(
-            f"layers must be an int, 'embed', or a list of those, got {type(layers).__name__}"
-        )
-    else:
-        items = list(layers)
-    out: list[int | str] = []
-    for layer in items:
-        if isinstance(layer, str) and layer == "embed":
-            out.append("embed")
-            continue
-        if isinstance(layer, bool | np.bool_) or not isinstance(layer, numbers.Integral):
-            raise InvalidTypeError(
-                f"layers must be an int, 'embed', or a list of those, got {type(layer).__name__} {_args.show(layer)}"
-            )
-        out.append(_args.index(layer, "layer"))
-    if not out:
-        raise InvalidArgumentError("layers is empty; name at least one layer")
-    return out
-
-
-def _check_position(position: Any) -> str | int:
-    if isinstance(position, str):
-        if position not in _CAPTURE_POSITIONS:
-            raise InvalidArgumentError(
-                f"unknown position {position!r}; expected 'last', 'mean', 'mean_skip_first', "
-                f"'all' or an int"
-            )
-        return position
-    if isinstance(position, bool | np.bool_) or not isinstance(position, numbers.Integral):
-        raise InvalidTypeError(
-            f"position must be 'last', 'mean', 'mean_skip_first', 'all' or an int, got "
-            f"{type(position).__name__} {_args.show(position)}"
-        )
-    return _args.index(position, "position")
-
-
-class _Sampling:
-    """Checked generation settings, in the order `_core.Model.generate` takes them."""
-
-    def __init__(
-        self,
-        max_new_tokens: Any,
-        temperature: Any,
-        top_k: Any,
-        top_p: Any,
-        seed: Any,
-        stop: Any,
-    ) -> None:
-        self.max_new_tokens = _args.integer(
-            max_new_tokens, "max_new_tokens", minimum=0, maximum=_MAX_NEW_TOKENS
-        )
-        # A temperature so small that logits / t would overflow is greedy: the engine
-        # computes the softmax in f64 with the maximum subtracted first.
-        self.temperature = _args.real(
-            temperature, "temperature", minimum=0.0, expected="a finite number >= 0 (0 = greedy)"
-        )
-        self.top_k = (
-            None
-            if top_k is None
-            else _args.integer(top_k, "top_k", minimum=1, maximum=_args.I64_MAX)
-        )
-        self.top_p: float | None = None
-        if top_p is not None:
-            self.top_p = _args.real(top_p, "top_p", above=0.0, maximum=1.0, expected="in (0, 1]")
-        self.seed = (
-            None if seed is None else _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
-        )
-        self.stop = _check_stop(stop)
-
-    def args(
-        self, seed_offset: int = 0
-    ) -> tuple[int, float, int | None, float | None, int | None, list[str] | None]:
-        # The engine seeds row r of a call with seed + r; offsetting by the batch's first
-        # row gives prompt i the seed `seed + i` whatever the batch size.
-        seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
-        return (self.max_new_tokens, self.temperature, self.top_k, self.top_p, seed, self.stop)
-
-
-def _check_stop(stop: Any) -> list[str] | None:
-    if stop is None:
-        return None
-    items = [stop] if isinstance(stop, str) else stop
-    if isinstance(items, bytes | bytearray | Mapping) or not isinstance(items, Iterable):
-        raise InvalidTypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
-    out = []
-    for i, s in enumerate(items):
-        if not isinstance(s, str):
-            raise InvalidTypeError(
-                f"stop strings must be str, got {type(s).__name__} {_args.show(s)}"
-            )
-        if not s:
-            raise InvalidArgumentError(
-                f"a stop string is empty (stop[{i}]); expected non-empty str"
-            )
-        out.append(_args.text(s, f"stop[{i}]"))
-    return out or None
-
-
-def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
-    """Text before the earliest stop string, and whether one was found."""
-    if not stop:
-        return text, False
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
-def _partial_stop(text: str, stop: list[str] | None) -> int:
-    """Length of the longest end of `text` that could begin a stop string."""
-    best = 0
-    for s in stop or ():
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
-@contextlib.contextmanager
-def _batch_errors(start: int, stop: int, total: int) -> Iterator[None]:
-    """The engine numbers rows within a batch: say which prompts the batch holds."""
-    try:
-        yield
-    except SteerlabError as exc:
-        if stop - start == total:
-            raise
-        raise type(exc)(
-            f"in the batch of inputs {start}..{stop - 1} (its row r is input {start} + r): {exc}"
-        ) from None
+# `steerlab.vectors` imports the capture-position check under this name.
+_check_position = check_position
 
 
 def _reload(path: str, dtype: str, device: str) -> Model:
+    """Unpickle a `Model` (pickles name this function: keep it here, under this name)."""
     return Model.load(path, dtype=dtype, device=device)
 
 
@@ -268,8 +94,8 @@ class Model:
             InvalidArgumentError: an unknown dtype or device.
             InvalidTypeError: `path` is not a str or path.
         """
-        _check_dtype(dtype)
-        _check_device(device)
+        check_dtype(dtype)
+        check_device(device)
         resolved = default_model_path() if path is None else _args.path(path, "path")
         return cls(_core.Model.load(resolved, dtype, device), dtype=dtype, device=device)
 
@@ -306,33 +132,10 @@ class Model:
             InvalidTypeError: `repo_id`, `revision` or `gguf_file` is not a str.
             plus everything `Model.load` raises.
         """
-        for name, value in (("repo_id", repo_id), ("revision", revision), ("gguf_file", gguf_file)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidTypeError(f"{name} must be a str, got {type(value).__name__}")
-        if not repo_id:
-            raise InvalidArgumentError("repo_id is empty")
-        _check_dtype(dtype)
-        _check_device(device)
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise ImportError(
-                "Model.from_pretrained needs huggingface_hub: pip install 'steerlab[hub]'"
-            ) from None
-        patterns = [gguf_file] if gguf_file else _HF_PATTERNS
-        try:
-            folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
-        except Exception as exc:  # offline, unreachable, not found, gated: all the same to us
-            what = f"{repo_id!r}" + (f" ({gguf_file})" if gguf_file else "")
-            raise ModelNotFoundError(
-                f"could not get {what} from the Hugging Face Hub or its local cache "
-                f"({type(exc).__name__}: {exc}). Without network, load a local copy "
-                f'instead: Model.load("path/to/model.gguf") or Model.load("path/to/folder") '
-                f"with a Hugging Face folder (config.json, *.safetensors, tokenizer.json)"
-            ) from exc
-        path = os.path.join(folder, gguf_file) if gguf_file else folder
-        if gguf_file and not os.path.isfile(path):
-            raise ModelNotFoundError(f"{repo_id!r} has no file {gguf_file!r}")
+        _hub.check_repo_args(repo_id, revision, gguf_file)
+        check_dtype(dtype)
+        check_device(device)
+        path = _hub.download(repo_id, revision, gguf_file)
         return cls.load(path, dtype=dtype, device=device)
 
     # -- attributes ----------------------------------------------------------------
@@ -449,25 +252,6 @@ class Model:
         checked = _args.token_ids(ids, "ids")
         return self._core.decode(checked, _args.flag(skip_special_tokens, "skip_special_tokens"))
 
-    def _encode_prompts(self, texts: list[str], name: str) -> list[list[int]]:
-        """Ids per text with special tokens, exactly as `encode` gives them (one path:
-        an index taken from `encode` is the position the model sees); checks emptiness
-        and context length.
-        """
-        out = []
-        limit = self._core.max_context
-        for i, text in enumerate(texts):
-            ids = self._core.encode(text, True)
-            if not ids:
-                raise InvalidArgumentError(f"{name}[{i}] is empty after tokenization")
-            if len(ids) > limit:
-                raise ContextLengthError(
-                    f"{name}[{i}] is {len(ids)} tokens long but the model's context is "
-                    f"{limit} tokens"
-                )
-            out.append(ids)
-        return out
-
     def chat_prompt(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -494,36 +278,8 @@ class Model:
             InvalidTypeError: `messages` is not a list of mappings.
             ModelFormatError: the template does not parse.
         """
-        add_generation_prompt = _args.flag(add_generation_prompt, "add_generation_prompt")
-        if chat_template is not None:
-            _args.text(chat_template, "chat_template")
-        source = chat_template if chat_template is not None else self._core.chat_template
-        if not source:
-            raise InvalidArgumentError(
-                f"the model at {self.path} has no chat template; pass chat_template= or "
-                f"write the prompt text yourself"
-            )
-        if isinstance(messages, str | Mapping) or not isinstance(messages, Iterable):
-            raise InvalidTypeError(
-                "messages must be a list of {'role': ..., 'content': ...}, got "
-                f"{type(messages).__name__}"
-            )
-        checked = []
-        for i, message in enumerate(messages):
-            if not isinstance(message, Mapping) or "role" not in message:
-                raise InvalidTypeError(
-                    f"messages[{i}] must be a mapping with 'role' and 'content', got "
-                    f"{_args.show(message)}"
-                )
-            checked.append(dict(message))
-        variables: dict[str, Any] = {}
-        for key in ("bos_token", "eos_token"):
-            value = getattr(self._core, key)
-            if value is not None:
-                variables[key] = value
-        variables.update(template_kwargs)
-        return render_chat(
-            source, messages=checked, add_generation_prompt=add_generation_prompt, **variables
+        return _chat.chat_prompt(
+            self._core, messages, add_generation_prompt, chat_template, template_kwargs
         )
 
     # -- steering --------------------------------------------------------------------
@@ -544,37 +300,8 @@ class Model:
             InvalidTypeError, ShapeError, InvalidArgumentError: an invalid steering
                 (checked on entry; the width is checked by each call).
         """
-        if steering is not None:
-            self._check_compatible(steering)
-        prepared = prepare(steering)
-        active = dict(_ACTIVE.get() or {})
-        active[id(self)] = prepared
-        token = _ACTIVE.set(active)
-        try:
+        with _active.steering(self, steering):
             yield
-        finally:
-            _ACTIVE.reset(token)
-
-    def _rows(self, steering: Any, n_rows: int) -> list[Row] | None:
-        if steering is None:
-            prepared = (_ACTIVE.get() or {}).get(id(self))
-        else:
-            self._check_compatible(steering)
-            prepared = prepare(steering)
-        return None if prepared is None else prepared.rows(n_rows)
-
-    def _check_compatible(self, steering: Any) -> None:
-        """Let vectors that know their model (e.g. `SteeringVector`) check this one."""
-        items = steering if isinstance(steering, list | tuple) else [steering]
-        for i, item in enumerate(items):
-            check = getattr(item, "check_model", None)
-            if callable(check):
-                try:
-                    check(self)
-                except SteerlabError as exc:
-                    if len(items) > 1 or isinstance(steering, list | tuple):
-                        raise type(exc)(f"steering[{i}]: {exc}") from None
-                    raise
 
     def _resolve_layer(self, layer: int) -> int:
         """A layer index (negative: from the end) -> 0..n_layers-1.
@@ -665,32 +392,12 @@ class Model:
             ContextLengthError: a text longer than the model's context.
         """
         items, _ = _args.texts(texts, "texts")
-        layer_list = _check_layers(layers)
-        reduce = _check_position(position)
+        layer_list = check_layers(layers)
+        reduce = check_position(position)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
-        ids = self._encode_prompts(items, "texts")
-        parts: list[Any] = []
-        bar = progress_bar(progress, len(ids), batch_size, "capture", "text")
-        try:
-            for start in range(0, len(ids), batch_size):
-                stop = min(start + batch_size, len(ids))
-                with _batch_errors(start, stop, len(ids)):
-                    captures, _ = self._core.forward(
-                        ids[start:stop], layer_list, reduce, batch_rows(rows, start, stop), False
-                    )
-                if captures is None:
-                    raise BackendError("the forward pass returned no captures")
-                if reduce == "all":
-                    parts.extend(np.asarray(a, dtype=np.float32) for a in captures)
-                else:
-                    parts.append(np.asarray(captures, dtype=np.float32))
-                bar.update(stop - start)
-        finally:
-            bar.close()
-        if reduce == "all":
-            return parts
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        rows = _active.rows(self, steering, len(items))
+        ids = _batches.encode(self._core, items, "texts")
+        return _batches.capture(self._core, ids, layer_list, reduce, rows, batch_size, progress)
 
     def logits(
         self,
@@ -716,24 +423,9 @@ class Model:
         """
         items, _ = _args.texts(texts, "texts")
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
-        ids = self._encode_prompts(items, "texts")
-        parts = []
-        bar = progress_bar(progress, len(ids), batch_size, "logits", "text")
-        try:
-            for start in range(0, len(ids), batch_size):
-                stop = min(start + batch_size, len(ids))
-                with _batch_errors(start, stop, len(ids)):
-                    _, logits = self._core.forward(
-                        ids[start:stop], [], "last", batch_rows(rows, start, stop), True
-                    )
-                if logits is None:
-                    raise BackendError("the forward pass returned no logits")
-                parts.append(np.asarray(logits, dtype=np.float32))
-                bar.update(stop - start)
-        finally:
-            bar.close()
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        rows = _active.rows(self, steering, len(items))
+        ids = _batches.encode(self._core, items, "texts")
+        return _batches.logits(self._core, ids, rows, batch_size, progress)
 
     def token_logprobs(
         self,
@@ -760,20 +452,9 @@ class Model:
         """
         items, _ = _args.texts(texts, "texts")
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
-        ids = self._encode_prompts(items, "texts")
-        out: list[FloatArray] = []
-        bar = progress_bar(progress, len(ids), batch_size, "score", "text")
-        try:
-            for start in range(0, len(ids), batch_size):
-                stop = min(start + batch_size, len(ids))
-                with _batch_errors(start, stop, len(ids)):
-                    part = self._core.token_logprobs(ids[start:stop], batch_rows(rows, start, stop))
-                out.extend(np.asarray(a, dtype=np.float32) for a in part)
-                bar.update(stop - start)
-        finally:
-            bar.close()
-        return out
+        rows = _active.rows(self, steering, len(items))
+        ids = _batches.encode(self._core, items, "texts")
+        return _batches.token_logprobs(self._core, ids, rows, batch_size, progress)
 
     def perplexity(
         self,
@@ -960,35 +641,22 @@ class Model:
         items, single = _args.texts(prompts, "prompts")
         return_ids = _args.flag(return_ids, "return_ids")
         ignore_eos = _args.flag(ignore_eos, "ignore_eos")
-        sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = self._rows(steering, len(items))
-        ids = self._encode_prompts(items, "prompts")
-        new_ids: list[list[int]] = []
+        rows = _active.rows(self, steering, len(items))
+        ids = _batches.encode(self._core, items, "prompts")
         if sampling.max_new_tokens == 0:
-            new_ids = [[] for _ in ids]
+            new_ids: list[list[int]] = [[] for _ in ids]
         else:
-            bar = progress_bar(progress, len(ids), batch_size, "generate", "prompt")
-            try:
-                for start in range(0, len(ids), batch_size):
-                    stop_at = min(start + batch_size, len(ids))
-                    with _batch_errors(start, stop_at, len(ids)):
-                        out = self._core.generate(
-                            ids[start:stop_at],
-                            batch_rows(rows, start, stop_at),
-                            *sampling.args(seed_offset=start),
-                            ignore_eos=ignore_eos,
-                        )
-                    new_ids.extend(list(row) for row in out)
-                    bar.update(stop_at - start)
-            finally:
-                bar.close()
+            new_ids = _batches.generate(
+                self._core, ids, rows, sampling, batch_size, progress, ignore_eos
+            )
         results: list[Any]
         if return_ids:
             results = new_ids
         else:
             results = [
-                _cut_at_stop(self._core.decode(row, True), sampling.stop)[0] for row in new_ids
+                cut_at_stop(self._core.decode(row, True), sampling.stop)[0] for row in new_ids
             ]
         return results[0] if single else results
 
@@ -1027,35 +695,10 @@ class Model:
                 f"generate_stream takes one prompt str, got {type(prompt).__name__}"
             )
         _args.text(prompt, "prompt")
-        sampling = _Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        rows = self._rows(steering, 1)
-        ids = self._encode_prompts([prompt], "prompts")
+        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        rows = _active.rows(self, steering, 1)
+        ids = _batches.encode(self._core, [prompt], "prompts")
         if sampling.max_new_tokens == 0:
             return iter(())
         generation = self._core.start_generation(ids, rows, *sampling.args())
-        return self._stream(generation, sampling.stop)
-
-    def _stream(self, generation: _core.Generation, stop: list[str] | None) -> Iterator[str]:
-        eos = set(self._core.eos_ids)
-        new: list[int] = []
-        text = ""
-        emitted = 0
-        while True:
-            step = generation.step()
-            if step is None or step[0] is None or step[0] in eos:
-                break
-            new.append(step[0])
-            text = self._core.decode(new, True)
-            cut, hit = _cut_at_stop(text, stop)
-            if hit:
-                if len(cut) > emitted:
-                    yield cut[emitted:]
-                return
-            if text.endswith("\ufffd"):
-                continue  # an incomplete multi-byte character: wait for the next token
-            ready = len(text) - _partial_stop(text, stop)
-            if ready > emitted:
-                yield text[emitted:ready]
-                emitted = ready
-        if len(text) > emitted:
-            yield text[emitted:]
+        return stream(self._core, generation, sampling.stop)

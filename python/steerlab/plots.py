@@ -2,23 +2,33 @@
 
 Each function returns the matplotlib Figure; functions that draw one panel accept an
 ``ax`` to draw into.
+
+This module imports nothing from `steerlab.diagnostics` or `steerlab.evaluate`: their
+reports call these functions, and each function reads only the attributes named by the
+protocol it takes (`DiagnosisData`, `SteerabilityData`, `PromptTypesData`,
+`GenerationData`), so any object with those attributes plots.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
+import numpy.typing as npt
+
+from steerlab._stats import spearman
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from steerlab.diagnostics import DiagnosisReport
-    from steerlab.evaluate import GenerationReport, PromptTypeComparison, SteerabilityResult
-
 __all__ = [
+    "DiagnosisData",
+    "GenerationData",
+    "LayerData",
+    "PromptTypesData",
+    "SteerabilityData",
     "plot_correlation",
     "plot_cosine_histogram",
     "plot_diagnosis",
@@ -31,6 +41,82 @@ __all__ = [
 
 POS_COLOR = "#2a7ab9"
 NEG_COLOR = "#d1495b"
+
+
+# What each plot reads (`steerlab.diagnostics.DiagnosisReport` and the result types of
+# `steerlab.evaluate` have these attributes).
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str | None: ...
+
+
+class LayerData(Protocol):
+    """One layer's diagnostics (`steerlab.diagnostics.LayerDiagnosis`)."""
+
+    @property
+    def cosines(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def mean_cosine(self) -> float: ...
+    @property
+    def proj_pos(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def proj_neg(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def d_prime(self) -> float: ...
+
+
+class DiagnosisData(Protocol):
+    """Per-layer diagnostics (`steerlab.diagnostics.DiagnosisReport`)."""
+
+    @property
+    def recommended_layer(self) -> int: ...
+    @property
+    def pairs(self) -> _Named: ...
+    def records(self) -> list[dict[str, Any]]: ...
+    def __getitem__(self, layer: int, /) -> LayerData: ...
+
+
+class SteerabilityData(Protocol):
+    """Margins under steering (`steerlab.evaluate.SteerabilityResult`)."""
+
+    @property
+    def multipliers(self) -> Sequence[float]: ...
+    @property
+    def margins(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def effect(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def n_samples(self) -> int: ...
+    @property
+    def mean_effect(self) -> float: ...
+    @property
+    def anti_steerable(self) -> float: ...
+    @property
+    def name(self) -> str | None: ...
+
+
+class PromptTypesData(Protocol):
+    """Vectors per prompt type (`steerlab.evaluate.PromptTypeComparison`)."""
+
+    @property
+    def layer(self) -> int: ...
+    @property
+    def prompt_types(self) -> Sequence[str]: ...
+    @property
+    def cosines(self) -> npt.NDArray[np.float64]: ...
+    def records(self) -> list[dict[str, Any]]: ...
+
+
+class GenerationData(Protocol):
+    """Scored generations (`steerlab.evaluate.GenerationReport`)."""
+
+    @property
+    def on_topic(self) -> Mapping[str, Sequence[bool]] | None: ...
+    @property
+    def topic(self) -> str | None: ...
+    def records(self) -> list[dict[str, Any]]: ...
 
 
 def _plt() -> Any:
@@ -49,7 +135,7 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.5)) -> tuple[F
     return cast("Figure", ax.figure), ax
 
 
-def plot_layer_sweep(report: DiagnosisReport, ax: Axes | None = None) -> Figure:
+def plot_layer_sweep(report: DiagnosisData, ax: Axes | None = None) -> Figure:
     """Mean cosine (left axis) and d' (right axis) per layer; the recommended layer marked."""
     fig, ax = _axes(ax, (6.0, 3.5))
     rows = report.records()
@@ -66,7 +152,7 @@ def plot_layer_sweep(report: DiagnosisReport, ax: Axes | None = None) -> Figure:
 
 
 def plot_cosine_histogram(
-    report: DiagnosisReport, layer: int | None = None, ax: Axes | None = None
+    report: DiagnosisData, layer: int | None = None, ax: Axes | None = None
 ) -> Figure:
     """Histogram of the per-pair cosines with the mean difference at one layer."""
     layer = report.recommended_layer if layer is None else layer
@@ -84,7 +170,7 @@ def plot_cosine_histogram(
 
 
 def plot_projections(
-    report: DiagnosisReport, layer: int | None = None, ax: Axes | None = None
+    report: DiagnosisData, layer: int | None = None, ax: Axes | None = None
 ) -> Figure:
     """Positives and negatives projected on the difference-of-means line (+1 / -1)."""
     layer = report.recommended_layer if layer is None else layer
@@ -104,7 +190,7 @@ def plot_projections(
     return fig
 
 
-def plot_diagnosis(report: DiagnosisReport, layer: int | None = None) -> Figure:
+def plot_diagnosis(report: DiagnosisData, layer: int | None = None) -> Figure:
     """Layer sweep, cosine histogram and projections in one figure."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
@@ -115,7 +201,7 @@ def plot_diagnosis(report: DiagnosisReport, layer: int | None = None) -> Figure:
     return fig
 
 
-def plot_steerability(result: SteerabilityResult, ax: Axes | None = None) -> Figure:
+def plot_steerability(result: SteerabilityData, ax: Axes | None = None) -> Figure:
     """m = logit(y+) - logit(y-) against the multiplier, one line per sample;
     anti-steerable samples (negative effect) in red, the mean in black."""
     fig, ax = _axes(ax, (5.5, 4.0))
@@ -142,7 +228,7 @@ def plot_steerability(result: SteerabilityResult, ax: Axes | None = None) -> Fig
     return fig
 
 
-def plot_prompt_types(comparison: PromptTypeComparison) -> Figure:
+def plot_prompt_types(comparison: PromptTypesData) -> Figure:
     """Cosine heatmap between the prompt types' vectors and their mean effects."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -179,8 +265,6 @@ def plot_correlation(
     ax: Axes | None = None,
 ) -> Figure:
     """Scatter of two per-item quantities with labels and Spearman's rho in the title."""
-    from steerlab.evaluate import spearman
-
     fig, ax = _axes(ax)
     ax.scatter(x, y, color=POS_COLOR)
     for xi, yi, label in zip(x, y, labels, strict=True):
@@ -192,7 +276,7 @@ def plot_correlation(
     return fig
 
 
-def plot_generation_report(report: GenerationReport) -> Figure:
+def plot_generation_report(report: GenerationData) -> Figure:
     """On-topic rate and median perplexity per steering condition."""
     plt = _plt()
     rows = report.records()

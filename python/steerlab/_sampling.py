@@ -1,0 +1,132 @@
+"""Generation settings and stop strings: what `Model.generate` and `Model.generate_stream`
+check before the engine runs, and how their text is cut and streamed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from steerlab import _args, _core
+from steerlab.errors import InvalidArgumentError, InvalidTypeError
+
+__all__ = ["MAX_NEW_TOKENS", "Sampling", "check_stop", "cut_at_stop", "partial_stop", "stream"]
+
+# Longest generation the engine takes (it stores counts in i64; a generation also ends at
+# the model's context length).
+MAX_NEW_TOKENS = _args.I64_MAX
+
+
+class Sampling:
+    """Checked generation settings, in the order `_core.Model.generate` takes them."""
+
+    def __init__(
+        self,
+        max_new_tokens: Any,
+        temperature: Any,
+        top_k: Any,
+        top_p: Any,
+        seed: Any,
+        stop: Any,
+    ) -> None:
+        self.max_new_tokens = _args.integer(
+            max_new_tokens, "max_new_tokens", minimum=0, maximum=MAX_NEW_TOKENS
+        )
+        # A temperature so small that logits / t would overflow is greedy: the engine
+        # computes the softmax in f64 with the maximum subtracted first.
+        self.temperature = _args.real(
+            temperature, "temperature", minimum=0.0, expected="a finite number >= 0 (0 = greedy)"
+        )
+        self.top_k = (
+            None
+            if top_k is None
+            else _args.integer(top_k, "top_k", minimum=1, maximum=_args.I64_MAX)
+        )
+        self.top_p: float | None = None
+        if top_p is not None:
+            self.top_p = _args.real(top_p, "top_p", above=0.0, maximum=1.0, expected="in (0, 1]")
+        self.seed = (
+            None if seed is None else _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
+        )
+        self.stop = check_stop(stop)
+
+    def args(
+        self, seed_offset: int = 0
+    ) -> tuple[int, float, int | None, float | None, int | None, list[str] | None]:
+        # The engine seeds row r of a call with seed + r; offsetting by the batch's first
+        # row gives prompt i the seed `seed + i` whatever the batch size.
+        seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
+        return (self.max_new_tokens, self.temperature, self.top_k, self.top_p, seed, self.stop)
+
+
+def check_stop(stop: Any) -> list[str] | None:
+    if stop is None:
+        return None
+    items = [stop] if isinstance(stop, str) else stop
+    if isinstance(items, bytes | bytearray | Mapping) or not isinstance(items, Iterable):
+        raise InvalidTypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
+    out = []
+    for i, s in enumerate(items):
+        if not isinstance(s, str):
+            raise InvalidTypeError(
+                f"stop strings must be str, got {type(s).__name__} {_args.show(s)}"
+            )
+        if not s:
+            raise InvalidArgumentError(
+                f"a stop string is empty (stop[{i}]); expected non-empty str"
+            )
+        out.append(_args.text(s, f"stop[{i}]"))
+    return out or None
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Text before the earliest stop string, and whether one was found."""
+    if not stop:
+        return text, False
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def partial_stop(text: str, stop: list[str] | None) -> int:
+    """Length of the longest end of `text` that could begin a stop string."""
+    best = 0
+    for s in stop or ():
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def stream(
+    core: _core.Model, generation: _core.Generation, stop: list[str] | None
+) -> Iterator[str]:
+    """The text of `generation` in pieces, as its tokens come.
+
+    A piece never splits a multi-byte character nor shows part of a stop string, and the
+    pieces join to the whole text cut at the first stop string (as `Model.generate`
+    returns it).
+    """
+    eos = set(core.eos_ids)
+    new: list[int] = []
+    text = ""
+    emitted = 0
+    while True:
+        step = generation.step()
+        if step is None or step[0] is None or step[0] in eos:
+            break
+        new.append(step[0])
+        text = core.decode(new, True)
+        cut, hit = cut_at_stop(text, stop)
+        if hit:
+            if len(cut) > emitted:
+                yield cut[emitted:]
+            return
+        if text.endswith("\ufffd"):
+            continue  # an incomplete multi-byte character: wait for the next token
+        ready = len(text) - partial_stop(text, stop)
+        if ready > emitted:
+            yield text[emitted:ready]
+            emitted = ready
+    if len(text) > emitted:
+        yield text[emitted:]
