@@ -111,6 +111,7 @@ def capture(
     rows: list[Row] | None,
     batch_size: int,
     progress: bool | None,
+    site: str = "resid_post",
 ) -> FloatArray | list[FloatArray]:
     """`Model.capture` over checked ids: ``[n, len(layers), d]``, or a list for ``"all"``."""
     parts: list[Any] = []
@@ -118,7 +119,7 @@ def capture(
         for start, stop in batches:
             with batches.errors(start, stop):
                 captures, _ = core.forward(
-                    ids[start:stop], layers, reduce, batch_rows(rows, start, stop), False
+                    ids[start:stop], layers, reduce, batch_rows(rows, start, stop), False, site
                 )
             if captures is None:
                 raise BackendError("the forward pass returned no captures")

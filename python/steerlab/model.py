@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from steerlab import _active, _args, _batches, _chat, _core, _hub
 from steerlab._checks import check_device, check_dtype, check_layers, check_position
+from steerlab._layers import SiteName, check_site
 from steerlab._sampling import Sampling, cut_at_stop, stream
 from steerlab.catalog import default_model_path
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
@@ -330,6 +331,7 @@ class Model:
         *,
         steering: Any = ...,
         progress: bool | None = ...,
+        site: SiteName = ...,
     ) -> list[FloatArray]: ...
     @overload
     def capture(
@@ -341,6 +343,7 @@ class Model:
         *,
         steering: Any = ...,
         progress: bool | None = ...,
+        site: SiteName = ...,
     ) -> FloatArray: ...
     @overload
     def capture(
@@ -352,6 +355,7 @@ class Model:
         *,
         steering: Any = ...,
         progress: bool | None = ...,
+        site: SiteName = ...,
     ) -> FloatArray | list[FloatArray]: ...
     def capture(
         self,
@@ -362,8 +366,10 @@ class Model:
         *,
         steering: Any = None,
         progress: bool | None = None,
+        site: SiteName = "resid_post",
     ) -> FloatArray | list[FloatArray]:
-        """Read the residual stream after the given blocks.
+        """Read activations at a site of the given blocks (default: the residual stream
+        after them).
 
         Args:
             texts: a str or a list of str (tokenized with special tokens, as the
@@ -377,6 +383,13 @@ class Model:
             steering: steering applied during the forward (see `steerlab.steering`);
                 None uses the active ``with model.steering(...)`` block, if any.
             progress: show a progress bar (None: when there is more than one batch).
+            site: ``"resid_post"`` (the output of block i, Hugging Face
+                ``hidden_states[i + 1]``), ``"resid_mid"`` (between attention and MLP),
+                ``"attn_out"`` / ``"mlp_out"`` (what attention / the MLP adds to the
+                residual; Gemma: after its post-norms), as TransformerLens names them;
+                ``resid_post[i] = resid_post[i-1] + attn_out[i] + mlp_out[i]``. The
+                value recorded is the one after any steering at that site. ``"embed"``
+                in `layers` always reads the embedding output.
 
         Returns:
             float32 ``[n_texts, len(layers), d_model]``; for ``"all"`` a list with one
@@ -395,9 +408,12 @@ class Model:
         layer_list = check_layers(layers)
         reduce = check_position(position)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+        site = check_site(site)
         rows = _active.rows(self, steering, len(items))
         ids = _batches.encode(self._core, items, "texts")
-        return _batches.capture(self._core, ids, layer_list, reduce, rows, batch_size, progress)
+        return _batches.capture(
+            self._core, ids, layer_list, reduce, rows, batch_size, progress, site
+        )
 
     def logits(
         self,
