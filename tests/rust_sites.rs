@@ -158,6 +158,7 @@ fn run(m: &Model, mode: Mode, steps: usize, steer: bool) -> (Vec<f32>, Vec<Vec<f
         let mut hooks = Sites {
             steering: plan.as_ref(),
             capture: (k == 0).then_some(&mut cap),
+            monitor: None,
             cancel: None,
         };
         let h = m.forward(&input, &ctx, &mut cache, &mut hooks).unwrap();
@@ -434,4 +435,75 @@ fn bad_operations_are_refused() {
             .contains("clamp value for resid_post[0] is inf"),
         "{e}"
     );
+}
+
+/// A monitored generation records, per row, the activation that produced each new token:
+/// the same values a capture of prompt + generated tokens reads at those positions, with
+/// per-row steering and rows of different lengths.
+#[test]
+fn monitor_reads_the_positions_that_produce_each_token() {
+    use steerlab::generate::{GenParams, Generation};
+    for fam in FAMILIES {
+        let (_d, m) = tiny(fam);
+        let sites = vec![Site::MlpOut(1), Site::ResidPost(2)];
+        let params = GenParams {
+            max_new_tokens: 6,
+            ignore_eos: true,
+            ..GenParams::default()
+        };
+        // Positions that mean the same in a generation and in a capture of its tokens.
+        let alpha: Vec<f32> = (0..20).map(|p| 0.2 * ((p as f32) * 0.7).cos()).collect();
+        let steer = vec![
+            vec![
+                Intervention::add(1, (direction(0.3) * 2.0).unwrap(), Positions::All),
+                Intervention {
+                    site: Site::AttnOut(0),
+                    positions: Positions::All,
+                    op: Op::Scale(Tensor::from_vec(alpha, 20, &m.device).unwrap()),
+                },
+            ],
+            vec![Intervention {
+                site: Site::ResidMid(2),
+                positions: Positions::All,
+                op: Op::ProjectOut(unit(1.7)),
+            }],
+            vec![],
+        ];
+        let mut g = Generation::new(m.clone(), &rows(), Some(&steer), params)
+            .unwrap()
+            .with_monitor(sites.clone())
+            .unwrap();
+        g.run_all(&steerlab::cancel::Cancel::new()).unwrap();
+        let mon = g.monitored().unwrap();
+        for (r, prompt) in rows().iter().enumerate() {
+            let new = &g.generated()[r];
+            assert_eq!(new.len(), 6);
+            let (data, shape) = &mon[r];
+            assert_eq!(*shape, [2, 6, D]);
+            // Capture over prompt + all new tokens but the last, with the same steering.
+            let mut ids = prompt.clone();
+            ids.extend(&new[..5]);
+            let (cap, _) = steerlab::generate::forward_batch(
+                &m,
+                &[ids.clone()],
+                sites.clone(),
+                Reduce::All,
+                Some(&steer[r..r + 1]),
+                false,
+                &steerlab::cancel::Cancel::new(),
+            )
+            .unwrap();
+            let (full, fshape) = per_row(cap.unwrap()).remove(0);
+            let len = ids.len();
+            assert_eq!(fshape, [2, len, D]);
+            for s in 0..2 {
+                for k in 0..6 {
+                    let p = prompt.len() - 1 + k;
+                    let a = &data[(s * 6 + k) * D..(s * 6 + k + 1) * D];
+                    let b = &full[(s * len + p) * D..(s * len + p + 1) * D];
+                    assert!(max_diff(a, b) < 1e-4, "{fam} row {r} site {s} token {k}");
+                }
+            }
+        }
+    }
 }

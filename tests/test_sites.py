@@ -184,3 +184,24 @@ def test_operations_pickle_and_compare(tiny: sl.Model) -> None:
     back = pickle.loads(pickle.dumps(s))
     assert back == s and back is not s
     assert "clamp(resid_mid[1]" in repr(s)
+
+
+def test_generate_monitored(tiny: sl.Model) -> None:
+    prompts = ["hello world", "again and again and"]
+    steer = sl.Steering.add(1, np.linspace(-1, 1, tiny.d_model), site="mlp_out")
+    runs = tiny.generate_monitored(
+        prompts, [0, 2], site="resid_mid", max_new_tokens=5, steering=steer
+    )
+    plain = tiny.generate(prompts, max_new_tokens=5, steering=steer, return_ids=True)
+    first = tiny.capture(prompts, [0, 2], "last", site="resid_mid", steering=steer)
+    for r, run in enumerate(runs):
+        assert isinstance(run, sl.MonitoredGeneration)
+        assert run.ids == plain[r]
+        assert run.activations.shape == (2, len(run.ids), tiny.d_model)
+        assert run.activations.dtype == np.float32
+        # Token 0 was produced by the last prompt position.
+        np.testing.assert_allclose(run.activations[:, 0], first[r], rtol=1e-5, atol=1e-5)
+    with pytest.raises(sl.OutOfRangeError, match="out of range"):
+        tiny.generate_monitored("hi", [7], max_new_tokens=2)
+    with pytest.raises(sl.InvalidArgumentError, match="unknown site"):
+        tiny.generate_monitored("hi", [0], site="attn", max_new_tokens=2)  # type: ignore[arg-type]

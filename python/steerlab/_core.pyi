@@ -141,22 +141,38 @@ class Model:
         self,
         batch: list[list[int]],
         steering: Sequence[_RowSteering] | None = None,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        ignore_eos: bool = False,
+        config: GenConfig | None = None,
     ) -> list[list[int]]:
-        """Generate up to `max_new_tokens` per row; returns the new token ids per row
-        (ending before an eos token; a row that hit a stop string ends with the token
+        """Generate up to `config.max_new_tokens` per row; returns the new token ids per
+        row (ending before an eos token; a row that hit a stop string ends with the token
         that completed it). The GIL is released for the whole call."""
+
+    def generate_monitored(
+        self,
+        batch: list[list[int]],
+        layers: list[int | str],
+        site: str = "resid_post",
+        steering: Sequence[_RowSteering] | None = None,
+        config: GenConfig | None = None,
+    ) -> tuple[list[list[int]], list[npt.NDArray[np.float32]]]:
+        """`generate`, also recording at `layers` (site `site`) the activation that
+        produced each new token: one [len(layers), n_new_r, d_model] array per row."""
 
     def start_generation(
         self,
         batch: list[list[int]],
         steering: Sequence[_RowSteering] | None = None,
+        config: GenConfig | None = None,
+    ) -> Generation:
+        """Same as `generate`, one step at a time (for streaming)."""
+
+@final
+class GenConfig:
+    """Generation settings, checked when made: max_new_tokens >= 0, temperature finite
+    and >= 0 (0 = greedy), top_k >= 1, top_p in (0, 1], stop strings non-empty."""
+
+    def __init__(
+        self,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -164,8 +180,15 @@ class Model:
         seed: int | None = None,
         stop: list[str] | None = None,
         ignore_eos: bool = False,
-    ) -> Generation:
-        """Same as `generate`, one step at a time (for streaming)."""
+    ) -> None: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+
+@final
+class Generation:
+    def step(self) -> list[int | None] | None:
+        """Run one decode step: the new token of each row (None for rows already
+        finished), or None when every row has finished."""
 
 @final
 class VectorTrainer:
@@ -195,12 +218,6 @@ class VectorTrainer:
     @property
     def best(self) -> tuple[int, float] | None: ...
     def vectors(self, best: bool = True) -> list[tuple[int, npt.NDArray[np.float32]]]: ...
-
-@final
-class Generation:
-    def step(self) -> list[int | None] | None:
-        """Run one decode step: the new token of each row (None for rows already
-        finished), or None when every row has finished."""
 
 # -- steering-vector maths (numpy in, numpy out; the GIL is released) -----------------
 

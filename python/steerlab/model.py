@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _active, _args, _batches, _chat, _core, _hub
+from steerlab._batches import MonitoredGeneration
 from steerlab._checks import check_device, check_dtype, check_layers, check_position
 from steerlab._layers import SiteName, check_site
 from steerlab._sampling import Sampling, cut_at_stop, stream
@@ -676,6 +677,58 @@ class Model:
             ]
         return results[0] if single else results
 
+    def generate_monitored(
+        self,
+        prompts: str | Sequence[str],
+        layers: int | Iterable[int],
+        *,
+        site: SiteName = "resid_post",
+        steering: Any = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> list[MonitoredGeneration]:
+        """`generate`, also reading the activations at generated positions (monitoring
+        a generation, e.g. with a probe).
+
+        Args:
+            prompts: a str or a list of str.
+            layers: a layer index or several (negative: from the end; ``"embed"``).
+            site: as in `capture` (the value after any steering at that site).
+            steering, max_new_tokens, temperature, top_k, top_p, seed, stop, batch_size,
+                progress: as in `generate`.
+
+        Returns:
+            One `MonitoredGeneration` per prompt: ``text``, ``ids`` and ``activations``
+            float32 ``[len(layers), len(ids), d_model]``, where entry k is the activation
+            whose output predicted new token k (the last prompt position for k = 0, then
+            the position of token k - 1), as the same steered forward computed it.
+
+        Raises:
+            As `generate` and `capture`.
+        """
+        items, _ = _args.texts(prompts, "prompts")
+        layer_list = check_layers(layers)
+        site = check_site(site)
+        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+        rows = _active.rows(self, steering, len(items))
+        ids = _batches.encode(self._core, items, "prompts")
+        runs = _batches.generate_monitored(
+            self._core, ids, layer_list, site, rows, sampling, batch_size, progress
+        )
+        return [
+            MonitoredGeneration(
+                cut_at_stop(self._core.decode(new, True), sampling.stop)[0], new, acts
+            )
+            for new, acts in runs
+        ]
+
     def generate_stream(
         self,
         prompt: str,
@@ -716,5 +769,5 @@ class Model:
         ids = _batches.encode(self._core, [prompt], "prompts")
         if sampling.max_new_tokens == 0:
             return iter(())
-        generation = self._core.start_generation(ids, rows, *sampling.args())
+        generation = self._core.start_generation(ids, rows, sampling.config())
         return stream(self._core, generation, sampling.stop)
