@@ -14,6 +14,7 @@ import numpy.typing as npt
 __all__ = [
     "BackendError",
     "ContextLengthError",
+    "GenConfig",
     "Generation",
     "InvalidArgumentError",
     "Model",
@@ -24,6 +25,7 @@ __all__ = [
     "SteerlabError",
     "TokenizerError",
     "UnsupportedModelError",
+    "VectorTrainer",
     "__version__",
     "fit_direction",
     "load_control_vector",
@@ -171,8 +173,8 @@ class GenConfig:
     """Generation settings, checked when made: max_new_tokens >= 0, temperature finite
     and >= 0 (0 = greedy), top_k >= 1, top_p in (0, 1], stop strings non-empty."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -180,7 +182,7 @@ class GenConfig:
         seed: int | None = None,
         stop: list[str] | None = None,
         ignore_eos: bool = False,
-    ) -> None: ...
+    ) -> GenConfig: ...
     @property
     def max_new_tokens(self) -> int: ...
 
@@ -196,8 +198,8 @@ class VectorTrainer:
     vector per layer at resid_post, AdamW, frozen prefix. Examples are (ids, split):
     prompt ids then completion ids, the completion starting at `split`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model: Model,
         examples_: list[tuple[list[int], int]],
         layers: list[int],
@@ -206,11 +208,11 @@ class VectorTrainer:
         positions: _Positions | None = None,
         lr: float = 0.01,
         weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
+        max_grad_norm: float | None = ...,  # 1.0
         batch_size: int = 8,
         seed: int = 0,
         init: list[list[float]] | None = None,
-    ) -> None: ...
+    ) -> VectorTrainer: ...
     def step(self) -> dict[str, float]:
         """One optimiser step (GIL released; Ctrl-C stops it): its record."""
     @property
