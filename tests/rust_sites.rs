@@ -507,3 +507,84 @@ fn monitor_reads_the_positions_that_produce_each_token() {
         }
     }
 }
+
+/// The two modes agree on SmolLM2 with f32 weights over a prefill and 8 decode steps of
+/// a padded batch with per-row operations (skipped with a note when the file is absent:
+/// `STEERLAB_SMOLLM2_GGUF`, which `make test` sets).
+#[test]
+fn modes_agree_on_smollm2_f32() {
+    let Some(path) = std::env::var_os("STEERLAB_SMOLLM2_GGUF").map(std::path::PathBuf::from) else {
+        eprintln!("note: STEERLAB_SMOLLM2_GGUF not set; skipping");
+        return;
+    };
+    if !path.is_file() {
+        eprintln!("note: {} not found; skipping", path.display());
+        return;
+    }
+    let m = std::sync::Arc::new(
+        Model::load(&path, steerlab::model::WeightDtype::F32, Device::Cpu).unwrap(),
+    );
+    let d = m.d_model();
+    let wave = |seed: f32, scale: f32| -> Tensor {
+        let v: Vec<f32> = (0..d)
+            .map(|i| ((i as f32 + seed) * 0.37).sin() * scale)
+            .collect();
+        Tensor::from_vec(v, d, &Device::Cpu).unwrap()
+    };
+    let unit_d = |seed: f32| {
+        let v = wave(seed, 1.0);
+        let n = v.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        v.broadcast_div(&n).unwrap()
+    };
+    let steer = vec![
+        vec![
+            Intervention::add(12, wave(0.5, 2.0), Positions::All),
+            Intervention {
+                site: Site::MlpOut(20),
+                positions: Positions::Last,
+                op: Op::Scale(Tensor::new(&[0.5f32], &Device::Cpu).unwrap()),
+            },
+        ],
+        vec![Intervention {
+            site: Site::ResidMid(15),
+            positions: Positions::All,
+            op: Op::ProjectOut(unit_d(2.0)),
+        }],
+    ];
+    let prompts = vec![vec![504u32, 3575, 282, 4649, 314, 9, 11], vec![1, 2, 3]];
+    let run = |mode: Mode| -> Vec<f32> {
+        let (ids, layout) = m.pad_batch(&prompts).unwrap();
+        let plan = SteeringPlan::new(&steer, &layout.lens, 8, m.n_layers(), d, &m.device).unwrap();
+        let mut cache = m.new_cache();
+        let mut out = Vec::new();
+        let mut input = ids;
+        for k in 0..=8 {
+            let ctx = StepCtx {
+                layout: &layout,
+                start: if k == 0 { 0 } else { layout.width + k - 1 },
+                t: if k == 0 { layout.width } else { 1 },
+                mode,
+            };
+            let mut hooks = Sites {
+                steering: Some(&plan),
+                capture: None,
+                monitor: None,
+                cancel: None,
+            };
+            let h = m.forward(&input, &ctx, &mut cache, &mut hooks).unwrap();
+            let lg = m.logits_last(&h, mode).unwrap();
+            out.extend(lg.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let next: Vec<u32> = (0..2).map(|r| (100 + 37 * k + 11 * r) as u32).collect();
+            input = Tensor::from_vec(next, (2, 1), &Device::Cpu).unwrap();
+        }
+        out
+    };
+    let (a, b) = (run(Mode::Inference), run(Mode::Gradient));
+    let std = {
+        let n = b.len() as f32;
+        let mean = b.iter().sum::<f32>() / n;
+        (b.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n).sqrt()
+    };
+    let e = max_diff(&a, &b) / std;
+    assert!(e < 1e-3, "SmolLM2 f32: modes differ by {e} x std(logits)");
+}
