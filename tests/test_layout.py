@@ -233,3 +233,37 @@ def test_plots_take_plain_data(agg: Any) -> None:
         "on topic (space)",
         "median perplexity (unsteered model)",
     ]
+
+
+# ------------------------------------------- pieces split from vectors.py and templates.py
+
+
+def test_names_kept_after_the_vectors_and_templates_splits() -> None:
+    from steerlab import _template_budget, _vector_fit, _vector_meta, templates, vectors
+
+    assert vectors.VectorInfo is _vector_meta.VectorInfo
+    assert vectors.METHODS == ("mean_diff", "pca_diff", "pca_center", "logistic")
+    for name in ("capture_pairs", "residual_norms", "_layer_list"):
+        assert getattr(vectors, name) is getattr(_vector_fit, name), name
+    assert vectors._now is _vector_meta._now
+    assert vectors._restore.__module__ == "steerlab.vectors"
+    assert templates.render_chat.__module__ == "steerlab.templates"
+    for name in templates.__all__[:-1]:
+        assert getattr(templates, name) == getattr(_template_budget, name), name
+    assert templates.__all__[-1] == "render_chat"
+    assert callable(templates._raise_exception) and callable(templates._tojson)
+
+
+def test_vector_pickles_written_before_the_split_load() -> None:
+    from steerlab.vectors import VectorInfo
+
+    info = VectorInfo(d_model=4, fingerprint="abc", residual_norms={0: 1.5})
+    vec = sl.SteeringVector({0: np.arange(4, dtype=np.float32)}, info, positions="prompt")
+    data = pickle.dumps(vec, protocol=2)
+    assert b"csteerlab.vectors\n_restore\n" in data
+    # Before the split, VectorInfo lived in steerlab.vectors and pickles name it there.
+    old = data.replace(b"csteerlab._vector_meta\nVectorInfo\n", b"csteerlab.vectors\nVectorInfo\n")
+    assert old != data and b"_vector_meta" not in old
+    again = pickle.loads(old)
+    assert again == vec and again.info == info and again.positions == "prompt"
+    assert type(again.info) is VectorInfo
