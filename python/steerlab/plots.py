@@ -34,6 +34,7 @@ __all__ = [
     "plot_diagnosis",
     "plot_generation_report",
     "plot_layer_sweep",
+    "plot_loss",
     "plot_projections",
     "plot_prompt_types",
     "plot_steerability",
@@ -294,5 +295,41 @@ def plot_generation_report(report: GenerationData) -> Figure:
     axes[k].set_ylabel("median perplexity (unsteered model)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss(
+    history: Sequence[Mapping[str, float]],
+    ax: Axes | None = None,
+    title: str | None = None,
+    smooth: int = 0,
+) -> Figure:
+    """The loss per optimiser step of a training run (e.g. `SteeringVector.history`).
+
+    Args:
+        history: one mapping per step with at least ``"loss"``.
+        ax: draw into these axes (default: a new figure).
+        title: the axes title.
+        smooth: also draw a running mean over this many steps (0: none).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    fig, ax = _axes(ax)
+    steps = [int(r.get("step", i)) for i, r in enumerate(history)]
+    loss = [float(r["loss"]) for r in history]
+    ax.plot(steps, loss, lw=1, alpha=0.6 if smooth > 1 else 1.0, label="batch loss")
+    if smooth > 1 and len(loss) >= smooth:
+        kernel = [1.0 / smooth] * smooth
+        import numpy as np
+
+        run = np.convolve(np.asarray(loss), np.asarray(kernel), mode="valid")
+        ax.plot(steps[smooth - 1 :], run, lw=2, label=f"mean of {smooth}")
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
