@@ -748,13 +748,17 @@ def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     return nb
 
 
+#: file name -> cells of every notebook this script writes.
+NOTEBOOKS = {
+    "01_quickstart.ipynb": QUICKSTART,
+    "02_reliability.ipynb": RELIABILITY,
+    "03_mean_centring.ipynb": MEAN_CENTRING,
+    "04_optimized_vectors.ipynb": OPTIMIZED,
+}
+
+
 def main() -> None:
-    for name, cells in (
-        ("01_quickstart.ipynb", QUICKSTART),
-        ("02_reliability.ipynb", RELIABILITY),
-        ("03_mean_centring.ipynb", MEAN_CENTRING),
-        ("04_optimized_vectors.ipynb", OPTIMIZED),
-    ):
+    for name, cells in NOTEBOOKS.items():
         nb = build(cells)
         nbformat.validate(nb)
         nbformat.write(nb, HERE / name)
