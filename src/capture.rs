@@ -158,3 +158,73 @@ impl Capture {
         }
     }
 }
+
+/// Records, during a generation, the activations that produced each new token: at the
+/// prefill the last prompt position, then at every decode step the position of the token
+/// just fed. Row r's k-th record is the activation whose output predicted its k-th
+/// generated token (monitoring a generation, e.g. with a probe).
+pub struct Monitor {
+    sites: Vec<Site>,
+    /// Per step: [b, n_sites, d] row-major.
+    steps: Vec<Vec<f32>>,
+    current: HashMap<Site, Tensor>,
+    d: usize,
+}
+
+impl Monitor {
+    pub fn new(sites: Vec<Site>) -> Self {
+        Monitor {
+            sites,
+            steps: Vec::new(),
+            current: HashMap::new(),
+            d: 0,
+        }
+    }
+
+    pub fn record(&mut self, site: Site, h: &Tensor, ctx: &StepCtx) -> Result<()> {
+        if !self.sites.contains(&site) {
+            return Ok(());
+        }
+        let last = h.narrow(1, ctx.t - 1, 1)?.squeeze(1)?.contiguous()?; // [b, d]
+        self.d = last.dim(1)?;
+        self.current.insert(site, last.detach());
+        Ok(())
+    }
+
+    /// Close one forward step: keep what it recorded at every site.
+    pub fn end_step(&mut self) -> Result<()> {
+        let mut parts = Vec::with_capacity(self.sites.len());
+        for s in &self.sites {
+            let t = self
+                .current
+                .remove(s)
+                .ok_or_else(|| Error::invalid(format!("monitored site {s} was never reached")))?;
+            parts.push(t);
+        }
+        let st = Tensor::stack(&parts, 1)?; // [b, n_sites, d]
+        self.steps.push(st.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    /// One ([n_sites, counts[r], d] data, shape) per row, `counts[r]` being the number of
+    /// tokens row r generated (at most the number of steps recorded).
+    pub fn finish(&self, counts: &[usize]) -> Vec<(Vec<f32>, [usize; 3])> {
+        let (n, d) = (self.sites.len(), self.d);
+        counts
+            .iter()
+            .enumerate()
+            .map(|(r, &c)| {
+                let c = c.min(self.steps.len());
+                let mut out = vec![0f32; n * c * d];
+                for (k, step) in self.steps.iter().take(c).enumerate() {
+                    for s in 0..n {
+                        let src = (r * n + s) * d;
+                        out[(s * c + k) * d..(s * c + k + 1) * d]
+                            .copy_from_slice(&step[src..src + d]);
+                    }
+                }
+                (out, [n, c, d])
+            })
+            .collect()
+    }
+}

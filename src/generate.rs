@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cancel::Cancel;
-use crate::capture::{Capture, Captured};
+use crate::capture::{Capture, Captured, Monitor};
 use crate::error::{Error, Result};
 use crate::hooks::Sites;
 use crate::intervene::{RowSteering, SteeringPlan};
@@ -46,25 +46,50 @@ impl Default for GenParams {
 }
 
 impl GenParams {
+    /// The one place generation settings are checked (the Python layer checks only
+    /// their types). Errors: `InvalidArgument` naming the setting, its value and what is
+    /// accepted.
     pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(Error::invalid(format!(
                 "temperature must be a finite number >= 0 (0 = greedy), got {}",
-                self.temperature
+                py_float(self.temperature)
             )));
         }
         if self.top_k == Some(0) {
-            return Err(Error::invalid("top_k must be >= 1 (or None), got 0"));
+            return Err(Error::invalid("top_k must be >= 1, got 0"));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::invalid(format!("top_p must be in (0, 1], got {p}")));
+                return Err(Error::invalid(format!(
+                    "top_p must be in (0, 1], got {}",
+                    py_float(p)
+                )));
             }
         }
-        if self.stop.iter().any(|s| s.is_empty()) {
-            return Err(Error::invalid("stop strings must not be empty"));
+        if let Some(i) = self.stop.iter().position(|s| s.is_empty()) {
+            return Err(Error::invalid(format!(
+                "a stop string is empty (stop[{i}]); expected non-empty str"
+            )));
         }
         Ok(())
+    }
+}
+
+/// A float as Python prints it (`1.0`, `-0.5`, `nan`, `inf`), for messages.
+fn py_float(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else if x == x.trunc() && x.abs() < 1e16 {
+        format!("{x:.1}")
+    } else {
+        format!("{x}")
     }
 }
 
@@ -148,6 +173,7 @@ fn prefill(
     let mut hooks = Sites {
         steering: plan.as_ref(),
         capture,
+        monitor: None,
         cancel: Some(cancel),
     };
     let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?;
@@ -209,6 +235,7 @@ pub struct Generation {
     generated: Vec<Vec<u32>>,
     finished: Vec<bool>,
     steps: usize,
+    monitor: Option<Monitor>,
 }
 
 impl Generation {
@@ -257,7 +284,29 @@ impl Generation {
             generated: vec![Vec::new(); n],
             finished,
             steps: 0,
+            monitor: None,
         })
+    }
+
+    /// Also record, at `sites`, the activation that produced each generated token (see
+    /// [`Monitor`]); read them with [`Generation::monitored`]. Errors: `OutOfRange` for
+    /// a site of a block the model lacks.
+    pub fn with_monitor(mut self, sites: Vec<Site>) -> Result<Self> {
+        let n = self.model.n_layers();
+        if let Some(s) = sites.iter().find(|s| s.layer().is_some_and(|l| l >= n)) {
+            return Err(Error::out_of_range(format!(
+                "monitored site {s} is out of range for a model with {n} layers"
+            )));
+        }
+        self.monitor = Some(Monitor::new(sites));
+        Ok(self)
+    }
+
+    /// What the monitor recorded: per row [n_sites, generated tokens, d] (None without
+    /// a monitor).
+    pub fn monitored(&self) -> Option<Vec<(Vec<f32>, [usize; 3])>> {
+        let counts: Vec<usize> = self.generated.iter().map(Vec::len).collect();
+        self.monitor.as_ref().map(|m| m.finish(&counts))
     }
 
     pub fn generated(&self) -> &[Vec<u32>] {
@@ -303,9 +352,13 @@ impl Generation {
         let mut hooks = Sites {
             steering: self.plan.as_ref(),
             capture: None,
+            monitor: self.monitor.as_mut(),
             cancel,
         };
         let h = m.forward(&input, &ctx, &mut self.cache, &mut hooks)?;
+        if let Some(mon) = self.monitor.as_mut() {
+            mon.end_step()?;
+        }
         let logits = m.logits_last(&h, Mode::Inference)?; // [b, vocab]
         let (b, vocab) = logits.dims2()?;
         let flat = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -341,14 +394,19 @@ impl Generation {
     /// Run to the end; returns the new tokens per row. Stops with `Error::Interrupted`
     /// within one decode step (or one decoder block of the prefill) of `cancel` being set.
     pub fn run(mut self, cancel: &Cancel) -> Result<Vec<Vec<u32>>> {
+        self.run_all(cancel)?;
+        Ok(self.generated)
+    }
+
+    /// Step until every row has finished (or `cancel` is set).
+    pub fn run_all(&mut self, cancel: &Cancel) -> Result<()> {
         in_pool(|| -> Result<()> {
             cancel.check()?;
             while self.step_inner(Some(cancel))?.is_some() {
                 cancel.check()?;
             }
             Ok(())
-        })?;
-        Ok(self.generated)
+        })
     }
 }
 

@@ -1,10 +1,10 @@
-//! The hooks the engine's calls hand to the forward: a steering plan, a capture and a
-//! cancellation flag, behind the model's [`Hooks`] trait.
+//! The hooks the engine's calls hand to the forward: a steering plan, a capture, a
+//! generation monitor and a cancellation flag, behind the model's [`Hooks`] trait.
 
 use candle_core::Tensor;
 
 use crate::cancel::Cancel;
-use crate::capture::Capture;
+use crate::capture::{Capture, Monitor};
 use crate::error::Result;
 use crate::intervene::SteeringPlan;
 use crate::model::{Hooks, Site, StepCtx};
@@ -15,6 +15,8 @@ use crate::model::{Hooks, Site, StepCtx};
 pub struct Sites<'a> {
     pub steering: Option<&'a SteeringPlan>,
     pub capture: Option<&'a mut Capture>,
+    /// Records the positions that predict each generated token (generation only).
+    pub monitor: Option<&'a mut Monitor>,
     pub cancel: Option<&'a Cancel>,
 }
 
@@ -26,6 +28,9 @@ impl Hooks for Sites<'_> {
         };
         if let Some(cap) = self.capture.as_deref_mut() {
             cap.record(site, &h, ctx)?;
+        }
+        if let Some(mon) = self.monitor.as_deref_mut() {
+            mon.record(site, &h, ctx)?;
         }
         Ok(h)
     }

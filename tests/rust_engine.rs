@@ -276,6 +276,7 @@ fn gradient_reaches_steering_vector() {
         let mut sites = Sites {
             steering: Some(&plan),
             capture: None,
+            monitor: None,
             cancel: None,
         };
         let h = m

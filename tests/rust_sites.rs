@@ -158,6 +158,7 @@ fn run(m: &Model, mode: Mode, steps: usize, steer: bool) -> (Vec<f32>, Vec<Vec<f
         let mut hooks = Sites {
             steering: plan.as_ref(),
             capture: (k == 0).then_some(&mut cap),
+            monitor: None,
             cancel: None,
         };
         let h = m.forward(&input, &ctx, &mut cache, &mut hooks).unwrap();
@@ -434,4 +435,156 @@ fn bad_operations_are_refused() {
             .contains("clamp value for resid_post[0] is inf"),
         "{e}"
     );
+}
+
+/// A monitored generation records, per row, the activation that produced each new token:
+/// the same values a capture of prompt + generated tokens reads at those positions, with
+/// per-row steering and rows of different lengths.
+#[test]
+fn monitor_reads_the_positions_that_produce_each_token() {
+    use steerlab::generate::{GenParams, Generation};
+    for fam in FAMILIES {
+        let (_d, m) = tiny(fam);
+        let sites = vec![Site::MlpOut(1), Site::ResidPost(2)];
+        let params = GenParams {
+            max_new_tokens: 6,
+            ignore_eos: true,
+            ..GenParams::default()
+        };
+        // Positions that mean the same in a generation and in a capture of its tokens.
+        let alpha: Vec<f32> = (0..20).map(|p| 0.2 * ((p as f32) * 0.7).cos()).collect();
+        let steer = vec![
+            vec![
+                Intervention::add(1, (direction(0.3) * 2.0).unwrap(), Positions::All),
+                Intervention {
+                    site: Site::AttnOut(0),
+                    positions: Positions::All,
+                    op: Op::Scale(Tensor::from_vec(alpha, 20, &m.device).unwrap()),
+                },
+            ],
+            vec![Intervention {
+                site: Site::ResidMid(2),
+                positions: Positions::All,
+                op: Op::ProjectOut(unit(1.7)),
+            }],
+            vec![],
+        ];
+        let mut g = Generation::new(m.clone(), &rows(), Some(&steer), params)
+            .unwrap()
+            .with_monitor(sites.clone())
+            .unwrap();
+        g.run_all(&steerlab::cancel::Cancel::new()).unwrap();
+        let mon = g.monitored().unwrap();
+        for (r, prompt) in rows().iter().enumerate() {
+            let new = &g.generated()[r];
+            assert_eq!(new.len(), 6);
+            let (data, shape) = &mon[r];
+            assert_eq!(*shape, [2, 6, D]);
+            // Capture over prompt + all new tokens but the last, with the same steering.
+            let mut ids = prompt.clone();
+            ids.extend(&new[..5]);
+            let (cap, _) = steerlab::generate::forward_batch(
+                &m,
+                &[ids.clone()],
+                sites.clone(),
+                Reduce::All,
+                Some(&steer[r..r + 1]),
+                false,
+                &steerlab::cancel::Cancel::new(),
+            )
+            .unwrap();
+            let (full, fshape) = per_row(cap.unwrap()).remove(0);
+            let len = ids.len();
+            assert_eq!(fshape, [2, len, D]);
+            for s in 0..2 {
+                for k in 0..6 {
+                    let p = prompt.len() - 1 + k;
+                    let a = &data[(s * 6 + k) * D..(s * 6 + k + 1) * D];
+                    let b = &full[(s * len + p) * D..(s * len + p + 1) * D];
+                    assert!(max_diff(a, b) < 1e-4, "{fam} row {r} site {s} token {k}");
+                }
+            }
+        }
+    }
+}
+
+/// The two modes agree on SmolLM2 with f32 weights over a prefill and 8 decode steps of
+/// a padded batch with per-row operations (skipped with a note when the file is absent:
+/// `STEERLAB_SMOLLM2_GGUF`, which `make test` sets).
+#[test]
+fn modes_agree_on_smollm2_f32() {
+    let Some(path) = std::env::var_os("STEERLAB_SMOLLM2_GGUF").map(std::path::PathBuf::from) else {
+        eprintln!("note: STEERLAB_SMOLLM2_GGUF not set; skipping");
+        return;
+    };
+    if !path.is_file() {
+        eprintln!("note: {} not found; skipping", path.display());
+        return;
+    }
+    let m = std::sync::Arc::new(
+        Model::load(&path, steerlab::model::WeightDtype::F32, Device::Cpu).unwrap(),
+    );
+    let d = m.d_model();
+    let wave = |seed: f32, scale: f32| -> Tensor {
+        let v: Vec<f32> = (0..d)
+            .map(|i| ((i as f32 + seed) * 0.37).sin() * scale)
+            .collect();
+        Tensor::from_vec(v, d, &Device::Cpu).unwrap()
+    };
+    let unit_d = |seed: f32| {
+        let v = wave(seed, 1.0);
+        let n = v.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        v.broadcast_div(&n).unwrap()
+    };
+    let steer = vec![
+        vec![
+            Intervention::add(12, wave(0.5, 2.0), Positions::All),
+            Intervention {
+                site: Site::MlpOut(20),
+                positions: Positions::Last,
+                op: Op::Scale(Tensor::new(&[0.5f32], &Device::Cpu).unwrap()),
+            },
+        ],
+        vec![Intervention {
+            site: Site::ResidMid(15),
+            positions: Positions::All,
+            op: Op::ProjectOut(unit_d(2.0)),
+        }],
+    ];
+    let prompts = vec![vec![504u32, 3575, 282, 4649, 314, 9, 11], vec![1, 2, 3]];
+    let run = |mode: Mode| -> Vec<f32> {
+        let (ids, layout) = m.pad_batch(&prompts).unwrap();
+        let plan = SteeringPlan::new(&steer, &layout.lens, 8, m.n_layers(), d, &m.device).unwrap();
+        let mut cache = m.new_cache();
+        let mut out = Vec::new();
+        let mut input = ids;
+        for k in 0..=8 {
+            let ctx = StepCtx {
+                layout: &layout,
+                start: if k == 0 { 0 } else { layout.width + k - 1 },
+                t: if k == 0 { layout.width } else { 1 },
+                mode,
+            };
+            let mut hooks = Sites {
+                steering: Some(&plan),
+                capture: None,
+                monitor: None,
+                cancel: None,
+            };
+            let h = m.forward(&input, &ctx, &mut cache, &mut hooks).unwrap();
+            let lg = m.logits_last(&h, mode).unwrap();
+            out.extend(lg.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let next: Vec<u32> = (0..2).map(|r| (100 + 37 * k + 11 * r) as u32).collect();
+            input = Tensor::from_vec(next, (2, 1), &Device::Cpu).unwrap();
+        }
+        out
+    };
+    let (a, b) = (run(Mode::Inference), run(Mode::Gradient));
+    let std = {
+        let n = b.len() as f32;
+        let mean = b.iter().sum::<f32>() / n;
+        (b.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n).sqrt()
+    };
+    let e = max_diff(&a, &b) / std;
+    assert!(e < 1e-3, "SmolLM2 f32: modes differ by {e} x std(logits)");
 }

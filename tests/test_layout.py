@@ -117,7 +117,8 @@ def test_partial_stop() -> None:
 
 def test_sampling_seed_offset_wraps() -> None:
     s = _sampling.Sampling(4, 0.5, None, None, 2**64 - 1, "END")
-    assert s.args(seed_offset=2) == (4, 0.5, None, None, 1, ["END"])
+    assert s.seed == 2**64 - 1 and s.stop == ["END"]
+    assert "seed: Some(1)" in repr(s.config(seed_offset=2))
     with pytest.raises(sl.InvalidArgumentError, match=r"a stop string is empty \(stop\[1\]\)"):
         _sampling.Sampling(4, 0.0, None, None, None, ["a", ""])
 

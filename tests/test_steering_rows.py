@@ -70,9 +70,9 @@ def test_arithmetic_errors() -> None:
     joined = a + sl.Steering({3: vec(1)}, positions="prompt")
     assert [o.positions for o in joined.ops] == ["all", "prompt"]
     with pytest.raises(sl.InvalidArgumentError, match="different positions"):
-        joined.positions
+        _ = joined.positions
     with pytest.raises(sl.InvalidArgumentError, match="several add operations"):
-        joined.vectors
+        _ = joined.vectors
     with pytest.raises(sl.ShapeError, match="widths 8 and 9 at layer 3"):
         a + sl.Steering({3: vec(1, d=9)})
 

@@ -16,6 +16,7 @@ Layer ``i`` is the residual stream after decoder block ``i`` (Hugging Face
 """
 
 from steerlab import catalog, datasets, evaluate, models, plots
+from steerlab._batches import MonitoredGeneration
 from steerlab._core import __version__
 from steerlab._progress import set_progress
 from steerlab.contrast import PROMPT_TYPES, ContrastPair, ContrastPairs
@@ -36,7 +37,8 @@ from steerlab.errors import (
     UnsupportedModelError,
 )
 from steerlab.model import Model
-from steerlab.steering import Steering
+from steerlab.optimize import TrainingInterrupted
+from steerlab.steering import Operation, Steering
 from steerlab.vectors import SteeringVector
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "Model",
     "ModelFormatError",
     "ModelNotFoundError",
+    "MonitoredGeneration",
+    "Operation",
     "OutOfRangeError",
     "ShapeError",
     "Steering",
@@ -59,6 +63,7 @@ __all__ = [
     "SteerlabError",
     "TemplateError",
     "TokenizerError",
+    "TrainingInterrupted",
     "UnsupportedModelError",
     "__version__",
     "catalog",

@@ -35,6 +35,7 @@ __all__ = [
     "flag",
     "index",
     "integer",
+    "number",
     "path",
     "real",
     "scaled",
@@ -149,6 +150,22 @@ def real(
     if not ok:
         raise InvalidArgumentError(f"{name} must be {expected}, got {v}")
     return v
+
+
+def number(value: Any, name: str, expected: str) -> float:
+    """A real number as a float (numpy floats too, never a bool), NaN and inf included:
+    the type check only, for settings whose values the engine checks.
+
+    Raises:
+        InvalidTypeError: not a real number.
+        InvalidArgumentError: an int beyond float's range.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"{name} must be a number, got {_show(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgumentError(f"{name} must be {expected}, got {show(value)}") from None
 
 
 def factor(value: Any, owner: str, op: str) -> float:

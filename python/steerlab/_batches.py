@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -24,10 +25,12 @@ from steerlab.steering import Row, batch_rows
 
 __all__ = [
     "Batches",
+    "MonitoredGeneration",
     "batch_errors",
     "capture",
     "encode",
     "generate",
+    "generate_monitored",
     "logits",
     "token_logprobs",
 ]
@@ -111,6 +114,7 @@ def capture(
     rows: list[Row] | None,
     batch_size: int,
     progress: bool | None,
+    site: str = "resid_post",
 ) -> FloatArray | list[FloatArray]:
     """`Model.capture` over checked ids: ``[n, len(layers), d]``, or a list for ``"all"``."""
     parts: list[Any] = []
@@ -118,7 +122,7 @@ def capture(
         for start, stop in batches:
             with batches.errors(start, stop):
                 captures, _ = core.forward(
-                    ids[start:stop], layers, reduce, batch_rows(rows, start, stop), False
+                    ids[start:stop], layers, reduce, batch_rows(rows, start, stop), False, site
                 )
             if captures is None:
                 raise BackendError("the forward pass returned no captures")
@@ -186,8 +190,53 @@ def generate(
                 out = core.generate(
                     ids[start:stop],
                     batch_rows(rows, start, stop),
-                    *sampling.args(seed_offset=start),
-                    ignore_eos=ignore_eos,
+                    sampling.config(seed_offset=start, ignore_eos=ignore_eos),
                 )
             new_ids.extend(list(row) for row in out)
     return new_ids
+
+
+@dataclass(frozen=True)
+class MonitoredGeneration:
+    """One prompt's generation with the activations that produced it.
+
+    Attributes:
+        text: the new text (special tokens skipped, cut before a stop string).
+        ids: the new token ids (not cut: a row that hit a stop string ends with the
+            token that completed it).
+        activations: float32 ``[len(layers), len(ids), d_model]``: at each requested
+            layer (and site), the activation whose output predicted each new token (the
+            last prompt position for the first, then the position of the token before).
+    """
+
+    text: str
+    ids: list[int]
+    activations: FloatArray
+
+
+def generate_monitored(
+    core: _core.Model,
+    ids: list[list[int]],
+    layers: list[int | str],
+    site: str,
+    rows: list[Row] | None,
+    sampling: Sampling,
+    batch_size: int,
+    progress: bool | None,
+) -> list[tuple[list[int], FloatArray]]:
+    """`Model.generate_monitored` over checked ids: (new ids, activations) per input."""
+    out: list[tuple[list[int], FloatArray]] = []
+    with Batches(len(ids), batch_size, progress, "generate", "prompt") as batches:
+        for start, stop in batches:
+            with batches.errors(start, stop):
+                new, acts = core.generate_monitored(
+                    ids[start:stop],
+                    layers,
+                    site,
+                    batch_rows(rows, start, stop),
+                    sampling.config(seed_offset=start),
+                )
+            out.extend(
+                (list(r), np.asarray(a, dtype=np.float32)) for r, a in zip(new, acts, strict=True)
+            )
+    return out

@@ -14,6 +14,7 @@ import numpy.typing as npt
 __all__ = [
     "BackendError",
     "ContextLengthError",
+    "GenConfig",
     "Generation",
     "InvalidArgumentError",
     "Model",
@@ -24,6 +25,7 @@ __all__ = [
     "SteerlabError",
     "TokenizerError",
     "UnsupportedModelError",
+    "VectorTrainer",
     "__version__",
     "fit_direction",
     "load_control_vector",
@@ -59,11 +61,18 @@ class BackendError(SteerlabError, RuntimeError): ...
 #                (negative: from the end of the prompt); decode step k is position
 #                len(prompt) + k
 _Positions = Literal["all", "prompt", "generated", "last"] | list[int]
-# One intervention: add `vector` (already scaled, float32 [d_model]) to the residual
-# stream after block `layer` (negative counts from the end) at `positions`.
-_Intervention = tuple[int, npt.NDArray[np.float32], _Positions]
+# One intervention: either (layer, vector, positions): add `vector` (already scaled,
+# float32 [d_model]) to the residual stream after block `layer` (negative counts from
+# the end); or (site, layer, op, array, value, positions): op "add" (array = v),
+# "scale" (h * (1 + alpha), array = alpha [1] or one per position), "project_out"
+# (array = unit u) or "clamp" (projection on unit u set to value) at site
+# "resid_post" / "resid_mid" / "attn_out" / "mlp_out" / "embed" of block `layer`.
+_Intervention = (
+    tuple[int, npt.NDArray[np.float32], _Positions]
+    | tuple[str, int, str, npt.NDArray[np.float32], float, _Positions]
+)
 # One list of interventions per batch row (an empty list: that row is not steered).
-_RowSteering = list[_Intervention]
+_RowSteering = Sequence[_Intervention]
 
 @final
 class Model:
@@ -107,15 +116,17 @@ class Model:
         batch: list[list[int]],
         layers: list[int | str],
         reduce: str | int,
-        steering: list[_RowSteering] | None = None,
+        steering: Sequence[_RowSteering] | None = None,
         logits: bool = False,
+        site: str = "resid_post",
     ) -> tuple[
         npt.NDArray[np.float32] | list[npt.NDArray[np.float32]] | None,
         npt.NDArray[np.float32] | None,
     ]:
         """Run one batch (left-padded internally). Returns (captures, logits).
 
-        layers: ints (negative from the end) or "embed" for the embedding output.
+        layers: ints (negative from the end) or "embed" for the embedding output;
+        site: "resid_post", "resid_mid", "attn_out" or "mlp_out" of those layers.
         captures: None when `layers` is empty; for reduce "last" / "mean" /
         "mean_skip_first" / int an
         array [batch, len(layers), d_model]; for "all" a list with one
@@ -124,30 +135,46 @@ class Model:
         The GIL is released for the whole call."""
 
     def token_logprobs(
-        self, batch: list[list[int]], steering: list[_RowSteering] | None = None
+        self, batch: list[list[int]], steering: Sequence[_RowSteering] | None = None
     ) -> list[npt.NDArray[np.float32]]:
         """log p(token_j | tokens before it) for j >= 1, one array per row."""
 
     def generate(
         self,
         batch: list[list[int]],
-        steering: list[_RowSteering] | None = None,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        ignore_eos: bool = False,
+        steering: Sequence[_RowSteering] | None = None,
+        config: GenConfig | None = None,
     ) -> list[list[int]]:
-        """Generate up to `max_new_tokens` per row; returns the new token ids per row
-        (ending before an eos token; a row that hit a stop string ends with the token
+        """Generate up to `config.max_new_tokens` per row; returns the new token ids per
+        row (ending before an eos token; a row that hit a stop string ends with the token
         that completed it). The GIL is released for the whole call."""
+
+    def generate_monitored(
+        self,
+        batch: list[list[int]],
+        layers: list[int | str],
+        site: str = "resid_post",
+        steering: Sequence[_RowSteering] | None = None,
+        config: GenConfig | None = None,
+    ) -> tuple[list[list[int]], list[npt.NDArray[np.float32]]]:
+        """`generate`, also recording at `layers` (site `site`) the activation that
+        produced each new token: one [len(layers), n_new_r, d_model] array per row."""
 
     def start_generation(
         self,
         batch: list[list[int]],
-        steering: list[_RowSteering] | None = None,
+        steering: Sequence[_RowSteering] | None = None,
+        config: GenConfig | None = None,
+    ) -> Generation:
+        """Same as `generate`, one step at a time (for streaming)."""
+
+@final
+class GenConfig:
+    """Generation settings, checked when made: max_new_tokens >= 0, temperature finite
+    and >= 0 (0 = greedy), top_k >= 1, top_p in (0, 1], stop strings non-empty."""
+
+    def __new__(
+        cls,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -155,14 +182,44 @@ class Model:
         seed: int | None = None,
         stop: list[str] | None = None,
         ignore_eos: bool = False,
-    ) -> Generation:
-        """Same as `generate`, one step at a time (for streaming)."""
+    ) -> GenConfig: ...
+    @property
+    def max_new_tokens(self) -> int: ...
 
 @final
 class Generation:
     def step(self) -> list[int | None] | None:
         """Run one decode step: the new token of each row (None for rows already
         finished), or None when every row has finished."""
+
+@final
+class VectorTrainer:
+    """A run of optimised steering vectors (see `steerlab.optimize`): one additive
+    vector per layer at resid_post, AdamW, frozen prefix. Examples are (ids, split):
+    prompt ids then completion ids, the completion starting at `split`."""
+
+    def __new__(
+        cls,
+        model: Model,
+        examples_: list[tuple[list[int], int]],
+        layers: list[int],
+        *,
+        negatives: list[tuple[list[int], int]] | None = None,
+        positions: _Positions | None = None,
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = ...,  # 1.0
+        batch_size: int = 8,
+        seed: int = 0,
+        init: list[list[float]] | None = None,
+    ) -> VectorTrainer: ...
+    def step(self) -> dict[str, float]:
+        """One optimiser step (GIL released; Ctrl-C stops it): its record."""
+    @property
+    def history(self) -> list[dict[str, float]]: ...
+    @property
+    def best(self) -> tuple[int, float] | None: ...
+    def vectors(self, best: bool = True) -> list[tuple[int, npt.NDArray[np.float32]]]: ...
 
 # -- steering-vector maths (numpy in, numpy out; the GIL is released) -----------------
 

@@ -92,3 +92,19 @@ def summed_arrays(
         total.flags.writeable = False
         out[layer] = total
     return out
+
+
+def check_site(site: Any) -> SiteName:
+    """A site name from `SITES`.
+
+    Raises:
+        InvalidTypeError: not a str.
+        InvalidArgumentError: an unknown name.
+    """
+    if not isinstance(site, str):
+        raise InvalidTypeError(f"site must be a str, got {_args.show(site)}")
+    if site not in SITES:
+        raise InvalidArgumentError(
+            f"unknown site {site!r}; expected one of {', '.join(repr(s) for s in SITES)}"
+        )
+    return cast(SiteName, site)

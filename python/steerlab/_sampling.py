@@ -18,7 +18,8 @@ MAX_NEW_TOKENS = _args.I64_MAX
 
 
 class Sampling:
-    """Checked generation settings, in the order `_core.Model.generate` takes them."""
+    """Generation settings: their types checked here, their values by the engine
+    (`steerlab._core.GenConfig`, made at once so a bad value fails before any work)."""
 
     def __init__(
         self,
@@ -29,34 +30,41 @@ class Sampling:
         seed: Any,
         stop: Any,
     ) -> None:
+        # Types, and the integer widths the engine stores them in (i64, u64).
         self.max_new_tokens = _args.integer(
-            max_new_tokens, "max_new_tokens", minimum=0, maximum=MAX_NEW_TOKENS
+            max_new_tokens, "max_new_tokens", maximum=MAX_NEW_TOKENS
         )
-        # A temperature so small that logits / t would overflow is greedy: the engine
-        # computes the softmax in f64 with the maximum subtracted first.
-        self.temperature = _args.real(
-            temperature, "temperature", minimum=0.0, expected="a finite number >= 0 (0 = greedy)"
+        self.temperature = _args.number(
+            temperature, "temperature", "a finite number >= 0 (0 = greedy)"
         )
-        self.top_k = (
-            None
-            if top_k is None
-            else _args.integer(top_k, "top_k", minimum=1, maximum=_args.I64_MAX)
-        )
-        self.top_p: float | None = None
-        if top_p is not None:
-            self.top_p = _args.real(top_p, "top_p", above=0.0, maximum=1.0, expected="in (0, 1]")
+        self.top_k = None if top_k is None else _args.integer(top_k, "top_k", maximum=_args.I64_MAX)
+        self.top_p = None if top_p is None else _args.number(top_p, "top_p", "in (0, 1]")
         self.seed = (
             None if seed is None else _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
         )
+        if self.top_k is not None and self.top_k < _args.I64_MIN:
+            raise InvalidArgumentError(f"top_k must be >= 1, got {_args.show(self.top_k)}")
+        if self.max_new_tokens < _args.I64_MIN:
+            raise InvalidArgumentError(
+                f"max_new_tokens must be >= 0, got {_args.show(self.max_new_tokens)}"
+            )
         self.stop = check_stop(stop)
+        self._base = self.config()
 
-    def args(
-        self, seed_offset: int = 0
-    ) -> tuple[int, float, int | None, float | None, int | None, list[str] | None]:
-        # The engine seeds row r of a call with seed + r; offsetting by the batch's first
-        # row gives prompt i the seed `seed + i` whatever the batch size.
+    def config(self, seed_offset: int = 0, ignore_eos: bool = False) -> _core.GenConfig:
+        """The engine's settings (values checked there). The engine seeds row r of a call
+        with seed + r; offsetting by the batch's first row gives prompt i the seed
+        ``seed + i`` whatever the batch size."""
         seed = None if self.seed is None else (self.seed + seed_offset) % 2**64
-        return (self.max_new_tokens, self.temperature, self.top_k, self.top_p, seed, self.stop)
+        return _core.GenConfig(
+            self.max_new_tokens,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            seed,
+            self.stop,
+            ignore_eos,
+        )
 
 
 def check_stop(stop: Any) -> list[str] | None:
@@ -70,10 +78,6 @@ def check_stop(stop: Any) -> list[str] | None:
         if not isinstance(s, str):
             raise InvalidTypeError(
                 f"stop strings must be str, got {type(s).__name__} {_args.show(s)}"
-            )
-        if not s:
-            raise InvalidArgumentError(
-                f"a stop string is empty (stop[{i}]); expected non-empty str"
             )
         out.append(_args.text(s, f"stop[{i}]"))
     return out or None

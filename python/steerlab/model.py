@@ -25,7 +25,8 @@ import numpy.typing as npt
 
 from steerlab import _active, _args, _batches, _chat, _core, _hub
 from steerlab._checks import check_device, check_dtype, check_layers, check_position
-from steerlab._sampling import Sampling, cut_at_stop, stream
+from steerlab._generating import Generating
+from steerlab._layers import SiteName, check_site
 from steerlab.catalog import default_model_path
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, OutOfRangeError
 
@@ -45,7 +46,7 @@ def _reload(path: str, dtype: str, device: str) -> Model:
 # ------------------------------------------------------------------------------ Model
 
 
-class Model:
+class Model(Generating):
     """A loaded language model. Immutable, so one model serves many threads.
 
     Create it with `Model.load` (a local GGUF file or Hugging Face folder, or the
@@ -330,6 +331,7 @@ class Model:
         *,
         steering: Any = ...,
         progress: bool | None = ...,
+        site: SiteName = ...,
     ) -> list[FloatArray]: ...
     @overload
     def capture(
@@ -341,6 +343,7 @@ class Model:
         *,
         steering: Any = ...,
         progress: bool | None = ...,
+        site: SiteName = ...,
     ) -> FloatArray: ...
     @overload
     def capture(
@@ -352,6 +355,7 @@ class Model:
         *,
         steering: Any = ...,
         progress: bool | None = ...,
+        site: SiteName = ...,
     ) -> FloatArray | list[FloatArray]: ...
     def capture(
         self,
@@ -362,8 +366,10 @@ class Model:
         *,
         steering: Any = None,
         progress: bool | None = None,
+        site: SiteName = "resid_post",
     ) -> FloatArray | list[FloatArray]:
-        """Read the residual stream after the given blocks.
+        """Read activations at a site of the given blocks (default: the residual stream
+        after them).
 
         Args:
             texts: a str or a list of str (tokenized with special tokens, as the
@@ -377,6 +383,13 @@ class Model:
             steering: steering applied during the forward (see `steerlab.steering`);
                 None uses the active ``with model.steering(...)`` block, if any.
             progress: show a progress bar (None: when there is more than one batch).
+            site: ``"resid_post"`` (the output of block i, Hugging Face
+                ``hidden_states[i + 1]``), ``"resid_mid"`` (between attention and MLP),
+                ``"attn_out"`` / ``"mlp_out"`` (what attention / the MLP adds to the
+                residual; Gemma: after its post-norms), as TransformerLens names them;
+                ``resid_post[i] = resid_post[i-1] + attn_out[i] + mlp_out[i]``. The
+                value recorded is the one after any steering at that site. ``"embed"``
+                in `layers` always reads the embedding output.
 
         Returns:
             float32 ``[n_texts, len(layers), d_model]``; for ``"all"`` a list with one
@@ -395,9 +408,12 @@ class Model:
         layer_list = check_layers(layers)
         reduce = check_position(position)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+        site = check_site(site)
         rows = _active.rows(self, steering, len(items))
         ids = _batches.encode(self._core, items, "texts")
-        return _batches.capture(self._core, ids, layer_list, reduce, rows, batch_size, progress)
+        return _batches.capture(
+            self._core, ids, layer_list, reduce, rows, batch_size, progress, site
+        )
 
     def logits(
         self,
@@ -501,204 +517,3 @@ class Model:
             scored = lp[max(skip, 0) :]
             out[i] = float(np.exp(-scored.mean())) if scored.size else float("nan")
         return out
-
-    # -- generation ----------------------------------------------------------------------
-
-    @overload
-    def generate(  # type: ignore[overload-overlap]
-        self,
-        prompts: str,
-        *,
-        steering: Any = ...,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        top_k: int | None = ...,
-        top_p: float | None = ...,
-        seed: int | None = ...,
-        stop: str | Sequence[str] | None = ...,
-        return_ids: Literal[False] = ...,
-        batch_size: int = ...,
-        progress: bool | None = ...,
-        ignore_eos: bool = ...,
-    ) -> str: ...
-    @overload
-    def generate(  # type: ignore[overload-overlap]
-        self,
-        prompts: str,
-        *,
-        steering: Any = ...,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        top_k: int | None = ...,
-        top_p: float | None = ...,
-        seed: int | None = ...,
-        stop: str | Sequence[str] | None = ...,
-        return_ids: Literal[True],
-        batch_size: int = ...,
-        progress: bool | None = ...,
-        ignore_eos: bool = ...,
-    ) -> list[int]: ...
-    @overload
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        steering: Any = ...,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        top_k: int | None = ...,
-        top_p: float | None = ...,
-        seed: int | None = ...,
-        stop: str | Sequence[str] | None = ...,
-        return_ids: Literal[False] = ...,
-        batch_size: int = ...,
-        progress: bool | None = ...,
-        ignore_eos: bool = ...,
-    ) -> list[str]: ...
-    @overload
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        steering: Any = ...,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        top_k: int | None = ...,
-        top_p: float | None = ...,
-        seed: int | None = ...,
-        stop: str | Sequence[str] | None = ...,
-        return_ids: Literal[True],
-        batch_size: int = ...,
-        progress: bool | None = ...,
-        ignore_eos: bool = ...,
-    ) -> list[list[int]]: ...
-    @overload
-    def generate(
-        self,
-        prompts: str | Sequence[str],
-        *,
-        steering: Any = ...,
-        max_new_tokens: int = ...,
-        temperature: float = ...,
-        top_k: int | None = ...,
-        top_p: float | None = ...,
-        seed: int | None = ...,
-        stop: str | Sequence[str] | None = ...,
-        return_ids: bool = ...,
-        batch_size: int = ...,
-        progress: bool | None = ...,
-        ignore_eos: bool = ...,
-    ) -> list[str] | list[list[int]] | str | list[int]: ...
-    def generate(
-        self,
-        prompts: str | Sequence[str],
-        *,
-        steering: Any = None,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        return_ids: bool = False,
-        batch_size: int = 8,
-        progress: bool | None = None,
-        ignore_eos: bool = False,
-    ) -> list[str] | list[list[int]] | str | list[int]:
-        """Continue each prompt.
-
-        Args:
-            prompts: a list of str, or a single str (then a single result is returned).
-                Prompts are used as given; use `chat_prompt` for chat models.
-            steering: as in `capture`; a list gives each prompt its own steering.
-            max_new_tokens: at most this many new tokens per prompt (an eos token ends
-                a prompt earlier).
-            temperature: 0 is greedy decoding; above 0 samples.
-            top_k: sample among the k most likely tokens only.
-            top_p: sample from the smallest set of tokens whose probability reaches p.
-            seed: makes sampling reproducible: prompt ``i`` samples with its own
-                generator seeded ``seed + i``, whatever the batch size.
-            stop: a string or strings that end a prompt's generation; the returned text
-                stops before the first of them.
-            return_ids: return the new token ids instead of text (no stop truncation:
-                a row that hit a stop string ends with the token that completed it).
-            batch_size: prompts per batch.
-            progress: show a progress bar (None: when there is more than one batch).
-            ignore_eos: keep generating through eos tokens, so every row gets exactly
-                `max_new_tokens` (benchmarks, fixed-length comparisons).
-
-        Returns:
-            The new text of each prompt (special tokens skipped), or its new ids with
-            ``return_ids=True``; for a single str prompt, just that one result.
-
-        Raises:
-            InvalidTypeError: a prompt that is not a str, an argument of the wrong type.
-            InvalidArgumentError: no prompts, negative max_new_tokens or temperature,
-                top_k < 1, top_p outside (0, 1], batch_size < 1, a steering list whose
-                length is not the number of prompts, a NaN in a vector.
-            OutOfRangeError, ShapeError, ContextLengthError: as in `capture`.
-        """
-        items, single = _args.texts(prompts, "prompts")
-        return_ids = _args.flag(return_ids, "return_ids")
-        ignore_eos = _args.flag(ignore_eos, "ignore_eos")
-        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
-        rows = _active.rows(self, steering, len(items))
-        ids = _batches.encode(self._core, items, "prompts")
-        if sampling.max_new_tokens == 0:
-            new_ids: list[list[int]] = [[] for _ in ids]
-        else:
-            new_ids = _batches.generate(
-                self._core, ids, rows, sampling, batch_size, progress, ignore_eos
-            )
-        results: list[Any]
-        if return_ids:
-            results = new_ids
-        else:
-            results = [
-                cut_at_stop(self._core.decode(row, True), sampling.stop)[0] for row in new_ids
-            ]
-        return results[0] if single else results
-
-    def generate_stream(
-        self,
-        prompt: str,
-        *,
-        steering: Any = None,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-    ) -> Iterator[str]:
-        """Continue one prompt, yielding text as it is generated.
-
-        Arguments are checked, and the prompt processed, when this is called; the
-        pieces come as the iterator is consumed. A piece never splits a multi-byte
-        character, never shows part of a stop string, and the pieces join to what
-        `generate` returns for the same arguments.
-
-        Args:
-            prompt: a str.
-            steering, max_new_tokens, temperature, top_k, top_p, seed, stop: as in
-                `generate` (a steering list must have exactly one entry).
-
-        Returns:
-            An iterator of str pieces.
-
-        Raises:
-            As `generate`.
-        """
-        if not isinstance(prompt, str):
-            raise InvalidTypeError(
-                f"generate_stream takes one prompt str, got {type(prompt).__name__}"
-            )
-        _args.text(prompt, "prompt")
-        sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
-        rows = _active.rows(self, steering, 1)
-        ids = _batches.encode(self._core, [prompt], "prompts")
-        if sampling.max_new_tokens == 0:
-            return iter(())
-        generation = self._core.start_generation(ids, rows, *sampling.args())
-        return stream(self._core, generation, sampling.stop)

@@ -12,11 +12,14 @@ The engine trains through the model as loaded, so the default quantized GGUF wor
 
 from __future__ import annotations
 
+import json
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from steerlab import _args, _core
 from steerlab._layers import check_positions
@@ -25,9 +28,8 @@ from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
 if TYPE_CHECKING:
     from steerlab.model import Model
-    from steerlab.vectors import SteeringVector
 
-__all__ = ["TrainingInterrupted", "optimize_vector", "tokenize_pairs"]
+__all__ = ["TrainedVectors", "TrainingInterrupted", "optimize_vector", "tokenize_pairs"]
 
 
 class TrainingInterrupted(UserWarning):
@@ -67,12 +69,22 @@ def tokenize_pairs(
     return out
 
 
+@dataclass
+class TrainedVectors:
+    """What a vector-training run produced (`SteeringVector.optimize` wraps it)."""
+
+    vectors: dict[int, npt.NDArray[np.float32]]
+    history: list[dict[str, float]]
+    training: dict[str, Any]
+    n_samples: int
+
+
 def optimize_vector(
     model: Model,
     prompts: Sequence[str],
     completions: Sequence[str],
     *,
-    layers: int | Iterable[int],
+    layers: list[int],
     negatives: Sequence[str] | None = None,
     steps: int = 100,
     lr: float = 1e-2,
@@ -81,16 +93,15 @@ def optimize_vector(
     positions: Any = "all",
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
-    init: SteeringVector | None = None,
+    init: list[npt.NDArray[np.float32]] | None = None,
     progress: bool | None = None,
-) -> SteeringVector:
-    """See `SteeringVector.optimize` (this is its body)."""
+) -> TrainedVectors:
+    """The body of `SteeringVector.optimize` (its docstring documents the arguments);
+    `layers` are resolved, `init` holds one vector per layer or is None."""
     from steerlab.model import Model
-    from steerlab.vectors import SteeringVector, VectorInfo, _hash_texts, _layer_list, _now
 
     if not isinstance(model, Model):
         raise InvalidTypeError(f"model must be a steerlab.Model, got {type(model).__name__}")
-    wanted = _layer_list(model, layers)
     n_steps = _args.integer(steps, "steps", minimum=1)
     size = _args.integer(batch_size, "batch_size", minimum=1)
     rate = _args.real(lr, "lr", above=0.0)
@@ -102,21 +113,10 @@ def optimize_vector(
     negs = None
     if negatives is not None:
         negs = tokenize_pairs(model, prompts, negatives, "negatives")
-    start = None
-    if init is not None:
-        if not isinstance(init, SteeringVector):
-            raise InvalidTypeError(
-                f"init must be a SteeringVector or None, got {type(init).__name__}"
-            )
-        init.check_model(model)
-        missing = [layer for layer in wanted if layer not in init.vectors]
-        if missing:
-            raise InvalidArgumentError(f"init has no vector for layer(s) {missing}")
-        start = [np.asarray(init.vectors[layer], dtype=np.float32).tolist() for layer in wanted]
     trainer = _core.VectorTrainer(
         model._core,
         examples,
-        wanted,
+        layers,
         negatives=negs,
         positions=pos,
         lr=rate,
@@ -124,7 +124,7 @@ def optimize_vector(
         max_grad_norm=clip,
         batch_size=size,
         seed=seed_v,
-        init=start,
+        init=None if init is None else [np.asarray(v, np.float32).tolist() for v in init],
     )
     bar = progress_bar(progress, n_steps, 1, "optimize", "step")
     interrupted = False
@@ -140,41 +140,32 @@ def optimize_vector(
         bar.close()
     history = trainer.history
     if interrupted:
+        if not history:
+            raise KeyboardInterrupt
         warnings.warn(
             f"optimize stopped by Ctrl-C after {len(history)} of {n_steps} steps; the "
             f"vector holds the parameters of the lowest batch loss so far",
             TrainingInterrupted,
             stacklevel=3,
         )
-        if not history:
-            raise KeyboardInterrupt
     best = trainer.best
-    texts = list(prompts) + list(completions) + list(negatives or [])
-    info = VectorInfo(
-        d_model=model.d_model,
-        fingerprint=model.fingerprint,
-        arch=model.arch,
-        n_layers=model.n_layers,
-        method="optimized",
-        position=None,
-        dataset=None,
-        dataset_hash=_hash_texts(texts),
-        n_samples=len(examples),
-        created=_now(),
+    training: dict[str, Any] = {
+        "objective": "preference" if negs else "likelihood",
+        "steps": n_steps,
+        "steps_done": len(history),
+        "lr": rate,
+        "batch_size": size,
+        "seed": seed_v,
+        "weight_decay": decay,
+        "max_grad_norm": clip,
+        "best_step": None if best is None else best[0],
+        "best_loss": None if best is None else best[1],
+        "interrupted": interrupted,
+        "positions": pos if isinstance(pos, str) else json.dumps(pos),
+    }
+    return TrainedVectors(
+        vectors=dict(trainer.vectors(best=True)),
         history=[{k: float(v) for k, v in r.items()} for r in history],
-        training={
-            "objective": "preference" if negs else "likelihood",
-            "steps": n_steps,
-            "steps_done": len(history),
-            "lr": rate,
-            "batch_size": size,
-            "seed": seed_v,
-            "weight_decay": decay,
-            "max_grad_norm": clip,
-            "best_step": None if best is None else best[0],
-            "best_loss": None if best is None else best[1],
-            "interrupted": interrupted,
-        },
+        training=training,
+        n_samples=len(examples),
     )
-    dirs = dict(trainer.vectors(best=True))
-    return SteeringVector(dirs, info, positions=pos)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,7 @@ from steerlab._layers import (
     Row,
     SiteName,
     check_positions,
+    check_site,
     summed_arrays,
 )
 
@@ -78,16 +79,6 @@ SteeringLike: TypeAlias = "Steering | Mapping[int, npt.ArrayLike] | _HasToSteeri
 
 def _check_layer(layer: Any) -> int:
     return _args.index(layer, "a layer index")
-
-
-def _check_site(site: Any) -> SiteName:
-    if not isinstance(site, str):
-        raise InvalidTypeError(f"site must be a str, got {_args.show(site)}")
-    if site not in SITES:
-        raise InvalidArgumentError(
-            f"unknown site {site!r}; expected one of {', '.join(repr(s) for s in SITES)}"
-        )
-    return cast(SiteName, site)
 
 
 def _unit(direction: Any, name: str) -> npt.NDArray[np.float32]:
@@ -221,7 +212,7 @@ class Steering:
             raise InvalidTypeError(
                 f"vectors must be a mapping {{layer: vector}}, got {type(vectors).__name__}"
             )
-        site = _check_site(site)
+        site = check_site(site)
         pos = check_positions(positions)
         ops: list[Operation] = []
         seen: set[int] = set()
@@ -267,7 +258,7 @@ class Steering:
         """Add ``vector`` [d_model] at ``site`` of block ``layer``: ``h + v``."""
         index = _check_layer(layer)
         vec = _args.vector(vector, f"the steering vector for {site}[{index}]")
-        op = Operation("add", index, vec, _check_site(site), 0.0, check_positions(positions))
+        op = Operation("add", index, vec, check_site(site), 0.0, check_positions(positions))
         return cls.from_operations([op])
 
     @classmethod
@@ -295,7 +286,7 @@ class Steering:
             arr.flags.writeable = False
         else:
             arr = _args.vector(alpha, f"scale alpha for {site}[{index}]")
-        op = Operation("scale", index, arr, _check_site(site), 0.0, check_positions(positions))
+        op = Operation("scale", index, arr, check_site(site), 0.0, check_positions(positions))
         return cls.from_operations([op])
 
     @classmethod
@@ -315,7 +306,7 @@ class Steering:
         """
         index = _check_layer(layer)
         u = _unit(direction, f"the project_out direction for {site}[{index}]")
-        op = Operation("project_out", index, u, _check_site(site), 0.0, check_positions(positions))
+        op = Operation("project_out", index, u, check_site(site), 0.0, check_positions(positions))
         return cls.from_operations([op])
 
     @classmethod
@@ -338,7 +329,7 @@ class Steering:
         index = _check_layer(layer)
         u = _unit(direction, f"the clamp direction for {site}[{index}]")
         c = _args.real(value, f"clamp value for {site}[{index}]")
-        op = Operation("clamp", index, u, _check_site(site), c, check_positions(positions))
+        op = Operation("clamp", index, u, check_site(site), c, check_positions(positions))
         return cls.from_operations([op])
 
     # -- views ----------------------------------------------------------------------

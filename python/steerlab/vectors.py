@@ -903,11 +903,25 @@ class SteeringVector:
         """
         from steerlab.optimize import optimize_vector
 
-        return optimize_vector(
+        wanted = _layer_list(model, layers)
+        start = None
+        if init is not None:
+            if not isinstance(init, SteeringVector):
+                raise InvalidTypeError(
+                    f"init must be a SteeringVector or None, got {type(init).__name__}"
+                )
+            init.check_model(model)
+            missing = [layer for layer in wanted if layer not in init.vectors]
+            if missing:
+                raise InvalidArgumentError(
+                    f"init has no vector for layer(s) {missing}; it has layers {init.layers}"
+                )
+            start = [init.vectors[layer] for layer in wanted]
+        run = optimize_vector(
             model,
             prompts,
             completions,
-            layers=layers,
+            layers=wanted,
             negatives=negatives,
             steps=steps,
             lr=lr,
@@ -916,9 +930,23 @@ class SteeringVector:
             positions=positions,
             weight_decay=weight_decay,
             max_grad_norm=max_grad_norm,
-            init=init,
+            init=start,
             progress=progress,
         )
+        texts = [*prompts, *completions, *(negatives or [])]
+        info = VectorInfo(
+            d_model=model.d_model,
+            fingerprint=model.fingerprint,
+            arch=model.arch,
+            n_layers=model.n_layers,
+            method="optimized",
+            dataset_hash=_hash_texts([str(t) for t in texts]),
+            n_samples=run.n_samples,
+            created=_now(),
+            history=run.history,
+            training=run.training,
+        )
+        return cls(run.vectors, info, positions=positions)
 
     @property
     def history(self) -> list[dict[str, float]]:

@@ -23,6 +23,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::PyModel>()?;
     m.add_class::<model::PyGeneration>()?;
+    m.add_class::<model::PyGenConfig>()?;
     m.add_class::<learn::PyVectorTrainer>()?;
     m.add_function(wrap_pyfunction!(vectors::fit_direction, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::mean_centring, m)?)?;

@@ -203,35 +203,57 @@ fn extract_reduce(reduce: &Bound<'_, PyAny>) -> PyResult<Reduce> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gen_params(
-    max_new_tokens: i64,
-    temperature: f64,
-    top_k: Option<i64>,
-    top_p: Option<f64>,
-    seed: Option<u64>,
-    stop: Option<Vec<String>>,
-) -> PyResult<GenParams> {
-    if max_new_tokens < 0 {
-        return Err(invalid(format!(
-            "max_new_tokens must be >= 0, got {max_new_tokens}"
-        )));
+/// Generation settings, checked once (by `GenParams::validate`) when made.
+#[pyclass(frozen, name = "GenConfig", module = "steerlab._core")]
+#[derive(Clone)]
+pub struct PyGenConfig {
+    inner: GenParams,
+}
+
+#[pymethods]
+impl PyGenConfig {
+    #[new]
+    #[pyo3(signature = (max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]
+    fn new(
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: Option<i64>,
+        top_p: Option<f64>,
+        seed: Option<u64>,
+        stop: Option<Vec<String>>,
+        ignore_eos: bool,
+    ) -> PyResult<Self> {
+        if max_new_tokens < 0 {
+            return Err(invalid(format!(
+                "max_new_tokens must be >= 0, got {max_new_tokens}"
+            )));
+        }
+        let top_k = match top_k {
+            Some(k) if k < 1 => return Err(invalid(format!("top_k must be >= 1, got {k}"))),
+            Some(k) => Some(k as usize),
+            None => None,
+        };
+        let inner = GenParams {
+            max_new_tokens: max_new_tokens as usize,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop: stop.unwrap_or_default(),
+            ignore_eos,
+        };
+        inner.validate()?;
+        Ok(PyGenConfig { inner })
     }
-    let top_k = match top_k {
-        Some(k) if k < 1 => return Err(invalid(format!("top_k must be >= 1, got {k}"))),
-        Some(k) => Some(k as usize),
-        None => None,
-    };
-    let p = GenParams {
-        max_new_tokens: max_new_tokens as usize,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        stop: stop.unwrap_or_default(),
-        ignore_eos: false,
-    };
-    p.validate()?;
-    Ok(p)
+
+    #[getter]
+    fn max_new_tokens(&self) -> usize {
+        self.inner.max_new_tokens
+    }
+
+    fn __repr__(&self) -> String {
+        format!("GenConfig({:?})", self.inner)
+    }
 }
 
 /// A loaded model: immutable, shared between threads.
@@ -392,63 +414,55 @@ impl PyModel {
         Ok(list)
     }
 
-    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (batch, steering = None, config = None))]
     fn generate(
         &self,
         py: Python<'_>,
         batch: &Bound<'_, PyAny>,
         steering: Option<&Bound<'_, PyAny>>,
-        max_new_tokens: i64,
-        temperature: f64,
-        top_k: Option<i64>,
-        top_p: Option<f64>,
-        seed: Option<u64>,
-        stop: Option<Vec<String>>,
-        ignore_eos: bool,
+        config: Option<&PyGenConfig>,
     ) -> PyResult<Vec<Vec<u32>>> {
-        let g = self.start(
-            py,
-            batch,
-            steering,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            stop,
-            ignore_eos,
-        )?;
+        let g = self.start(py, batch, steering, config)?;
         interruptible(py, |cancel| g.run(cancel))
     }
 
-    #[pyo3(signature = (batch, steering = None, max_new_tokens = 64, temperature = 0.0, top_k = None, top_p = None, seed = None, stop = None, ignore_eos = false))]
-    #[allow(clippy::too_many_arguments)]
+    /// Generate and record, at `layers` (site `site`), the activation that produced each
+    /// new token: (new ids per row, one [len(layers), n_new_r, d_model] array per row).
+    #[pyo3(signature = (batch, layers, site = "resid_post", steering = None, config = None))]
+    #[allow(clippy::type_complexity)]
+    fn generate_monitored<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &Bound<'py, PyAny>,
+        layers: &Bound<'py, PyAny>,
+        site: &str,
+        steering: Option<&Bound<'py, PyAny>>,
+        config: Option<&PyGenConfig>,
+    ) -> PyResult<(Vec<Vec<u32>>, Vec<Bound<'py, PyAny>>)> {
+        let sites = extract_sites(&self.inner, layers, SiteKind::parse(site)?)?;
+        let mut g = self
+            .start(py, batch, steering, config)?
+            .with_monitor(sites)?;
+        let acts = interruptible(py, |cancel| {
+            g.run_all(cancel)?;
+            Ok(g.monitored().unwrap_or_default())
+        })?;
+        let arrays = acts
+            .into_iter()
+            .map(|(data, shape)| Ok(to_numpy(py, data, &shape)?.into_any()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((g.into_generated(), arrays))
+    }
+
+    #[pyo3(signature = (batch, steering = None, config = None))]
     fn start_generation(
         &self,
         py: Python<'_>,
         batch: &Bound<'_, PyAny>,
         steering: Option<&Bound<'_, PyAny>>,
-        max_new_tokens: i64,
-        temperature: f64,
-        top_k: Option<i64>,
-        top_p: Option<f64>,
-        seed: Option<u64>,
-        stop: Option<Vec<String>>,
-        ignore_eos: bool,
+        config: Option<&PyGenConfig>,
     ) -> PyResult<PyGeneration> {
-        let g = self.start(
-            py,
-            batch,
-            steering,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            stop,
-            ignore_eos,
-        )?;
+        let g = self.start(py, batch, steering, config)?;
         Ok(PyGeneration {
             inner: Mutex::new(Some(g)),
         })
@@ -468,22 +482,14 @@ impl PyModel {
 }
 
 impl PyModel {
-    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         py: Python<'_>,
         batch: &Bound<'_, PyAny>,
         steering: Option<&Bound<'_, PyAny>>,
-        max_new_tokens: i64,
-        temperature: f64,
-        top_k: Option<i64>,
-        top_p: Option<f64>,
-        seed: Option<u64>,
-        stop: Option<Vec<String>>,
-        ignore_eos: bool,
+        config: Option<&PyGenConfig>,
     ) -> PyResult<Generation> {
-        let mut params = gen_params(max_new_tokens, temperature, top_k, top_p, seed, stop)?;
-        params.ignore_eos = ignore_eos;
+        let params = config.map(|c| c.inner.clone()).unwrap_or_default();
         let rows = extract_batch(batch)?;
         let steering = extract_steering(&self.inner, steering)?;
         let m = self.inner.clone();

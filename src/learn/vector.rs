@@ -272,6 +272,7 @@ impl VectorTraining {
         let mut hooks = Sites {
             steering: Some(&plan),
             capture: None,
+            monitor: None,
             cancel: Some(cancel),
         };
         let out = m.forward_blocks(h, self.start..m.n_layers(), &ctx, &mut cache, &mut hooks)?;
