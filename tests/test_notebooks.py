@@ -7,10 +7,12 @@ cell. The committed notebooks carry no outputs; the executed copies are thrown a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +46,29 @@ def kernel_name(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_quickstart_exists() -> None:
     assert any(p.name == "01_quickstart.ipynb" for p in NOTEBOOKS), "notebooks/ lacks it"
+
+
+def _generator() -> Any:
+    path = Path(__file__).parent.parent / "notebooks" / "make_notebooks.py"
+    spec = importlib.util.spec_from_file_location("make_notebooks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_match_their_generator() -> None:
+    """Each committed notebook is what notebooks/make_notebooks.py writes (edit the cells
+    there, then rerun it), and every generated notebook is committed."""
+    gen = _generator()
+    assert sorted(gen.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+    assert "04_optimized_vectors.ipynb" in gen.NOTEBOOKS
+    for path in NOTEBOOKS:
+        committed = nbformat.read(path, as_version=4)
+        expected = gen.build(gen.NOTEBOOKS[path.name])
+        assert [c.source for c in committed.cells] == [c.source for c in expected.cells], (
+            f"{path.name} differs from make_notebooks.py; run python notebooks/make_notebooks.py"
+        )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

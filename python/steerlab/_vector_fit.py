@@ -281,6 +281,10 @@ def _hash_texts(texts: list[str]) -> str:
 
 
 def _layer_list(model: Model, layers: int | Iterable[int]) -> list[int]:
+    from steerlab.model import Model
+
+    if not isinstance(model, Model):  # the first use of `model` in every constructor
+        raise InvalidTypeError(f"model must be a steerlab.Model, got {type(model).__name__}")
     items: list[Any] = (
         [layers] if isinstance(layers, numbers.Integral) else _iterable(layers, "layers")
     )

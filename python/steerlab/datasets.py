@@ -13,6 +13,9 @@
 - Topic and genre sets (`load_topic`): texts on one topic or in one genre, with the
   keywords that `topic_score` looks for in steered generations.
 - `open_prompts`: neutral open-ended beginnings for free generation.
+- Style sets (`load_style`): user requests, each with a target completion written in a
+  style and a neutral completion with the same content, split into train and held-out
+  parts; the data for `steerlab.SteeringVector.optimize`. Shipped: ``pirate``.
 
 Files are parsed once and cached; functions that return lists return a fresh list on
 every call, so callers may change them freely.
@@ -35,19 +38,25 @@ if TYPE_CHECKING:
 __all__ = [
     "ABRecord",
     "Behaviour",
+    "StyleSet",
     "TopicSet",
     "background_corpus",
     "behaviour_names",
     "load_behaviour",
+    "load_style",
     "load_topic",
     "open_prompts",
     "sentiment_pairs",
+    "style_names",
     "topic_names",
     "topic_score",
 ]
 
 #: The values a topic set's ``kind`` may take.
 TOPIC_KINDS = ("topic", "genre")
+
+#: The splits `load_style` accepts.
+STYLE_SPLITS = ("train", "heldout", "all")
 
 
 @dataclass(frozen=True)
@@ -407,3 +416,105 @@ def topic_score(text: str, topic: TopicSet | str) -> bool:
             f"topic must be a TopicSet or a topic name, got {type(topic).__name__}"
         )
     return _keyword_pattern(tuple(topic.keywords)).search(text) is not None
+
+
+# ------------------------------------------------------------------ styles
+
+
+@dataclass(frozen=True)
+class StyleSet:
+    """Prompts with a completion in a style and a neutral completion of the same content.
+
+    ``prompts[i]``, ``completions[i]`` and ``negatives[i]`` belong together; the prompts
+    are plain user requests (format them with `steerlab.Model.chat_prompt` for a chat
+    model).
+
+    Attributes:
+        name: the set's name, e.g. ``"pirate"``.
+        description: one sentence saying what the style is.
+        split: ``"train"``, ``"heldout"`` or ``"all"``.
+        prompts: the user requests.
+        completions: one answer in the style per prompt.
+        negatives: one neutral answer (same content, no style) per prompt.
+    """
+
+    name: str
+    description: str
+    split: str
+    prompts: tuple[str, ...]
+    completions: tuple[str, ...]
+    negatives: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def style_names() -> list[str]:
+    """Names of the shipped style sets, sorted.
+
+    Returns:
+        e.g. ``["pirate"]``.
+    """
+    return list(_json_names("styles"))
+
+
+@cache
+def _style(name: str) -> tuple[str, str, tuple[tuple[str, str, str], ...]]:
+    where = f"styles/{name}.json"
+    obj = _load_json(where, "style")
+    title = _text_field(obj, "name", where)
+    description = _text_field(obj, "description", where)
+    raw = obj.get("items")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidArgumentError(f"{where}: 'items' must be a non-empty list")
+    items = []
+    for i, item in enumerate(raw):
+        at = f"{where}, item {i}"
+        prompt = _text_field(item, "prompt", at)
+        completion = _text_field(item, "completion", at)
+        negative = _text_field(item, "negative", at)
+        if completion == negative:
+            raise InvalidArgumentError(f"{at}: 'completion' and 'negative' are the same text")
+        items.append((prompt, completion, negative))
+    return title, description, tuple(items)
+
+
+def load_style(name: str, split: str = "all") -> StyleSet:
+    """Load a shipped style set, or one of its two fixed splits.
+
+    Shipped: ``pirate``, 48 short user requests on everyday topics (cooking, science,
+    travel, health, language...), each with an answer in pirate speech ("Arr, ...
+    matey!") and a neutral answer with the same content; written for steerlab (same
+    license as the package). The split is fixed: every fourth item (indices 3, 7, 11, ...)
+    is held out, so ``"train"`` has 36 items and ``"heldout"`` 12.
+
+    Args:
+        name: one of `style_names` (case-insensitive; ``-`` and ``_`` are the same).
+        split: ``"train"`` (3 of every 4 items), ``"heldout"`` (the 4th of every 4) or
+            ``"all"``.
+
+    Returns:
+        The `StyleSet`, items in file order.
+
+    Raises:
+        InvalidArgumentError: an unknown name or split, or a malformed data file.
+        InvalidTypeError: a name or split that is not a str.
+    """
+    key = _check_name(name, _json_names("styles"), "style")
+    if not isinstance(split, str):
+        raise InvalidTypeError(f"split must be a str, got {type(split).__name__}")
+    if split not in STYLE_SPLITS:
+        raise InvalidArgumentError(f"unknown split {split!r}; expected one of {STYLE_SPLITS}")
+    title, description, items = _style(key)
+    if split == "train":
+        items = tuple(t for i, t in enumerate(items) if i % 4 != 3)
+    elif split == "heldout":
+        items = tuple(t for i, t in enumerate(items) if i % 4 == 3)
+    return StyleSet(
+        name=title,
+        description=description,
+        split=split,
+        prompts=tuple(t[0] for t in items),
+        completions=tuple(t[1] for t in items),
+        negatives=tuple(t[2] for t in items),
+    )
