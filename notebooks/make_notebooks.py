@@ -570,7 +570,7 @@ Prompts go through the model's chat template as a user turn; the completion is t
 of the assistant's answer. The loss is the cross-entropy of the completion tokens, and the
 vector is added at layer `LAYER` at every position (prompt and completion), as the
 mean-difference vector will be. Training is seeded and deterministic; Ctrl-C (or the
-Jupyter stop button) ends it early and keeps the best vector so far.""",
+Jupyter stop button) ends it early and keeps the vector of the last completed step.""",
     ),
     (
         "code",

@@ -429,3 +429,16 @@ def test_ctrl_c_before_the_first_step_raises(
     monkeypatch.setattr(opt._core, "VectorTrainer", Trainer)
     with pytest.raises(KeyboardInterrupt):
         sl.SteeringVector.optimize(model, P2, C2, layers=[LAYER], steps=5, progress=False)
+
+
+def test_keep_last_or_best(model: sl.Model, trained: sl.SteeringVector) -> None:
+    """keep="last" (the default) returns the vector after the last step; keep="best" the
+    parameters that gave the lowest batch loss (the same run, so the same history)."""
+    best = _train(model, keep="best")
+    assert trained.info.training["keep"] == "last" and best.info.training["keep"] == "best"
+    assert [r["loss"] for r in best.history] == [r["loss"] for r in trained.history]
+    t = trained.info.training
+    if t["best_step"] != t["steps_done"]:  # the last update is never the "best" one
+        assert not np.array_equal(best[LAYER], trained[LAYER])
+    with pytest.raises(sl.InvalidArgumentError, match="keep must be 'last' or 'best', got 'first'"):
+        _train(model, keep="first", steps=1)

@@ -149,6 +149,7 @@ def optimize(
     weight_decay: float,
     max_grad_norm: float | None,
     start: list[FloatArray] | None,
+    keep: str,
     progress: bool | None,
 ) -> tuple[Directions, VectorInfo]:
     """`SteeringVector.optimize` (see there) once its layers (`wanted`, resolved) and its
@@ -169,6 +170,7 @@ def optimize(
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
         init=start,
+        keep=keep,
         progress=progress,
     )
     texts = [*prompts, *completions, *(negatives or [])]

@@ -33,7 +33,8 @@ __all__ = ["TrainedVectors", "TrainingInterrupted", "optimize_vector", "tokenize
 
 
 class TrainingInterrupted(UserWarning):
-    """Ctrl-C stopped a training loop; the result holds the best parameters so far."""
+    """Ctrl-C stopped a training loop; the result holds the parameters of the completed
+    steps (the last or the best, as asked)."""
 
 
 def tokenize_pairs(
@@ -94,6 +95,7 @@ def optimize_vector(
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
     init: list[npt.NDArray[np.float32]] | None = None,
+    keep: str = "last",
     progress: bool | None = None,
 ) -> TrainedVectors:
     """The body of `SteeringVector.optimize` (its docstring documents the arguments);
@@ -109,6 +111,8 @@ def optimize_vector(
     clip = None if max_grad_norm is None else _args.real(max_grad_norm, "max_grad_norm", above=0.0)
     seed_v = _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
     pos = check_positions(positions)
+    if keep not in ("last", "best"):
+        raise InvalidArgumentError(f"keep must be 'last' or 'best', got {_args.show(keep)}")
     examples = tokenize_pairs(model, prompts, completions, "completions")
     negs = None
     if negatives is not None:
@@ -144,7 +148,7 @@ def optimize_vector(
             raise KeyboardInterrupt
         warnings.warn(
             f"optimize stopped by Ctrl-C after {len(history)} of {n_steps} steps; the "
-            f"vector holds the parameters of the lowest batch loss so far",
+            f"vector is the {'best' if keep == 'best' else 'last'} of the completed steps",
             TrainingInterrupted,
             stacklevel=3,
         )
@@ -161,10 +165,11 @@ def optimize_vector(
         "best_step": None if best is None else best[0],
         "best_loss": None if best is None else best[1],
         "interrupted": interrupted,
+        "keep": keep,
         "positions": pos if isinstance(pos, str) else json.dumps(pos),
     }
     return TrainedVectors(
-        vectors=dict(trainer.vectors(best=True)),
+        vectors=dict(trainer.vectors(best=keep == "best")),
         history=[{k: float(v) for k, v in r.items()} for r in history],
         training=training,
         n_samples=len(examples),

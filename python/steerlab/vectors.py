@@ -21,7 +21,7 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -474,6 +474,7 @@ class SteeringVector:
         weight_decay: float = 0.0,
         max_grad_norm: float | None = 1.0,
         init: SteeringVector | None = None,
+        keep: Literal["last", "best"] = "last",
         progress: bool | None = None,
     ) -> SteeringVector:
         """Train an additive vector per layer so that the steered model gives
@@ -508,14 +509,18 @@ class SteeringVector:
             weight_decay: AdamW's decoupled weight decay.
             max_grad_norm: clip the gradient to this L2 norm (None: no clipping).
             init: start from this vector (its layers must cover ``layers``); default 0.
+            keep: which vector to return: ``"last"`` (after the last completed step)
+                or ``"best"`` (the one that gave the lowest mini-batch loss; with small
+                batches that is partly the luck of the batch). Both are kept while
+                training; ``info.training`` records the best step and loss either way.
             progress: a tqdm bar with the running loss (None: automatic).
 
         Returns:
-            The vector at the step of lowest batch loss, with ``.history`` (one dict per
-            step: ``loss``, ``grad_norm``, ``lr``, ``ce``, and ``margin`` with negatives)
-            and the run's settings in ``info.training``. Ctrl-C stops between (or within)
-            steps and returns the best vector so far with a `TrainingInterrupted`
-            warning.
+            The vector (see ``keep``), with ``.history`` (one dict per step: ``loss``,
+            ``grad_norm``, ``lr``, ``ce``, and ``margin`` with negatives) and the run's
+            settings in ``info.training``. Ctrl-C stops between (or within) steps and
+            returns the vector chosen by ``keep`` among the completed steps, with a
+            `TrainingInterrupted` warning (``info.training["interrupted"]`` is True).
 
         Raises:
             InvalidTypeError, InvalidArgumentError: bad arguments (empty or unequal
@@ -552,6 +557,7 @@ class SteeringVector:
             weight_decay=weight_decay,
             max_grad_norm=max_grad_norm,
             start=start,
+            keep=keep,
             progress=progress,
         )
         return cls(dirs, info, positions=positions)
