@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::hooks::Sites;
 use crate::intervene::{Intervention, Positions, SteeringPlan};
 use crate::learn::batches::Batches;
-use crate::learn::losses;
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
+use crate::learn::{fused, losses};
 use crate::model::{BatchLayout, Mode, Model, NoHooks, StepCtx};
 use crate::pool::in_pool;
 
@@ -290,12 +290,24 @@ impl VectorTraining {
         let k = pick.len();
         let pick = Tensor::from_vec(pick, k, dev)?;
         let sel = out.reshape((rows.len() * w, d))?.index_select(&pick, 0)?; // [k, d]
-        let logits = m.logits_all(&sel.unsqueeze(0)?, Mode::Gradient)?; // [1, k, V]
-        let v = logits.dim(2)?;
-        let logits = logits.reshape((k, 1, v))?;
-        let targets = Tensor::from_vec(targets, (k, 1), dev)?;
-        let ones = Tensor::ones((k, 1), DType::F32, dev)?;
-        let lp = losses::sequence_logprob(&logits, &targets, &ones)?; // [k]
+                                                                             // The LM head straight on [k, d] -> [k, V]: no reshape between it and the loss,
+                                                                             // so the backward allocates the [k, V] gradient once (each graph node in between
+                                                                             // would add a zero-filled [k, V] buffer and a pass over it).
+        let logits = m.logits_all(&sel, Mode::Gradient)?; // [k, V]
+        let v = logits.dim(1)?;
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+            return Err(Error::out_of_range(format!(
+                "token id {bad} is out of range for a vocabulary of {v}"
+            )));
+        }
+        let lp = if fused::applies(&logits) {
+            fused::target_logprobs(&logits, (0..k as u32).collect(), targets)? // [k]
+        } else {
+            let logits = logits.reshape((k, 1, v))?;
+            let targets = Tensor::from_vec(targets, (k, 1), dev)?;
+            let ones = Tensor::ones((k, 1), DType::F32, dev)?;
+            losses::sequence_logprob(&logits, &targets, &ones)? // [k]
+        };
         let mut s = vec![0f32; rows.len() * k];
         let mut count = vec![0usize; rows.len()];
         owner.iter().for_each(|&r| count[r] += 1);

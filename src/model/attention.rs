@@ -11,10 +11,13 @@
 //! Each (row, head, query) only reads its own row's keys, in key order, and masked
 //! keys contribute nothing, so a row's output does not depend on the rest of the batch.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::config::{Arch, Config};
+use super::ops::attn::AttnCore;
 use super::ops::{rope, rope_into, softmax_last, Mode, RmsNorm};
 use super::weights::{Linear, Weights};
 use crate::error::{Error, Result};
@@ -30,6 +33,15 @@ pub struct LayerCache {
 enum Kv {
     /// candle tensors [b, n_kv, T, hd] (the differentiable path).
     Tensors(Tensor, Tensor),
+    /// What the fused gradient-mode step leaves: keys before rotary and values, both
+    /// [b, t, n_kv, hd], with the step's rotary tables; turned into `Tensors` (rotated
+    /// by the differentiable rope) only if a later step reads them.
+    Unrotated {
+        k: Tensor,
+        v: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+    },
     /// Preallocated [b, n_kv, cap, hd] buffers; a step writes its keys in place.
     Buffers(KvBuffers),
 }
@@ -179,14 +191,52 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
         // Weights are constants; gradients can only come in through x.
+        let empty = match &a.cache.kv {
+            None => true,
+            Some(Kv::Buffers(c)) => c.len == 0,
+            Some(_) => false,
+        };
         let direct = a.mode == Mode::Inference
             && x.device().is_cpu()
-            && !matches!(a.cache.kv, Some(Kv::Tensors(..)));
+            && matches!(a.cache.kv, None | Some(Kv::Buffers(_)));
+        let fused = a.mode == Mode::Gradient
+            && x.device().is_cpu()
+            && x.dtype() == candle_core::DType::F32
+            && empty;
         if direct {
             self.forward_direct(x, a)
+        } else if fused {
+            self.forward_fused(x, a)
         } else {
             self.forward_candle(x, a)
         }
+    }
+
+    /// Gradient mode without cached keys: the fused attention op (`ops::attn`), whose
+    /// backward is hand-written. The cache keeps the keys unrotated for a later step.
+    fn forward_fused(&self, x: &Tensor, a: &mut AttnInput) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (q, k, v) = self.qkv(x, a.mode)?; // [b, t, heads, hd]
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let core = AttnCore {
+            cos: Arc::new(a.rot.cos_v.clone()),
+            sin: Arc::new(a.rot.sin_v.clone()),
+            mask: Arc::new(a.mask.v.clone()),
+            n_heads: self.n_heads,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+            scale: self.scale as f32,
+            interleaved: self.interleaved,
+        };
+        let out = q.apply_op3(&k, &v, core)?; // [b, t, heads * hd]
+        a.cache.kv = Some(Kv::Unrotated {
+            k,
+            v,
+            cos: a.rot.cos.clone(),
+            sin: a.rot.sin.clone(),
+        });
+        debug_assert_eq!(out.dims(), [b, t, self.n_heads * self.head_dim]);
+        Ok(self.o.forward(&out)?) // [b, t, d]
     }
 
     /// Projections [b, t, heads * hd] with biases, and the per-head norms (Gemma).
@@ -346,6 +396,11 @@ impl Attention {
         let k = rope(&k, &a.rot.cos, &a.rot.sin, self.interleaved, a.mode)?;
         let prev = match a.cache.kv.take() {
             Some(Kv::Tensors(pk, pv)) => Some((pk, pv)),
+            Some(Kv::Unrotated { k, v, cos, sin }) => {
+                let k = k.transpose(1, 2)?.contiguous()?; // [b, n_kv, t, hd]
+                let k = rope(&k, &cos, &sin, self.interleaved, Mode::Gradient)?;
+                Some((k, v.transpose(1, 2)?.contiguous()?))
+            }
             Some(Kv::Buffers(c)) if c.len > 0 => Some(c.to_tensors(x.device())?),
             _ => None,
         };
