@@ -172,12 +172,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(sites: Vec<Site>) -> Self {
+    /// A monitor of `sites` for a model of width `d_model`.
+    pub fn new(sites: Vec<Site>, d_model: usize) -> Self {
         Monitor {
             sites,
             steps: Vec::new(),
             current: HashMap::new(),
-            d: 0,
+            d: d_model,
         }
     }
 
@@ -186,7 +187,6 @@ impl Monitor {
             return Ok(());
         }
         let last = h.narrow(1, ctx.t - 1, 1)?.squeeze(1)?.contiguous()?; // [b, d]
-        self.d = last.dim(1)?;
         self.current.insert(site, last.detach());
         Ok(())
     }

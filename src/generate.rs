@@ -298,7 +298,7 @@ impl Generation {
                 "monitored site {s} is out of range for a model with {n} layers"
             )));
         }
-        self.monitor = Some(Monitor::new(sites));
+        self.monitor = Some(Monitor::new(sites, self.model.d_model()));
         Ok(self)
     }
 

@@ -209,6 +209,10 @@ struct RowOp {
 /// The per-row interventions of one call, grouped by site.
 pub struct SteeringPlan {
     per_site: Vec<(Site, Vec<Slot>)>,
+    /// Each row's prompt length for `positions` when it is not the batch layout's (a
+    /// training sequence is prompt + completion fed at once; the completion plays the
+    /// generated tokens).
+    prompt_lens: Option<Vec<usize>>,
 }
 
 impl fmt::Debug for SteeringPlan {
@@ -293,7 +297,10 @@ impl SteeringPlan {
             }
             per_site.push((site, slots));
         }
-        Ok(SteeringPlan { per_site })
+        Ok(SteeringPlan {
+            per_site,
+            prompt_lens: None,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,13 +308,21 @@ impl SteeringPlan {
     }
 
     /// Apply this plan's operations at `site` to h [b, t, d] on this step.
+    /// Resolve positions against these prompt lengths (one per row) instead of the rows'
+    /// lengths in the batch: for sequences that carry their continuation (training),
+    /// built with `lens` = prompt lengths and `extra` = the longest continuation.
+    pub fn with_prompt_lens(mut self, lens: Vec<usize>) -> Self {
+        self.prompt_lens = Some(lens);
+        self
+    }
+
     pub fn apply(&self, site: Site, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
         let Some((_, slots)) = self.per_site.iter().find(|(s, _)| *s == site) else {
             return Ok(h);
         };
         let mut h = h;
         for slot in slots {
-            h = slot.apply(h, ctx)?;
+            h = slot.apply(h, ctx, self.prompt_lens.as_deref(), site)?;
         }
         Ok(h)
     }
@@ -398,9 +413,9 @@ fn check(
 
 impl Slot {
     /// Row r's hit mask on this step: one flag per column.
-    fn hits(&self, r: usize, ctx: &StepCtx) -> Option<Vec<bool>> {
+    fn hits(&self, r: usize, ctx: &StepCtx, prompts: Option<&[usize]>) -> Option<Vec<bool>> {
         let ro = self.rows[r].as_ref()?;
-        let len = ctx.layout.lens[r];
+        let len = prompts.map_or(ctx.layout.lens[r], |p| p[r]);
         let m: Vec<bool> = (0..ctx.t)
             .map(|j| {
                 ctx.position(r, j)
@@ -410,9 +425,15 @@ impl Slot {
         m.iter().any(|&x| x).then_some(m)
     }
 
-    fn apply(&self, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
+    fn apply(
+        &self,
+        h: Tensor,
+        ctx: &StepCtx,
+        prompts: Option<&[usize]>,
+        site: Site,
+    ) -> Result<Tensor> {
         let b = ctx.layout.rows();
-        let masks: Vec<Option<Vec<bool>>> = (0..b).map(|r| self.hits(r, ctx)).collect();
+        let masks: Vec<Option<Vec<bool>>> = (0..b).map(|r| self.hits(r, ctx, prompts)).collect();
         if masks.iter().all(Option::is_none) {
             return Ok(h);
         }
@@ -422,7 +443,7 @@ impl Slot {
             .flatten()
             .any(|ro| matches!(ro.op, Op::Module(_)));
         if ctx.mode == Mode::Inference && h.device().is_cpu() && !has_module {
-            return self.apply_values(h, ctx, &masks);
+            return self.apply_values(h, ctx, &masks, site);
         }
         self.apply_tensors(h, ctx, &masks)
     }
@@ -433,6 +454,7 @@ impl Slot {
         h: Tensor,
         ctx: &StepCtx,
         masks: &[Option<Vec<bool>>],
+        site: Site,
     ) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let mut x = h.flatten_all()?.to_vec1::<f32>()?; // [b * t * d]
@@ -460,6 +482,17 @@ impl Slot {
                             .for_each(|(h, u)| *h += (value - p) * u);
                     }
                     Op::Module(_) => {}
+                }
+                if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+                    // Finite inputs can still overflow (a huge alpha or vector): say so
+                    // here instead of letting inf/NaN run through the rest of the model.
+                    return Err(Error::invalid(format!(
+                        "row {r}: the {} operation at {site} made the activation at position \
+                         {} non-finite ({bad}); its values are too large for this \
+                         activation (expected a result within f32's range)",
+                        ro.op.name(),
+                        ctx.position(r, j).unwrap_or(0)
+                    )));
                 }
             }
         }

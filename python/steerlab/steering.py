@@ -81,6 +81,18 @@ def _check_layer(layer: Any) -> int:
     return _args.index(layer, "a layer index")
 
 
+def _layer_at(layer: Any, site: Any) -> tuple[int, SiteName]:
+    """The checked (layer, site) of an operation; ``embed`` (the input of block 0) has
+    no layer and takes 0."""
+    index = _check_layer(layer)
+    name = check_site(site)
+    if name == "embed" and index != 0:
+        raise InvalidArgumentError(
+            f"site 'embed' (the input of block 0) has no layer, got layer {index}; expected layer 0"
+        )
+    return index, name
+
+
 def _unit(direction: Any, name: str) -> npt.NDArray[np.float32]:
     v = _args.vector(direction, name)
     n = float(np.linalg.norm(v.astype(np.float64)))
@@ -256,9 +268,9 @@ class Steering:
         positions: PositionsLike = "all",
     ) -> Steering:
         """Add ``vector`` [d_model] at ``site`` of block ``layer``: ``h + v``."""
-        index = _check_layer(layer)
+        index, site = _layer_at(layer, site)
         vec = _args.vector(vector, f"the steering vector for {site}[{index}]")
-        op = Operation("add", index, vec, check_site(site), 0.0, check_positions(positions))
+        op = Operation("add", index, vec, site, 0.0, check_positions(positions))
         return cls.from_operations([op])
 
     @classmethod
@@ -279,14 +291,14 @@ class Steering:
                 position of the row (position ``p`` takes ``alpha[p]``; it must cover
                 every position the row reads, prompt and generated).
         """
-        index = _check_layer(layer)
+        index, site = _layer_at(layer, site)
         if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool | np.bool_):
             value = _args.real(alpha, f"scale alpha for {site}[{index}]")
             arr = np.array([value], dtype=np.float32)
             arr.flags.writeable = False
         else:
             arr = _args.vector(alpha, f"scale alpha for {site}[{index}]")
-        op = Operation("scale", index, arr, check_site(site), 0.0, check_positions(positions))
+        op = Operation("scale", index, arr, site, 0.0, check_positions(positions))
         return cls.from_operations([op])
 
     @classmethod
@@ -304,9 +316,9 @@ class Steering:
         Raises:
             InvalidArgumentError: a zero direction (and see `Steering`).
         """
-        index = _check_layer(layer)
+        index, site = _layer_at(layer, site)
         u = _unit(direction, f"the project_out direction for {site}[{index}]")
-        op = Operation("project_out", index, u, check_site(site), 0.0, check_positions(positions))
+        op = Operation("project_out", index, u, site, 0.0, check_positions(positions))
         return cls.from_operations([op])
 
     @classmethod
@@ -326,10 +338,10 @@ class Steering:
             InvalidArgumentError: a zero direction, a non-finite value (and see
                 `Steering`).
         """
-        index = _check_layer(layer)
+        index, site = _layer_at(layer, site)
         u = _unit(direction, f"the clamp direction for {site}[{index}]")
         c = _args.real(value, f"clamp value for {site}[{index}]")
-        op = Operation("clamp", index, u, check_site(site), c, check_positions(positions))
+        op = Operation("clamp", index, u, site, c, check_positions(positions))
         return cls.from_operations([op])
 
     # -- views ----------------------------------------------------------------------
@@ -440,6 +452,14 @@ class Steering:
             total = summed_arrays({o.layer: p.array}, {o.layer: o.array}, "steerings")[o.layer]
             ops[same] = Operation("add", p.layer, total, p.site, 0.0, p.positions)
         return Steering.from_operations(ops)
+
+    def __radd__(self, other: object) -> Steering:
+        # sum([s, t]) starts from 0.
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self
+        raise InvalidTypeError(
+            f"only a Steering can be added to a Steering, got {type(other).__name__}"
+        )
 
     def __sub__(self, other: Steering) -> Steering:
         if not isinstance(other, Steering):

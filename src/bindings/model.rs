@@ -141,6 +141,12 @@ fn extract_intervention(
     ) = item.extract().map_err(|_| shape_err())?;
     let kind = SiteKind::parse(&site)?;
     let site = match kind {
+        SiteKind::Embed if layer != 0 => {
+            return Err(invalid(format!(
+                "row {r}: site 'embed' (the input of block 0) has no layer, got layer {layer}; \
+                 expected layer 0"
+            )))
+        }
         SiteKind::Embed => Site::Embed,
         k => k.at(model.resolve_layer(layer)?),
     };
@@ -169,11 +175,26 @@ fn extract_intervention(
 }
 
 fn extract_sites(model: &Model, layers: &Bound<'_, PyAny>, site: SiteKind) -> PyResult<Vec<Site>> {
+    if site == SiteKind::Embed {
+        return Err(invalid(
+            "site 'embed' has no layers: to read the embeddings pass 'embed' in layers with \
+             the default site 'resid_post'; expected site 'resid_post', 'resid_mid', \
+             'attn_out' or 'mlp_out'",
+        ));
+    }
     let mut sites = Vec::new();
     for item in layers.try_iter()? {
         let item = item?;
         if let Ok(s) = item.cast::<PyString>() {
             if s.to_cow()? == "embed" {
+                if site != SiteKind::ResidPost {
+                    return Err(invalid(format!(
+                        "layers names 'embed' with site '{}': the embeddings are a residual \
+                         stream, read them with site 'resid_post' (in a separate call for \
+                         another site)",
+                        site.name()
+                    )));
+                }
                 sites.push(Site::Embed);
                 continue;
             }

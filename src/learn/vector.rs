@@ -147,8 +147,11 @@ impl VectorTraining {
                 )));
             }
         }
+        // Positions as in generation: the prompt is ids[..split], the completion plays the
+        // generated tokens ("last" = the last prompt token and the completion,
+        // "generated" = the completion).
         for (i, e) in examples.iter().enumerate() {
-            cfg.positions.check(i, e.ids.len(), 0)?;
+            cfg.positions.check(i, e.split, e.ids.len() - e.split)?;
         }
         let init = match &cfg.init {
             None => vec![vec![0f32; d]; cfg.layers.len()],
@@ -261,7 +264,14 @@ impl VectorTraining {
                     .collect()
             })
             .collect();
-        let plan = SteeringPlan::new(&steer, &lens, 0, m.n_layers(), d, dev)?;
+        let splits: Vec<usize> = rows.iter().map(|&i| data[i].split).collect();
+        let extra = rows
+            .iter()
+            .map(|&i| data[i].ids.len() - data[i].split)
+            .max()
+            .unwrap_or(0);
+        let plan = SteeringPlan::new(&steer, &splits, extra, m.n_layers(), d, dev)?
+            .with_prompt_lens(splits);
         let ctx = StepCtx {
             layout: &layout,
             start: 0,

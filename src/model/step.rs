@@ -57,6 +57,16 @@ impl SiteKind {
         })
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            SiteKind::Embed => "embed",
+            SiteKind::AttnOut => "attn_out",
+            SiteKind::ResidMid => "resid_mid",
+            SiteKind::MlpOut => "mlp_out",
+            SiteKind::ResidPost => "resid_post",
+        }
+    }
+
     /// The site of this kind in block `layer` (`embed` has no layer).
     pub fn at(self, layer: usize) -> Site {
         match self {
