@@ -209,7 +209,10 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]
         let i2 = _mm_add_epi32(i4, _mm_unpackhi_epi64(i4, i4));
         let i1 = _mm_add_epi32(i2, _mm_shuffle_epi32(i2, 1));
         let db = amax / 127.0;
-        *d.get_unchecked_mut(b) = db;
-        *s.get_unchecked_mut(b) = db * _mm_cvtsi128_si32(i1) as f32;
+        // Checked writes: a caller's short scale buffers lose values, never memory.
+        if let (Some(dd), Some(ss)) = (d.get_mut(b), s.get_mut(b)) {
+            *dd = db;
+            *ss = db * _mm_cvtsi128_si32(i1) as f32;
+        }
     }
 }

@@ -15,6 +15,8 @@
 
 use half::f16;
 
+use crate::error::{Error, Result};
+
 /// The GGUF block formats the kernels cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -115,7 +117,7 @@ pub struct I8Block {
 }
 
 /// Decode one stored row (`row.len() == k / block_len * block_bytes`) into U4 blocks.
-pub fn decode_u4_row(fmt: Format, row: &[u8], out: &mut Vec<U4Block>) {
+pub fn decode_u4_row(fmt: Format, row: &[u8], out: &mut Vec<U4Block>) -> Result<()> {
     let bb = fmt.block_bytes();
     for blk in row.chunks_exact(bb) {
         match fmt {
@@ -158,13 +160,18 @@ pub fn decode_u4_row(fmt: Format, row: &[u8], out: &mut Vec<U4Block>) {
                     }
                 }
             }
-            _ => unreachable!("decode_u4_row is only called for U4 formats"),
+            other => {
+                return Err(Error::invalid(format!(
+                    "decode_u4_row: {other:?} is not a 4-bit format"
+                )))
+            }
         }
     }
+    Ok(())
 }
 
 /// Decode one stored row into I8 blocks.
-pub fn decode_i8_row(fmt: Format, row: &[u8], out: &mut Vec<I8Block>) {
+pub fn decode_i8_row(fmt: Format, row: &[u8], out: &mut Vec<I8Block>) -> Result<()> {
     let bb = fmt.block_bytes();
     for blk in row.chunks_exact(bb) {
         match fmt {
@@ -216,9 +223,14 @@ pub fn decode_i8_row(fmt: Format, row: &[u8], out: &mut Vec<I8Block>) {
                     });
                 }
             }
-            _ => unreachable!("decode_i8_row is only called for I8 formats"),
+            other => {
+                return Err(Error::invalid(format!(
+                    "decode_i8_row: {other:?} is not an 8-bit-code format"
+                )))
+            }
         }
     }
+    Ok(())
 }
 
 /// Q4_K's packed 6-bit scale and min of sub-block `j` (ggml `get_scale_min_k4`).

@@ -197,13 +197,20 @@ fn exact_f16(v: &[f32]) -> bool {
 
 impl Scales {
     /// f16 storage if all of `vs` are exact f16 values, else f32.
-    fn pack(vs: Vec<Vec<f32>>) -> Vec<Scales> {
-        if vs.iter().all(|v| exact_f16(v)) {
-            vs.into_iter()
-                .map(|v| Scales::F16(v.par_iter().map(|x| f16::from_f32(*x).to_bits()).collect()))
-                .collect()
+    /// f16 when every value is exactly an f16, else f32.
+    fn pack_one(v: Vec<f32>) -> Scales {
+        if exact_f16(&v) {
+            Scales::F16(v.par_iter().map(|x| f16::from_f32(*x).to_bits()).collect())
         } else {
-            vs.into_iter().map(Scales::F32).collect()
+            Scales::F32(v)
+        }
+    }
+    /// Two tables stored alike: both f16 when both are exact, else both f32.
+    fn pack_pair(a: Vec<f32>, b: Vec<f32>) -> (Scales, Scales) {
+        if exact_f16(&a) && exact_f16(&b) {
+            (Scales::pack_one(a), Scales::pack_one(b))
+        } else {
+            (Scales::F32(a), Scales::F32(b))
         }
     }
     fn is_f16(&self) -> bool {

@@ -34,11 +34,11 @@ impl QLinear {
                     .zip(d.par_chunks_mut(nb * 8))
                     .zip(m.par_chunks_mut(nb * 8))
                     .zip(raw.par_chunks(8 * row_bytes))
-                    .for_each(|(((qs, d), m), rows)| {
+                    .try_for_each(|(((qs, d), m), rows)| -> Result<()> {
                         let mut blocks: Vec<U4Block> = Vec::with_capacity(nb);
                         for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
                             blocks.clear();
-                            formats::decode_u4_row(fmt, row, &mut blocks);
+                            formats::decode_u4_row(fmt, row, &mut blocks)?;
                             for (b, blk) in blocks.iter().enumerate() {
                                 let base = b * U4_GROUP_BLOCK;
                                 for s in 0..4 {
@@ -51,12 +51,10 @@ impl QLinear {
                                 m[b * 8 + r] = blk.m;
                             }
                         }
-                    });
-                let mut sc = Scales::pack(vec![d, m]).into_iter();
-                match (sc.next(), sc.next()) {
-                    (Some(d), Some(m)) => Packed::U4 { qs, d, m },
-                    _ => unreachable!("Scales::pack returns one entry per input"),
-                }
+                        Ok(())
+                    })?;
+                let (d, m) = Scales::pack_pair(d, m);
+                Packed::U4 { qs, d, m }
             }
             Family::I8 => {
                 let ds = fmt.d_stride();
@@ -65,11 +63,11 @@ impl QLinear {
                 qs.par_chunks_mut(nb * I8_GROUP_BLOCK)
                     .zip(d.par_chunks_mut(nb * ds))
                     .zip(raw.par_chunks(8 * row_bytes))
-                    .for_each(|((qs, d), rows)| {
+                    .try_for_each(|((qs, d), rows)| -> Result<()> {
                         let mut blocks: Vec<I8Block> = Vec::with_capacity(nb);
                         for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
                             blocks.clear();
-                            formats::decode_i8_row(fmt, row, &mut blocks);
+                            formats::decode_i8_row(fmt, row, &mut blocks)?;
                             for (b, blk) in blocks.iter().enumerate() {
                                 let base = b * I8_GROUP_BLOCK;
                                 for s in 0..8 {
@@ -83,10 +81,11 @@ impl QLinear {
                                 }
                             }
                         }
-                    });
-                match Scales::pack(vec![d]).pop() {
-                    Some(d) => Packed::I8 { qs, d },
-                    None => unreachable!("Scales::pack returns one entry per input"),
+                        Ok(())
+                    })?;
+                Packed::I8 {
+                    qs,
+                    d: Scales::pack_one(d),
                 }
             }
         };
