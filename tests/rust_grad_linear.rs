@@ -414,7 +414,7 @@ fn a_trained_dense_weight_gets_its_gradient() {
     let w = Var::from_tensor(&input(&[n, k], 1)).unwrap();
     let x = Var::from_tensor(&input(&[m, k], 2)).unwrap();
     let r = input(&[m, n], 3);
-    let y = Linear::Dense(w.as_tensor().clone())
+    let y = Linear::Trained(w.as_tensor().clone())
         .forward(x.as_tensor())
         .unwrap();
     let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();

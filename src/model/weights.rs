@@ -415,7 +415,7 @@ impl Weights {
                 Ok(match Linear::quantized(q)? {
                     Linear::Packed(p) => Embedding::Packed(p),
                     Linear::Candle(QMatMul::QTensor(q)) => Embedding::Quantized(q),
-                    Linear::Candle(_) | Linear::Dense(_) => {
+                    Linear::Candle(_) | Linear::Dense(_) | Linear::Trained(_) => {
                         let t = self.dense(&name)?;
                         Embedding::Dense(t)
                     }

@@ -40,6 +40,8 @@ pub enum Mode {
 pub struct RmsNorm {
     w: Tensor,
     eps: f32,
+    /// The weight is trained (a `Var`): the elementary ops, which give it its gradient.
+    trained: bool,
 }
 
 impl RmsNorm {
@@ -47,7 +49,17 @@ impl RmsNorm {
         Ok(RmsNorm {
             w: w.vector(name, len)?,
             eps: eps as f32,
+            trained: false,
         })
+    }
+
+    /// A norm whose weight `w` [len] is trained.
+    pub fn trained(w: Tensor, eps: f64) -> Self {
+        RmsNorm {
+            w,
+            eps: eps as f32,
+            trained: true,
+        }
     }
 
     /// x [..., len] -> [..., len].
@@ -57,9 +69,7 @@ impl RmsNorm {
             Mode::Inference => candle_nn::ops::rms_norm(&x, &self.w, self.eps)?,
             // A frozen weight: the fused op (gradient to x only). A weight that trains
             // takes the elementary ops, which also give it its gradient.
-            Mode::Gradient
-                if fused::applies(&x) && fused::applies(&self.w) && !self.w.track_op() =>
-            {
+            Mode::Gradient if !self.trained && fused::applies(&x) && fused::applies(&self.w) => {
                 x.apply_op1(fused::RmsNormOp {
                     w: self.w.to_vec1::<f32>()?,
                     eps: self.eps,
@@ -262,6 +272,7 @@ mod tests {
         let n = RmsNorm {
             w: Tensor::from_vec(wave(16, 0.5, 1.0), 16, &dev).unwrap(),
             eps: 1e-6,
+            trained: false,
         };
         let x = Tensor::from_vec(wave(3 * 4 * 16, 0.23, 3.0), (3, 4, 16), &dev).unwrap();
         let a = n.forward(&x, Mode::Inference).unwrap();
@@ -352,6 +363,7 @@ mod tests {
         let n = RmsNorm {
             w: w.clone(),
             eps: 1e-6,
+            trained: false,
         };
         let x0 = Tensor::from_vec(wave(3 * 5 * d, 0.23, 3.0), (3, 5, d), &dev).unwrap();
         let xv = Var::from_tensor(&x0).unwrap();
@@ -382,10 +394,7 @@ mod tests {
         );
         // A trained weight: the elementary form, with a gradient for w.
         let wv = Var::from_tensor(&w).unwrap();
-        let nt = RmsNorm {
-            w: wv.as_tensor().clone(),
-            eps: 1e-6,
-        };
+        let nt = RmsNorm::trained(wv.as_tensor().clone(), 1e-6);
         let y = nt.forward(xv.as_tensor(), Mode::Gradient).unwrap();
         assert!(max_diff(&y, &elem) < 1e-5);
         let g = probe(&y, 0.71).backward().unwrap();

@@ -68,13 +68,15 @@ impl Embedding {
 }
 
 /// A projection y = x · Wᵀ with W [out, in]; differentiable with respect to x (every
-/// variant). W is frozen (gets no gradient) unless it is a dense weight that tracks
-/// gradients itself (a candle `Var`): that one runs through candle's matmul.
+/// variant). W is frozen (gets no gradient) except in `Trained`, which says so in its
+/// type rather than being guessed from the tensor.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    /// f32 weights: the `gemm` crate on the CPU, candle's matmul on other devices and
-    /// for a weight that is trained.
+    /// Frozen f32 weights: the `gemm` crate on the CPU, candle's matmul on other devices.
     Dense(Tensor),
+    /// f32 weights that are trained (a candle `Var`, e.g. a trainable copy of a block):
+    /// candle's matmul, whose backward also gives the weight its gradient.
+    Trained(Tensor),
     /// GGUF blocks repacked for steerlab's CPU kernels (`crate::kernels`): 8-bit
     /// activation blocks and integer dots, batch-invariant by construction.
     Packed(Arc<QLinear>),
@@ -109,10 +111,9 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let op = match self {
-            Linear::Dense(w) if w.device().is_cpu() && !w.track_op() => Frozen::Dense(w.clone()),
-            // Off the CPU, and a weight that is itself trained (a `Var`, or computed from
-            // one): candle's matmul, whose backward also gives the weight its gradient.
-            Linear::Dense(w) => {
+            Linear::Dense(w) if w.device().is_cpu() => Frozen::Dense(w.clone()),
+            // Off the CPU, and a trained weight: candle's matmul.
+            Linear::Dense(w) | Linear::Trained(w) => {
                 let w = match *xs.dims() {
                     [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
                     [bsize, _, _] => w.broadcast_left(bsize)?.t()?,
@@ -204,24 +205,23 @@ impl CustomOp1 for Frozen {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        if let Frozen::Candle(q) = self {
-            // candle's own kernel, exactly as `QMatMul::forward` runs it.
-            return q.cpu_fwd(s, l);
-        }
         let (n, k) = self.dims()?;
         let dims = l.shape().dims();
-        let m = self.rows("matmul activations", dims, k)?;
-        let x = f32_slice(s, l, "matmul activations")?;
         let y = match self {
+            // candle's own kernel, exactly as `QMatMul::forward` runs it.
+            Frozen::Candle(q) => return q.cpu_fwd(s, l),
             Frozen::Dense(w) => {
+                let m = self.rows("matmul activations", dims, k)?;
+                let x = f32_slice(s, l, "matmul activations")?;
                 Self::with_dense(w, |w| dense::matmul_t(x, w, m, n, k).map_err(msg))?
             }
             Frozen::Packed(q) => {
+                let m = self.rows("matmul activations", dims, k)?;
+                let x = f32_slice(s, l, "matmul activations")?;
                 let mut y = vec![0f32; m * n];
                 q.forward(x, m, &mut y).map_err(msg)?;
                 y
             }
-            Frozen::Candle(_) => unreachable!("handled above"),
         };
         Ok((CpuStorage::F32(y), with_last(dims, n)))
     }
