@@ -394,9 +394,17 @@ impl QLinear {
         }
     }
 
+    /// Off x86 (where `Isa::Avx512` is never detected): the two groups by the scalar
+    /// kernel, so the function stays total.
     #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    fn tile16<const C: usize>(&self, _: usize, _: &QActs, _: usize, _: &mut [[f32; 16]; C]) {
-        unreachable!("Isa::Avx512 is never detected off x86")
+    fn tile16<const C: usize>(&self, g: usize, acts: &QActs, r: usize, out: &mut [[f32; 16]; C]) {
+        for half in 0..2 {
+            let mut t = [[0f32; 8]; C];
+            self.tile::<C>(Isa::Scalar, g + half, acts, r, &mut t);
+            for (o, t) in out.iter_mut().zip(&t) {
+                o[half * 8..half * 8 + 8].copy_from_slice(t);
+            }
+        }
     }
 
     /// Rows r..r+C of `acts` against group g.
@@ -485,8 +493,9 @@ impl QLinear {
                     }
                 }
             }
+            // Off x86 the SIMD levels are never detected; the scalar kernel keeps this total.
             #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            (_, Isa::Avx2 | Isa::Avx512) => unreachable!("Isa::Avx2 is never detected off x86"),
+            (_, Isa::Avx2 | Isa::Avx512) => self.tile::<C>(Isa::Scalar, g, acts, r, out),
         }
     }
 }
