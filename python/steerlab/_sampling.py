@@ -49,7 +49,7 @@ class Sampling:
                 f"max_new_tokens must be >= 0, got {_args.show(self.max_new_tokens)}"
             )
         self.stop = check_stop(stop)
-        self._base = self.config()
+        self.config()  # the engine checks the values now, before any work
 
     def config(self, seed_offset: int = 0, ignore_eos: bool = False) -> _core.GenConfig:
         """The engine's settings (values checked there). The engine seeds row r of a call

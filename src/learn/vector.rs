@@ -203,28 +203,27 @@ impl VectorTraining {
     /// `cancel` is set before the update.
     pub fn step(&mut self, cancel: &Cancel) -> Result<StepRecord> {
         let idx = self.batches.batch(self.trainer.history().len());
-        let this = &*self;
-        let loss = in_pool(|| -> Result<(Tensor, Vec<(String, f64)>)> {
-            let (ce, lp) = this.logprobs(&this.pos, &idx, cancel)?;
-            let ce_v = ce.to_scalar::<f32>()? as f64;
-            match &this.neg {
-                None => Ok((ce, vec![("ce".into(), ce_v)])),
-                Some(neg) => {
-                    let (_, lpn) = this.logprobs(neg, &idx, cancel)?;
-                    let margin = (lp - lpn)?; // [b]
-                    let m = margin.mean_all()?.to_scalar::<f32>()? as f64;
-                    let loss = losses::logit_diff_loss(&margin)?;
-                    Ok((loss, vec![("ce".into(), ce_v), ("margin".into(), m)]))
-                }
-            }
-        });
-        let mut loss = Some(loss);
         in_pool(|| {
-            self.trainer.step_with(|| match loss.take() {
-                Some(l) => l,
-                None => Err(Error::invalid("training step: the loss was already taken")),
-            })
+            let loss = self.loss(&idx, cancel);
+            self.trainer.step_with(move || loss)
         })
+    }
+
+    /// The loss of the examples `idx` and what to record with it (`ce`, and `margin`
+    /// with negatives).
+    fn loss(&self, idx: &[usize], cancel: &Cancel) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let (ce, lp) = self.logprobs(&self.pos, idx, cancel)?;
+        let ce_v = ce.to_scalar::<f32>()? as f64;
+        match &self.neg {
+            None => Ok((ce, vec![("ce".into(), ce_v)])),
+            Some(neg) => {
+                let (_, lpn) = self.logprobs(neg, idx, cancel)?;
+                let margin = (lp - lpn)?; // [b]
+                let m = margin.mean_all()?.to_scalar::<f32>()? as f64;
+                let loss = losses::logit_diff_loss(&margin)?;
+                Ok((loss, vec![("ce".into(), ce_v), ("margin".into(), m)]))
+            }
+        }
     }
 
     /// The steered model's log-probabilities of the completions of `rows` of `data`:
