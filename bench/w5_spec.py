@@ -32,7 +32,9 @@ eager full-logit forward gives 13.613210, and central finite differences (step 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,3 +112,44 @@ def write(path: Path = BATCH_FILE) -> None:
 if __name__ == "__main__":
     write()
     print(f"wrote {BATCH_FILE}")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_steps(step: Callable[[], tuple[float, float]], warmup: int, steps: int) -> dict[str, Any]:
+    """Time ``step`` (returning ``(loss, ||dL/dv||)``) ``warmup`` + ``steps`` times, as both
+    W5 scripts do: wall and CPU seconds per step (CPU of all threads: steadier than wall
+    time on a loaded machine), the last loss and gradient norm, and their spread over
+    all steps (no update between steps: every step must give the same numbers)."""
+    import statistics
+    import time
+
+    def timed() -> tuple[float, float, float, float]:
+        t0, cpu = time.perf_counter(), time.process_time()
+        loss, norm = step()
+        return time.perf_counter() - t0, loss, norm, time.process_time() - cpu
+
+    warm = [timed() for _ in range(warmup)]
+    done = [timed() for _ in range(steps)]
+    times = [t for t, _, _, _ in done]
+    losses = [x for _, x, _, _ in warm + done]
+    norms = [g for _, _, g, _ in warm + done]
+    return {
+        "seconds": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "step_seconds": times,
+        "warmup_seconds": [t for t, _, _, _ in warm],
+        "cpu_seconds": statistics.median(c for _, _, _, c in done),
+        "steps": steps,
+        "tokens": BATCH * SEQ,
+        "loss": losses[-1],
+        "grad_norm": norms[-1],
+        "loss_spread": max(losses) - min(losses),
+        "grad_norm_spread": max(norms) - min(norms),
+    }

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,11 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import w5_spec as spec
 
 SKIPPED = {"skipped": "steerlab training API not built"}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def available() -> bool:
@@ -103,34 +96,13 @@ def run(
     load_s = time.perf_counter() - start
     ids, init = spec.load()
     step = make_step(model, ids, init)
-    rss_loaded = peak_rss_mib()
+    rss_loaded = spec.peak_rss_mib()
 
-    def timed() -> tuple[float, float, float, float]:
-        t0, cpu = time.perf_counter(), time.process_time()
-        loss, norm = step()
-        return time.perf_counter() - t0, loss, norm, time.process_time() - cpu
-
-    warm = [timed() for _ in range(warmup)]
-    done = [timed() for _ in range(steps)]
-    times = [t for t, _, _, _ in done]
-    losses = [x for _, x, _, _ in warm + done]
-    norms = [g for _, _, g, _ in warm + done]
     return {
         "tool": "steerlab",
         "dtype": dtype,
-        "seconds": statistics.median(times),
-        "seconds_min": min(times),
-        "seconds_max": max(times),
-        "step_seconds": times,
-        "warmup_seconds": [t for t, _, _, _ in warm],
-        "cpu_seconds": statistics.median(c for _, _, _, c in done),
-        "steps": steps,
-        "tokens": spec.BATCH * spec.SEQ,
-        "loss": losses[-1],
-        "grad_norm": norms[-1],
-        "loss_spread": max(losses) - min(losses),
-        "grad_norm_spread": max(norms) - min(norms),
-        "peak_rss_mib": peak_rss_mib(),
+        **spec.run_steps(step, warmup, steps),
+        "peak_rss_mib": spec.peak_rss_mib(),
         "rss_after_load_mib": rss_loaded,
         "threads": int(os.environ.get("RAYON_NUM_THREADS", "0")) or None,
         "import_s": import_s,

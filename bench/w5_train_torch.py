@@ -31,15 +31,11 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import w5_spec as spec
@@ -50,11 +46,6 @@ DTYPE_NOTE = (
     "PyTorch has no training path over a quantized GGUF base (transformers dequantizes "
     "GGUF files to f32 on load); steerlab's quantized-base step is reported on its own"
 )
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def default_gguf() -> str:
@@ -132,46 +123,24 @@ def run(
     first = spec.SEQ - spec.CONTINUATION - 1  # 31: first position whose logits count
     keep = 0 if full_logits else spec.SEQ - first  # 0 = all positions
 
-    def step() -> tuple[float, float, float, float]:
+    def step() -> tuple[float, float]:
         v.grad = None
-        start, cpu = time.perf_counter(), time.process_time()
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
         pred = logits[:, first - spec.SEQ : -1] if keep == 0 else logits[:, :-1]
         loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt)
         loss.backward()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert v.grad is not None
-        return seconds, float(loss.detach()), float(v.grad.norm()), cpu
+        return float(loss.detach()), float(v.grad.norm())
 
-    rss_loaded = peak_rss_mib()
-    warm = [step() for _ in range(warmup)]
-    timed = [step() for _ in range(steps)]
+    rss_loaded = spec.peak_rss_mib()
+    timing = spec.run_steps(step, warmup, steps)
     handle.remove()
-    times = [t for t, _, _, _ in timed]
-    losses = [x for _, x, _, _ in warm + timed]
-    norms = [g for _, _, g, _ in warm + timed]
-    if save_grad:
-        np.savez(save_grad, grad=v.grad.numpy().astype(np.float32), loss=np.float32(losses[-1]))
     return {
         "tool": "torch",
         "dtype": "f32",
         "dtype_note": DTYPE_NOTE,
-        "seconds": statistics.median(times),
-        "seconds_min": min(times),
-        "seconds_max": max(times),
-        "step_seconds": times,
-        "warmup_seconds": [t for t, _, _, _ in warm],
-        # CPU seconds of the process per step (all threads): on a loaded machine a
-        # steadier figure than wall time
-        "cpu_seconds": statistics.median(c for _, _, _, c in timed),
-        "steps": steps,
-        "tokens": spec.BATCH * spec.SEQ,
-        "loss": losses[-1],
-        "grad_norm": norms[-1],
-        # no optimiser update: every step must give the same numbers
-        "loss_spread": max(losses) - min(losses),
-        "grad_norm_spread": max(norms) - min(norms),
-        "peak_rss_mib": peak_rss_mib(),
+        **timing,
+        "peak_rss_mib": spec.peak_rss_mib(),
         "rss_after_load_mib": rss_loaded,
         "threads": torch.get_num_threads(),
         "attn_implementation": model.config._attn_implementation,
