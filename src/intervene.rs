@@ -130,6 +130,14 @@ pub trait SiteModule: Send + Sync {
     /// unmasked positions unchanged. In `Mode::Gradient` the result must be
     /// differentiable in `h` and in the module's parameters.
     fn apply(&self, h: &Tensor, mask: &Tensor, ctx: &StepCtx) -> Result<Tensor>;
+
+    /// Check that this module can run on row `row` of a call whose prompt has
+    /// `prompt_len` tokens, on a model of width `d_model` (called once per call, when the
+    /// plan is built). A module tied to a token layout or a width refuses others here.
+    fn check(&self, row: usize, prompt_len: usize, d_model: usize) -> Result<()> {
+        let _ = (row, prompt_len, d_model);
+        Ok(())
+    }
 }
 
 /// What an intervention does at its site.
@@ -392,7 +400,10 @@ fn check(
             }
             finite_values(a, &|| format!("row {r}: scale alpha for {site}"))?
         }
-        Op::Module(_) => Vec::new(),
+        Op::Module(m) => {
+            m.check(r, len, d)?;
+            Vec::new()
+        }
     };
     let op = match &iv.op {
         Op::Add(v) => Op::Add(v.to_device(device)?),
@@ -499,6 +510,20 @@ impl Slot {
         Ok(Tensor::from_vec(x, (b, t, d), h.device())?)
     }
 
+    /// The module every row with an operation here runs, when they all run the same one
+    /// (the same `Arc`).
+    fn shared_module(&self) -> Option<&Arc<dyn SiteModule>> {
+        let mut shared: Option<&Arc<dyn SiteModule>> = None;
+        for ro in self.rows.iter().flatten() {
+            match (&ro.op, shared) {
+                (Op::Module(m), None) => shared = Some(m),
+                (Op::Module(m), Some(s)) if Arc::ptr_eq(m, s) => {}
+                _ => return None,
+            }
+        }
+        shared
+    }
+
     /// Gradient form: candle ops row by row, differentiable in h and in each
     /// operation's tensors.
     fn apply_tensors(
@@ -509,6 +534,21 @@ impl Slot {
     ) -> Result<Tensor> {
         let (b, t, _) = h.dims3()?;
         let dev = h.device().clone();
+        if let Some(module) = self.shared_module() {
+            // One module for every steered row (a learned module applied to a whole
+            // batch, as in training): one call on the batch, the mask zero on the rows
+            // and positions it does not touch.
+            let mut mv = vec![0f32; b * t];
+            for (r, m) in masks.iter().enumerate() {
+                if let (Some(m), Some(_)) = (m, &self.rows[r]) {
+                    for (j, &hit) in m.iter().enumerate() {
+                        mv[r * t + j] = f32::from(u8::from(hit));
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(mv, (b, t, 1), &dev)?; // [b, t, 1]
+            return module.apply(&h, &mask, ctx);
+        }
         let mut out = Vec::with_capacity(b);
         for (r, m) in masks.iter().enumerate() {
             let hr = h.narrow(0, r, 1)?; // [1, t, d]

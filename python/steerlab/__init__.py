@@ -38,11 +38,13 @@ from steerlab.errors import (
 )
 from steerlab.model import Model
 from steerlab.optimize import TrainingInterrupted
+from steerlab.scalars import ActivationScalars
 from steerlab.steering import Operation, Steering
 from steerlab.vectors import SteeringVector
 
 __all__ = [
     "PROMPT_TYPES",
+    "ActivationScalars",
     "BackendError",
     "ContextLengthError",
     "ContrastPair",

@@ -5,6 +5,7 @@ This is the contract between the Python layer and the engine. The Python layer
 them again and raises the exceptions below.
 """
 
+import os
 from collections.abc import Sequence
 from typing import Literal, final
 
@@ -220,6 +221,50 @@ class VectorTrainer:
     @property
     def best(self) -> tuple[int, float] | None: ...
     def vectors(self, best: bool = True) -> list[tuple[int, npt.NDArray[np.float32]]]: ...
+
+class ScalarTrainer:
+    """An activation-scaling run (see `steerlab.scalars`): ActivScalar ('scalar'),
+    SteerVec ('vector') or DynScalar ('dynamic') at (site, layer) pairs; records are
+    (prompt ids, target id, foil id)."""
+
+    def __new__(
+        cls,
+        model: Model,
+        records: list[tuple[list[int], int, int]],
+        sites: list[tuple[str, int]],
+        kind: str,
+        *,
+        positions: _Positions | None = None,
+        effectiveness: float = 1.0,
+        faithfulness: float = 1.0,
+        sparsity: float = 0.001,
+        lr: float = 0.01,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> ScalarTrainer: ...
+    def step(self) -> dict[str, float]:
+        """One optimiser step (GIL released; Ctrl-C stops it): its record."""
+    @property
+    def history(self) -> list[dict[str, float]]: ...
+    @property
+    def best(self) -> tuple[int, float] | None: ...
+    @property
+    def layout(self) -> int | None: ...
+    def params(self, best: bool = True) -> list[tuple[str, int, list[npt.NDArray[np.float32]]]]: ...
+
+def save_learned(
+    path: str | os.PathLike[str],
+    meta_json: str,
+    tensors: list[tuple[str, list[int], npt.NDArray[np.float32]]],
+) -> None:
+    """Write a learned module (safetensors + the checked metadata JSON)."""
+
+def load_learned(
+    path: str | os.PathLike[str], fingerprint: str | None = None, d_model: int = 0
+) -> tuple[str, list[tuple[str, list[int], npt.NDArray[np.float32]]]]:
+    """Read a learned module (refusing another model when a fingerprint is given)."""
 
 # -- steering-vector maths (numpy in, numpy out; the GIL is released) -----------------
 

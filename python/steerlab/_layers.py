@@ -18,14 +18,33 @@ from steerlab.errors import InvalidArgumentError, InvalidTypeError, ShapeError
 POSITION_NAMES = ("all", "prompt", "generated", "last")
 #: The sites an operation or a capture can name.
 SITES = ("resid_post", "resid_mid", "attn_out", "mlp_out", "embed")
-#: The operations a `Steering` holds.
-OPERATIONS = ("add", "scale", "project_out", "clamp")
+#: The operations a `Steering` holds: the four fixed ones, then the learned modules of
+#: activation scaling (`steerlab.ActivationScalars`), whose strength beta is ``value``.
+OPERATIONS = (
+    "add",
+    "scale",
+    "project_out",
+    "clamp",
+    "activation_scalar",
+    "position_vectors",
+    "dynamic_scalar",
+)
+#: The learned operations: their ``value`` is a strength beta that `*` scales.
+LEARNED_OPERATIONS = ("activation_scalar", "position_vectors", "dynamic_scalar")
 
 PositionName: TypeAlias = Literal["all", "prompt", "generated", "last"]
 PositionsLike: TypeAlias = PositionName | int | Iterable[int]
 Positions: TypeAlias = PositionName | list[int]
 SiteName: TypeAlias = Literal["resid_post", "resid_mid", "attn_out", "mlp_out", "embed"]
-OpName: TypeAlias = Literal["add", "scale", "project_out", "clamp"]
+OpName: TypeAlias = Literal[
+    "add",
+    "scale",
+    "project_out",
+    "clamp",
+    "activation_scalar",
+    "position_vectors",
+    "dynamic_scalar",
+]
 Intervention: TypeAlias = tuple[str, int, str, npt.NDArray[np.float32], float, Positions]
 Row: TypeAlias = list[Intervention]
 

@@ -53,6 +53,7 @@ from steerlab.errors import (
 __all__ = ["OPERATIONS", "POSITION_NAMES", "SITES", "Operation", "Steering", "SteeringLike"]
 
 from steerlab._layers import (
+    LEARNED_OPERATIONS,
     OPERATIONS,
     POSITION_NAMES,
     SITES,
@@ -109,12 +110,18 @@ class Operation:
     constructors).
 
     Attributes:
-        op: ``"add"``, ``"scale"``, ``"project_out"`` or ``"clamp"``.
+        op: ``"add"``, ``"scale"``, ``"project_out"``, ``"clamp"``, or a learned
+            module of activation scaling (`steerlab.ActivationScalars` makes them):
+            ``"activation_scalar"`` (alpha [P], one per prompt position:
+            ``h * (1 + value * alpha[p])``), ``"position_vectors"`` (v [P * d_model]
+            row-major: ``h + value * v[p]``), ``"dynamic_scalar"`` (w then b,
+            [d_model + 1]: ``h * (1 + value * (w . h + b))``).
         layer: the block index (negative from the end; ignored for ``site="embed"``).
         array: float32, read-only: the vector [d_model] (``add``), alpha [1] or [n]
             (``scale``), the unit direction [d_model] (``project_out``, ``clamp``).
         site: one of `SITES`.
-        value: the clamp target (0.0 for the other operations).
+        value: the clamp target; the strength beta of a learned module; 0.0 for the
+            other operations.
         positions: a name from `POSITION_NAMES` or a list of indices.
     """
 
@@ -135,6 +142,9 @@ class Operation:
         Raises:
             InvalidArgumentError: ``project_out`` and ``clamp`` have no strength.
         """
+        if self.op in LEARNED_OPERATIONS:
+            beta = _args.real(self.value * k, f"beta scaled by {k}")
+            return Operation(self.op, self.layer, self.array, self.site, beta, self.positions)
         if self.op in ("project_out", "clamp"):
             raise InvalidArgumentError(
                 f"cannot scale a Steering that holds a {self.op} operation (at "
@@ -516,6 +526,12 @@ def _restore_ops(rows: list[Any]) -> Steering:
             out = out + Steering.project_out(layer, array, site=site, positions=positions)
         elif op == "clamp":
             out = out + Steering.clamp(layer, array, value, site=site, positions=positions)
+        elif op in LEARNED_OPERATIONS:
+            index, name = _layer_at(layer, site)
+            arr = _args.vector(array, f"the {op} parameters")
+            beta = _args.real(value, f"the {op} strength")
+            pos = check_positions(positions)
+            out = out + Steering.from_operations([Operation(op, index, arr, name, beta, pos)])
         else:
             raise InvalidArgumentError(f"unknown operation {op!r} in a pickled Steering")
     return out

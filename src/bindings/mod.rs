@@ -25,6 +25,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyGeneration>()?;
     m.add_class::<model::PyGenConfig>()?;
     m.add_class::<learn::PyVectorTrainer>()?;
+    m.add_class::<learn::PyScalarTrainer>()?;
+    m.add_function(wrap_pyfunction!(learn::save_learned, m)?)?;
+    m.add_function(wrap_pyfunction!(learn::load_learned, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::fit_direction, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::mean_centring, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::pair_stats, m)?)?;

@@ -15,6 +15,7 @@ use crate::capture::{Captured, Reduce};
 use crate::error::Error;
 use crate::generate::{forward_batch, token_logprobs, GenParams, Generation};
 use crate::intervene::{Intervention, Op, Positions, RowSteering};
+use crate::learn::scalars::{ScalarKind, ScalarModule};
 use crate::model::{Model, Site, SiteKind, WeightDtype};
 use crate::pool::in_pool;
 
@@ -96,11 +97,26 @@ fn extract_steering(
         invalid("steering must be a list with one list of interventions (or None) per row")
     })?;
     let mut out = Vec::with_capacity(rows.len());
+    // The same Python item in several rows (one steering for the whole batch) becomes
+    // one intervention: a learned module is then one `Arc` that runs on the batch at
+    // once. `seen` keeps every item alive, so its address is its identity here.
+    let mut seen: std::collections::HashMap<usize, (Bound<'_, PyAny>, Intervention)> =
+        Default::default();
     for (r, row) in rows.iter().enumerate() {
         let mut ivs = Vec::new();
         if !row.is_none() {
             for item in row.try_iter()? {
-                ivs.push(extract_intervention(model, &item?, r)?);
+                let item = item?;
+                let key = item.as_ptr() as usize;
+                let iv = match seen.get(&key) {
+                    Some((_, iv)) => iv.clone(),
+                    None => {
+                        let iv = extract_intervention(model, &item, r)?;
+                        seen.insert(key, (item, iv.clone()));
+                        iv
+                    }
+                };
+                ivs.push(iv);
             }
         }
         out.push(ivs);
@@ -152,6 +168,13 @@ fn extract_intervention(
     };
     let what = format!("row {r} {op} at {site}");
     let arr = vector_from_numpy(&arr, &model.device, &what)?;
+    if let Some(kind) = module_kind(&op) {
+        return Ok(Intervention {
+            site,
+            positions: extract_positions(&pos)?,
+            op: Op::Module(Arc::new(scalar_module(model, kind, site, arr, value)?)),
+        });
+    }
     let op = match op.as_str() {
         "add" => Op::Add(arr),
         "scale" => Op::Scale(arr),
@@ -163,7 +186,8 @@ fn extract_intervention(
         other => {
             return Err(invalid(format!(
                 "row {r}: unknown operation '{other}' (expected 'add', 'scale', \
-                 'project_out' or 'clamp')"
+                 'project_out', 'clamp', 'activation_scalar', 'position_vectors' or \
+                 'dynamic_scalar')"
             )))
         }
     };
@@ -172,6 +196,54 @@ fn extract_intervention(
         positions: extract_positions(&pos)?,
         op,
     })
+}
+
+/// The learned activation-scaling operations: their row name and module kind.
+fn module_kind(op: &str) -> Option<ScalarKind> {
+    match op {
+        "activation_scalar" => Some(ScalarKind::Scalar),
+        "position_vectors" => Some(ScalarKind::Vector),
+        "dynamic_scalar" => Some(ScalarKind::Dynamic),
+        _ => None,
+    }
+}
+
+/// A learned module from its flat parameters: alpha `[P]`; v `[P * d]` (row-major
+/// `[P, d]`); w `[d]` then b (`[d + 1]`); `beta` its strength.
+fn scalar_module(
+    model: &Model,
+    kind: ScalarKind,
+    site: Site,
+    flat: candle_core::Tensor,
+    beta: f64,
+) -> PyResult<ScalarModule> {
+    let d = model.d_model();
+    let n = flat.elem_count();
+    let params = match kind {
+        ScalarKind::Scalar => vec![flat],
+        ScalarKind::Vector if n > 0 && n % d == 0 => {
+            vec![flat.reshape((n / d, d)).map_err(Error::from)?]
+        }
+        ScalarKind::Dynamic if n == d + 1 => vec![
+            flat.narrow(0, 0, d).map_err(Error::from)?,
+            flat.narrow(0, d, 1).map_err(Error::from)?,
+        ],
+        _ => {
+            let want = match kind {
+                ScalarKind::Vector => {
+                    format!("P * {d} values (one vector of d_model {d} per position)")
+                }
+                _ => format!("{} values (w [{d}] then b)", d + 1),
+            };
+            return Err(Error::shape(format!(
+                "the {} parameters at {site} hold {n} values; expected {want}: a module made \
+                 for another model has another width",
+                kind.name()
+            ))
+            .into());
+        }
+    };
+    Ok(ScalarModule::new(kind, site, params, beta, d)?)
 }
 
 fn extract_sites(model: &Model, layers: &Bound<'_, PyAny>, site: SiteKind) -> PyResult<Vec<Site>> {

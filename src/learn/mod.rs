@@ -5,6 +5,8 @@
 //! - [`trainer`]: parameters as candle `Var`s, AdamW (or SGD) from candle-nn, gradient
 //!   clipping, per-step history, best-parameter tracking and cancellation between steps.
 //! - [`batches`]: the seeded mini-batch sampler.
+//! - [`scalars`]: activation scaling (Stoehr et al. 2024): learned scalars, the additive
+//!   baseline and dynamic scalars, as site modules and their training run.
 //! - [`artifact`]: a trained module on disk (safetensors + JSON metadata bound to the
 //!   model fingerprint).
 //!
@@ -15,5 +17,7 @@ pub mod artifact;
 pub mod batches;
 mod fused;
 pub mod losses;
+mod prefix;
+pub mod scalars;
 pub mod trainer;
 pub mod vector;

@@ -25,9 +25,10 @@ use crate::error::{Error, Result};
 use crate::hooks::Sites;
 use crate::intervene::{Intervention, Positions, SteeringPlan};
 use crate::learn::batches::Batches;
+use crate::learn::prefix::{frozen_prefix, stack_left_padded};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
 use crate::learn::{fused, losses};
-use crate::model::{BatchLayout, Mode, Model, NoHooks, StepCtx};
+use crate::model::{BatchLayout, Mode, Model, StepCtx};
 use crate::pool::in_pool;
 
 /// One training example: `ids` = prompt tokens then completion tokens; the completion
@@ -241,16 +242,8 @@ impl VectorTraining {
         let lens: Vec<usize> = rows.iter().map(|&i| data[i].ids.len()).collect();
         let layout = BatchLayout::new(lens.clone());
         let w = layout.width;
-        let mut hs = Vec::with_capacity(rows.len());
-        for (r, &i) in rows.iter().enumerate() {
-            let pad = layout.pad(r);
-            hs.push(if pad == 0 {
-                data[i].h.clone()
-            } else {
-                Tensor::cat(&[&Tensor::zeros((pad, d), DType::F32, dev)?, &data[i].h], 0)?
-            });
-        }
-        let h = Tensor::stack(&hs, 0)?; // [b, w, d]
+        let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
+        let h = stack_left_padded(&hs, &layout, d, dev)?; // [b, w, d]
         let steer: Vec<Vec<Intervention>> = rows
             .iter()
             .map(|_| {
@@ -356,8 +349,7 @@ impl VectorTraining {
     }
 }
 
-/// The output of blocks `0..start` for each example, without hooks or gradients, in
-/// padded chunks (a row's values do not depend on its batch): h [len, d] per example.
+/// The frozen prefix of each example (see [`frozen_prefix`]).
 fn prefix(
     model: &Model,
     ex: Vec<Example>,
@@ -365,24 +357,15 @@ fn prefix(
     chunk: usize,
     cancel: &Cancel,
 ) -> Result<Vec<Cached>> {
-    let mut out = Vec::with_capacity(ex.len());
-    for part in ex.chunks(chunk) {
-        cancel.check()?;
-        let rows: Vec<Vec<u32>> = part.iter().map(|e| e.ids.clone()).collect();
-        let (ids, layout) = model.pad_batch(&rows)?;
-        let ctx = StepCtx::prefill(&layout);
-        let mut cache = model.new_cache();
-        let h = model.embed(&ids)?;
-        let h = model.forward_blocks(h, 0..start, &ctx, &mut cache, &mut NoHooks)?; // [b, w, d]
-        for (r, e) in part.iter().enumerate() {
-            let len = e.ids.len();
-            let hr = h.get(r)?.narrow(0, layout.pad(r), len)?.contiguous()?; // [len, d]
-            out.push(Cached {
-                ids: e.ids.clone(),
-                split: e.split,
-                h: hr.detach(),
-            });
-        }
-    }
-    Ok(out)
+    let rows: Vec<Vec<u32>> = ex.iter().map(|e| e.ids.clone()).collect();
+    let hs = frozen_prefix(model, &rows, start, chunk, cancel)?;
+    Ok(ex
+        .into_iter()
+        .zip(hs)
+        .map(|(e, h)| Cached {
+            ids: e.ids,
+            split: e.split,
+            h,
+        })
+        .collect())
 }

@@ -80,6 +80,17 @@ impl SiteKind {
 }
 
 impl Site {
+    /// The kind of this site (its name without the layer).
+    pub fn kind(&self) -> SiteKind {
+        match *self {
+            Site::Embed => SiteKind::Embed,
+            Site::AttnOut(_) => SiteKind::AttnOut,
+            Site::ResidMid(_) => SiteKind::ResidMid,
+            Site::MlpOut(_) => SiteKind::MlpOut,
+            Site::ResidPost(_) => SiteKind::ResidPost,
+        }
+    }
+
     /// The block the site belongs to (None for `embed`).
     pub fn layer(&self) -> Option<usize> {
         match *self {

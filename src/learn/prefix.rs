@@ -1,0 +1,55 @@
+//! The frozen prefix of a training run: the blocks below the first trained site do not
+//! depend on the trained parameters, so their output is computed once per example,
+//! without gradients, and each step starts from it.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::cancel::Cancel;
+use crate::error::Result;
+use crate::model::{BatchLayout, Model, NoHooks, StepCtx};
+
+/// The output of blocks `0..start` (the embeddings when `start` is 0) for each token id
+/// row, without hooks or gradients, run in padded chunks of `chunk` rows (a row's values
+/// do not depend on its batch): one h `[len, d]` per row. Cancellable between chunks.
+pub(crate) fn frozen_prefix(
+    model: &Model,
+    rows: &[Vec<u32>],
+    start: usize,
+    chunk: usize,
+    cancel: &Cancel,
+) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for part in rows.chunks(chunk.max(1)) {
+        cancel.check()?;
+        let (ids, layout) = model.pad_batch(part)?;
+        let ctx = StepCtx::prefill(&layout);
+        let mut cache = model.new_cache();
+        let h = model.embed(&ids)?;
+        let h = model.forward_blocks(h, 0..start, &ctx, &mut cache, &mut NoHooks)?; // [b, w, d]
+        for (r, ids) in part.iter().enumerate() {
+            let hr = h.get(r)?.narrow(0, layout.pad(r), ids.len())?; // [len, d]
+            out.push(hr.contiguous()?.detach());
+        }
+    }
+    Ok(out)
+}
+
+/// Rows `hs` (each `[len_r, d]`) left-padded with zeros into one batch `[b, width, d]`
+/// laid out as `layout` (whose lens are the rows' lengths).
+pub(crate) fn stack_left_padded(
+    hs: &[&Tensor],
+    layout: &BatchLayout,
+    d: usize,
+    dev: &Device,
+) -> Result<Tensor> {
+    let mut rows = Vec::with_capacity(hs.len());
+    for (r, h) in hs.iter().enumerate() {
+        let pad = layout.pad(r);
+        rows.push(if pad == 0 {
+            (*h).clone()
+        } else {
+            Tensor::cat(&[&Tensor::zeros((pad, d), DType::F32, dev)?, *h], 0)?
+        });
+    }
+    Ok(Tensor::stack(&rows, 0)?) // [b, w, d]
+}
