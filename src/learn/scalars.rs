@@ -37,7 +37,7 @@ use crate::learn::batches::Batches;
 use crate::learn::losses;
 use crate::learn::prefix::{frozen_prefix, stack_left_padded};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
-use crate::model::{BatchLayout, Mode, Model, Site, StepCtx};
+use crate::model::{BatchLayout, Hooks, Mode, Model, Site, StepCtx};
 use crate::pool::in_pool;
 
 /// Which of the three modules.
@@ -69,6 +69,22 @@ impl ScalarKind {
             ScalarKind::Scalar => "scalar",
             ScalarKind::Vector => "vector",
             ScalarKind::Dynamic => "dynamic",
+        }
+    }
+
+    /// The factor from each trained variable to its parameter at a site whose unsteered
+    /// activations have mean norm `norm` (over the training prompts): 1 for alpha,
+    /// `norm / sqrt(d)` for v, `1 / (norm * sqrt(d))` for w, 1 for b. With them an AdamW
+    /// step of size `lr` on every variable changes the activation by about `lr * ||h||`
+    /// whatever the kind (alpha: `lr * h`; v: `lr * norm`; w: alpha by about `lr`), so
+    /// one learning rate means the same for the three kinds. A reparametrisation
+    /// (preconditioning) only: the module computes exactly the formulas above.
+    fn scales(self, norm: f64, d: usize) -> Vec<f64> {
+        let root = (d as f64).sqrt();
+        match self {
+            ScalarKind::Scalar => vec![1.0],
+            ScalarKind::Vector => vec![norm / root],
+            ScalarKind::Dynamic => vec![1.0 / (norm * root), 1.0],
         }
     }
 
@@ -279,8 +295,10 @@ struct Cached {
 pub struct ScalarTraining {
     model: Arc<Model>,
     cfg: ScalarConfig,
-    /// The parameters of each site, in `cfg.sites` order.
+    /// The trained variables of each site, in `cfg.sites` order; parameter = variable *
+    /// scale (see [`ScalarKind::scales`]).
     vars: Vec<Vec<Var>>,
+    scales: Vec<Vec<f64>>,
     layout: Option<usize>,
     trainer: Trainer,
     batches: Batches,
@@ -434,9 +452,13 @@ impl ScalarTraining {
             }
         };
         let p = layout.unwrap_or(0);
+        let chunk = cfg.batch_size.max(8);
+        let (data, reference, norms) =
+            in_pool(|| Self::prepare(&model, examples, &cfg.sites, start, chunk, cancel))?;
         let mut vars = Vec::with_capacity(cfg.sites.len());
+        let mut scales = Vec::with_capacity(cfg.sites.len());
         let mut params = Vec::new();
-        for site in &cfg.sites {
+        for (site, &norm) in cfg.sites.iter().zip(&norms) {
             let mut site_vars = Vec::new();
             for (name, shape) in cfg.kind.zeros(p, d) {
                 let var = Var::zeros(shape, DType::F32, &model.device)?;
@@ -444,15 +466,15 @@ impl ScalarTraining {
                 site_vars.push(var);
             }
             vars.push(site_vars);
+            scales.push(cfg.kind.scales(norm, d));
         }
         let trainer = Trainer::new(params, cfg.train.clone())?;
-        let batches = Batches::new(examples.len(), cfg.batch_size, cfg.seed)?;
-        let chunk = cfg.batch_size.max(8);
-        let (data, reference) = in_pool(|| Self::prepare(&model, examples, start, chunk, cancel))?;
+        let batches = Batches::new(data.len(), cfg.batch_size, cfg.seed)?;
         Ok(ScalarTraining {
             model,
             cfg,
             vars,
+            scales,
             layout,
             trainer,
             batches,
@@ -466,10 +488,11 @@ impl ScalarTraining {
     fn prepare(
         model: &Model,
         examples: Vec<ScalarExample>,
+        sites: &[Site],
         start: usize,
         chunk: usize,
         cancel: &Cancel,
-    ) -> Result<(Vec<Cached>, Tensor)> {
+    ) -> Result<(Vec<Cached>, Tensor, Vec<f64>)> {
         let ids: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
         let hs = frozen_prefix(model, &ids, start, chunk, cancel)?;
         let data: Vec<Cached> = examples
@@ -484,11 +507,17 @@ impl ScalarTraining {
             .collect();
         let mut refs = Vec::with_capacity(data.len());
         let all: Vec<usize> = (0..data.len()).collect();
+        let mut norms = SiteNorms {
+            sites,
+            sums: vec![0.0; sites.len()],
+            count: vec![0; sites.len()],
+            cancel,
+        };
         for part in all.chunks(chunk) {
             cancel.check()?;
             // The same gradient-mode forward as training, without steering: at
             // initialisation the steered and reference distributions are the same numbers.
-            let logits = Self::last_logits(model, &data, part, start, None, cancel)?;
+            let logits = Self::last_logits(model, &data, part, start, &mut norms)?;
             let pairs: Vec<(u32, u32)> = part
                 .iter()
                 .map(|&i| (data[i].target, data[i].foil))
@@ -496,18 +525,23 @@ impl ScalarTraining {
             let masked = (logits.detach() + answer_mask(&pairs, logits.dim(1)?, &model.device)?)?;
             refs.push(losses::log_softmax_rows(&masked)?);
         }
-        Ok((data, Tensor::cat(&refs, 0)?))
+        let mean_norms = norms
+            .sums
+            .iter()
+            .zip(&norms.count)
+            .map(|(s, &n)| if n > 0 && *s > 0.0 { s / n as f64 } else { 1.0 })
+            .collect();
+        Ok((data, Tensor::cat(&refs, 0)?, mean_norms))
     }
 
-    /// The logits `[b, V]` at the last prompt position of records `rows`, with the plan
-    /// (or without steering), from the frozen prefix, in `Mode::Gradient`.
+    /// The logits `[b, V]` at the last prompt position of records `rows`, from the frozen
+    /// prefix, in `Mode::Gradient`, with `hooks` at the sites.
     fn last_logits(
         model: &Model,
         data: &[Cached],
         rows: &[usize],
         start: usize,
-        plan: Option<&SteeringPlan>,
-        cancel: &Cancel,
+        hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let d = model.d_model();
         let lens: Vec<usize> = rows.iter().map(|&i| data[i].ids.len()).collect();
@@ -522,13 +556,7 @@ impl ScalarTraining {
             mode: Mode::Gradient,
         };
         let mut cache = model.new_cache();
-        let mut hooks = Sites {
-            steering: plan,
-            capture: None,
-            monitor: None,
-            cancel: Some(cancel),
-        };
-        let out = model.forward_blocks(h, start..model.n_layers(), &ctx, &mut cache, &mut hooks)?;
+        let out = model.forward_blocks(h, start..model.n_layers(), &ctx, &mut cache, hooks)?;
         let last = out.narrow(1, w - 1, 1)?.squeeze(1)?; // [b, d]: left padding ends every row at w - 1
         model.logits_all(&last, Mode::Gradient) // [b, V]
     }
@@ -538,9 +566,13 @@ impl ScalarTraining {
         self.cfg
             .sites
             .iter()
-            .zip(&self.vars)
-            .map(|(&site, vs)| {
-                let params = vs.iter().map(|v| v.as_tensor().clone()).collect();
+            .zip(self.vars.iter().zip(&self.scales))
+            .map(|(&site, (vs, sc))| {
+                let params = vs
+                    .iter()
+                    .zip(sc)
+                    .map(|(v, &k)| Ok((v.as_tensor() * k)?))
+                    .collect::<Result<Vec<_>>>()?;
                 let m = ScalarModule {
                     kind: self.cfg.kind,
                     site,
@@ -593,7 +625,13 @@ impl ScalarTraining {
         let steer = vec![row; idx.len()];
         let lens: Vec<usize> = idx.iter().map(|&i| self.data[i].ids.len()).collect();
         let plan = SteeringPlan::new(&steer, &lens, 0, m.n_layers(), m.d_model(), dev)?;
-        let logits = Self::last_logits(m, &self.data, idx, self.start, Some(&plan), cancel)?;
+        let mut hooks = Sites {
+            steering: Some(&plan),
+            capture: None,
+            monitor: None,
+            cancel: Some(cancel),
+        };
+        let logits = Self::last_logits(m, &self.data, idx, self.start, &mut hooks)?;
         let pairs: Vec<(u32, u32)> = idx
             .iter()
             .map(|&i| (self.data[i].target, self.data[i].foil))
@@ -608,8 +646,8 @@ impl ScalarTraining {
         let reference = self.reference.index_select(&sel, 0)?; // [b, V]
         let kl = losses::kl_to_reference(&masked, &reference)?;
         let mut l1 = Tensor::zeros((), DType::F32, dev)?;
-        for v in self.vars.iter().flatten() {
-            l1 = (l1 + sparse_l1(v.as_tensor())?)?;
+        for (v, &k) in self.vars.iter().flatten().zip(self.scales.iter().flatten()) {
+            l1 = (l1 + sparse_l1(&(v.as_tensor() * k)?)?)?;
         }
         let scalar = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_scalar::<f32>()?)) };
         let parts = vec![
@@ -645,6 +683,12 @@ impl ScalarTraining {
         self.layout
     }
 
+    /// Per site, the factor from each trained variable to its parameter (see
+    /// [`ScalarKind::scales`]).
+    pub fn scales(&self) -> &[Vec<f64>] {
+        &self.scales
+    }
+
     /// Each site's parameters as flat f32 values (alpha `[P]`; v `[P * d]` row-major; w
     /// `[d]` then b `[1]`), in `sites` order: the best seen (lowest batch loss) or the
     /// current ones.
@@ -655,19 +699,53 @@ impl ScalarTraining {
             self.trainer.current_params()?
         };
         let mut it = all.into_iter();
-        let per_site = self.cfg.kind.zeros(0, 0).len();
         let mut out = Vec::with_capacity(self.cfg.sites.len());
-        for _ in &self.cfg.sites {
-            let mut site = Vec::with_capacity(per_site);
-            for _ in 0..per_site {
+        for sc in &self.scales {
+            let mut site = Vec::with_capacity(sc.len());
+            for &k in sc {
                 let (_, t) = it.next().ok_or_else(|| {
                     Error::invalid("the trainer holds fewer parameters than sites")
                 })?;
-                site.push(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+                site.push(
+                    (t * k)?
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
             }
             out.push(site);
         }
         Ok(out)
+    }
+}
+
+/// Reads the mean activation norm at the trained sites over the real (unpadded)
+/// positions of an unsteered forward; stops at the next block on cancel.
+struct SiteNorms<'a> {
+    sites: &'a [Site],
+    sums: Vec<f64>,
+    count: Vec<usize>,
+    cancel: &'a Cancel,
+}
+
+impl Hooks for SiteNorms<'_> {
+    fn at(&mut self, site: Site, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
+        if let Some(k) = self.sites.iter().position(|&s| s == site) {
+            let norms = h.detach().sqr()?.sum(2)?.sqrt()?.to_vec2::<f32>()?; // [b, t]
+            for (r, row) in norms.iter().enumerate() {
+                for (j, &n) in row.iter().enumerate() {
+                    if ctx.position(r, j).is_some() {
+                        self.sums[k] += f64::from(n);
+                        self.count[k] += 1;
+                    }
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    fn before_block(&mut self, _block: usize) -> Result<()> {
+        self.cancel.check()
     }
 }
 
