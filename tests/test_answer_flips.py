@@ -18,7 +18,12 @@ import pytest
 sl = pytest.importorskip("steerlab")
 pytest.importorskip("steerlab._core")
 
-from steerlab.evaluate import AnswerFlips, answer_flips, answer_logit_diff  # noqa: E402
+from steerlab.evaluate import (  # noqa: E402
+    AnswerFlips,
+    answer_flips,
+    answer_flips_sweep,
+    answer_logit_diff,
+)
 
 PROMPTS = [
     "The capital of France is",
@@ -248,6 +253,78 @@ def test_default_model_capitals(model: Any) -> None:
     np.testing.assert_allclose(res.kl, ref["kl"], rtol=1e-9)
     assert res.accuracy_before == 0.0 and res.logit_diff_change > 0 and res.kl_other > 0
     assert res.flip_rate == pytest.approx(res.n_flipped / 4)
+
+
+# ------------------------------------------------------------------------- sweep
+
+
+class _Scalars:
+    """Stands in for sl.ActivationScalars: to_steering() and ``* beta``."""
+
+    def __init__(self, beta: float = 1.0) -> None:
+        self.beta = beta
+
+    def to_steering(self) -> Any:
+        return STRONG * self.beta
+
+    def __mul__(self, beta: float) -> _Scalars:
+        return _Scalars(self.beta * beta)
+
+
+class _OnlyToSteering:
+    def to_steering(self) -> Any:
+        return STRONG
+
+
+@pytest.mark.parametrize(
+    "steering", [STRONG, _Scalars(), _OnlyToSteering()], ids=["steering", "mul", "to_steering"]
+)
+def test_sweep_matches_answer_flips_at_each_beta(tiny: Any, steering: Any) -> None:
+    letters = _letters(tiny)
+    t, f = letters[:6], letters[6:12]
+    betas = [-1.0, 0.0, 0.5, 1.0]
+    sweep = answer_flips_sweep(tiny, PROMPTS, t, f, steering, betas, batch_size=4, name="s")
+    assert list(sweep) == betas
+    for b, res in sweep.items():
+        one = answer_flips(tiny, PROMPTS, t, f, steering=STRONG * b, batch_size=4)
+        np.testing.assert_array_equal(res.logit_diff_before, one.logit_diff_before)
+        np.testing.assert_allclose(res.logit_diff_after, one.logit_diff_after, atol=1e-6)
+        np.testing.assert_allclose(res.kl, one.kl, rtol=1e-9, atol=1e-15)
+        assert res.name == f"s beta={b:g}"
+    zero = sweep[0.0]
+    assert zero.logit_diff_change == 0.0 and zero.kl_other == 0.0 and zero.flip_rate == 0.0
+    assert sweep[1.0].kl_other > 0 and sweep[-1.0].kl_other > 0
+
+
+def test_sweep_per_row_and_bad_input(tiny: Any) -> None:
+    letters = _letters(tiny)
+    t, f = letters[:3], letters[3:6]
+    p = PROMPTS[:3]
+    rows = [None, STRONG, {1: np.full(64, 0.5)}]
+    sweep = answer_flips_sweep(tiny, p, t, f, rows, [2.0])
+    one = answer_flips(tiny, p, t, f, steering=[None, STRONG * 2.0, {1: np.full(64, 1.0)}])
+    np.testing.assert_allclose(sweep[2.0].logit_diff_after, one.logit_diff_after, atol=1e-6)
+    assert sweep[2.0].kl[0] == 0.0 and sweep[2.0].name == "beta=2"
+    with pytest.raises(sl.InvalidArgumentError, match="betas is empty"):
+        answer_flips_sweep(tiny, p, t, f, STRONG, [])
+    with pytest.raises(sl.InvalidArgumentError, match="betas must be distinct"):
+        answer_flips_sweep(tiny, p, t, f, STRONG, [1.0, 1])
+    with pytest.raises(sl.InvalidArgumentError, match=r"betas\[1\] must be a finite number"):
+        answer_flips_sweep(tiny, p, t, f, STRONG, [1.0, float("nan")])
+    with pytest.raises(sl.InvalidTypeError, match=r"betas\[0\] must be a number, got str"):
+        answer_flips_sweep(tiny, p, t, f, STRONG, ["1"])
+    with pytest.raises(sl.InvalidTypeError, match="betas must be a list of numbers, got float"):
+        answer_flips_sweep(tiny, p, t, f, STRONG, 1.0)
+    with pytest.raises(sl.InvalidArgumentError, match="a sweep needs a steering"):
+        answer_flips_sweep(tiny, p, t, f, None)
+    with pytest.raises(
+        sl.InvalidArgumentError, match="cannot scale a Steering that holds a project_out"
+    ):
+        answer_flips_sweep(tiny, p, t, f, sl.Steering.project_out(1, np.ones(64)))
+    with pytest.raises(sl.InvalidArgumentError, match="the steering list has 2 entries"):
+        answer_flips_sweep(tiny, p, t, f, [STRONG, None])
+    with pytest.raises(sl.InvalidArgumentError, match="targets has 2 entries"):
+        answer_flips_sweep(tiny, p, t[:2], f, STRONG)
 
 
 # --------------------------------------------------------------------- the result
@@ -485,10 +562,7 @@ def test_plot_scalars_bad_input(plt: Any) -> None:
 
 def _sweep(tiny: Any, betas: list[float]) -> dict[float, Any]:
     letters = _letters(tiny)
-    return {
-        b: answer_flips(tiny, PROMPTS, letters[:6], letters[6:12], steering=STRONG * b)
-        for b in betas
-    }
+    return answer_flips_sweep(tiny, PROMPTS, letters[:6], letters[6:12], STRONG, betas)
 
 
 def test_plot_beta_sweep(tiny: Any, plt: Any) -> None:

@@ -18,8 +18,9 @@
   flips the model's choice from the foil to the target, how far it moves the logit
   difference, and how little it disturbs the other tokens (the KL divergence on the
   next-token distribution without the two answers): the effectiveness and faithfulness
-  measures of activation scaling (Stoehr et al. 2024). `answer_logit_diff` is the
-  logit difference alone.
+  measures of activation scaling (Stoehr et al. 2024). `answer_flips_sweep` does it
+  at several strengths sharing one unsteered pass; `answer_logit_diff` is the logit
+  difference alone.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ __all__ = [
     "ReliabilityTable",
     "SteerabilityResult",
     "answer_flips",
+    "answer_flips_sweep",
     "answer_logit_diff",
     "compare_prompt_types",
     "reliability_table",
@@ -1040,28 +1042,64 @@ def answer_flips(
         model, prompts, targets, foils
     )
     size = _common_args(batch_size, name)
-    n = len(prompt_list)
-    _check_steering_rows(steering, n)
+    _check_steering_rows(steering, len(prompt_list))
+    before, afters, kls = _flip_measures(
+        model, prompt_list, t_ids, f_ids, [steering], size, progress, "answer flips"
+    )
+    return _flips_result(
+        model, prompt_list, target_list, foil_list, t_ids, f_ids, before, afters[0], kls[0], name
+    )
+
+
+def _flip_measures(
+    model: Model,
+    prompts: list[str],
+    t_ids: npt.NDArray[np.int64],
+    f_ids: npt.NDArray[np.int64],
+    steerings: list[Any],
+    batch_size: int,
+    progress: bool | None,
+    desc: str,
+) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]]:
+    """The unsteered logit differences, and per steering the steered ones and the KL on
+    other tokens (the unsteered pass runs once per chunk, shared by every steering)."""
+    n = len(prompts)
     before = np.empty(n, dtype=np.float64)
-    after = np.empty(n, dtype=np.float64)
-    kl = np.empty(n, dtype=np.float64)
-    for chunk in _chunks(n, size, progress, "answer flips"):
+    afters = [np.empty(n, dtype=np.float64) for _ in steerings]
+    kls = [np.empty(n, dtype=np.float64) for _ in steerings]
+    for chunk in _chunks(n, batch_size, progress, desc):
         i = slice(chunk.start, chunk.stop)
         t, f = t_ids[i], f_ids[i]
         rows = np.arange(len(chunk))
-        base = _logits64(model, prompt_list[i], chunk.start, None, size)
+        base = _logits64(model, prompts[i], chunk.start, None, batch_size)
         before[i] = base[rows, t] - base[rows, f]
-        if steering is None:
-            after[i] = before[i]
-            kl[i] = 0.0
-            continue
-        steered = _logits64(model, prompt_list[i], chunk.start, steering, size)
-        after[i] = steered[rows, t] - steered[rows, f]
-        kl[i] = _kl_other(base, steered, t, f)
+        for steering, after, kl in zip(steerings, afters, kls, strict=True):
+            if steering is None:
+                after[i] = before[i]
+                kl[i] = 0.0
+                continue
+            steered = _logits64(model, prompts[i], chunk.start, steering, batch_size)
+            after[i] = steered[rows, t] - steered[rows, f]
+            kl[i] = _kl_other(base, steered, t, f)
+    return before, afters, kls
+
+
+def _flips_result(
+    model: Model,
+    prompts: list[str],
+    targets: list[str],
+    foils: list[str],
+    t_ids: npt.NDArray[np.int64],
+    f_ids: npt.NDArray[np.int64],
+    before: npt.NDArray[np.float64],
+    after: npt.NDArray[np.float64],
+    kl: npt.NDArray[np.float64],
+    name: str | None,
+) -> AnswerFlips:
     return AnswerFlips(
-        prompts=tuple(prompt_list),
-        targets=tuple(target_list),
-        foils=tuple(foil_list),
+        prompts=tuple(prompts),
+        targets=tuple(targets),
+        foils=tuple(foils),
         target_tokens=tuple(model.decode([int(i)]) for i in t_ids),
         foil_tokens=tuple(model.decode([int(i)]) for i in f_ids),
         target_ids=t_ids,
@@ -1071,3 +1109,110 @@ def answer_flips(
         kl=kl,
         name=name,
     )
+
+
+def _at_strength(steering: Any, beta: float, where: str) -> Any:
+    """``steering * beta`` for one steering value (not a per-row list); None stays None.
+
+    Raises:
+        InvalidTypeError: a value that cannot be scaled.
+    """
+    if steering is None:
+        return None
+    if isinstance(steering, Mapping):
+        steering = Steering(steering)
+    if not isinstance(steering, str | bytes | list | tuple | np.ndarray):
+        mul = getattr(type(steering), "__mul__", None)
+        if mul is not None:
+            out = mul(steering, beta)
+            if out is not NotImplemented:
+                return out
+        to_steering = getattr(steering, "to_steering", None)
+        if callable(to_steering):
+            inner = to_steering()
+            if isinstance(inner, Steering | Mapping):
+                return _at_strength(inner, beta, where)
+    raise InvalidTypeError(
+        f"{where} cannot be scaled by beta: expected a Steering, a {{layer: vector}} mapping "
+        f"or an object that supports `* beta` or has to_steering(), got "
+        f"{type(steering).__name__}"
+    )
+
+
+def answer_flips_sweep(
+    model: Model,
+    prompts: str | Iterable[str],
+    targets: str | Iterable[str],
+    foils: str | Iterable[str],
+    steering: Any,
+    betas: Iterable[float] = (-1.0, -0.5, 0.0, 0.5, 1.0),
+    *,
+    batch_size: int = 8,
+    name: str | None = None,
+    progress: bool | None = None,
+) -> dict[float, AnswerFlips]:
+    """`answer_flips` at several strengths ``steering * beta`` in one pass over the
+    prompts: the unsteered logits are computed once per batch and shared, so a sweep of
+    ``k`` strengths costs ``k + 1`` forward passes per prompt instead of ``2 k``.
+
+    ``beta`` is the strength of activation scaling (Stoehr et al. 2024): for
+    `steerlab.ActivationScalars` ``h * (1 + beta * alpha)``, for an additive steering
+    ``h + beta * v``; a negative beta reverses the effect and 0 is the unsteered model
+    (computed, not assumed, so the sweep also checks that identity).
+
+    Args:
+        model, prompts, targets, foils, batch_size, progress: as in `answer_flips`.
+        steering: a `Steering`, ``{layer: vector}``, an object that supports
+            ``* beta`` (`steerlab.ActivationScalars`, `SteeringVector`) or has
+            ``to_steering()``, or a per-prompt list of those (or None).
+        betas: the strengths, finite and distinct.
+        name: a label; each result is named ``"<name> beta=<beta>"`` (or
+            ``"beta=<beta>"``).
+
+    Returns:
+        ``{beta: AnswerFlips}`` in the order of `betas`; pass it to
+        `steerlab.plots.plot_beta_sweep`.
+
+    Raises:
+        As `answer_flips`; InvalidArgumentError for no betas, a repeated or non-finite
+        beta; InvalidTypeError for a beta that is not a number or a steering that cannot
+        be scaled.
+    """
+    prompt_list, target_list, foil_list, t_ids, f_ids = _answer_inputs(
+        model, prompts, targets, foils
+    )
+    size = _common_args(batch_size, name)
+    if isinstance(betas, str) or not isinstance(betas, Iterable):
+        raise InvalidTypeError(f"betas must be a list of numbers, got {type(betas).__name__}")
+    beta_list = [_args.real(b, f"betas[{k}]") for k, b in enumerate(betas)]
+    if not beta_list:
+        raise InvalidArgumentError("betas is empty; pass at least one strength")
+    if len(set(beta_list)) != len(beta_list):
+        raise InvalidArgumentError(f"betas must be distinct, got {beta_list}")
+    if steering is None:
+        raise InvalidArgumentError("steering is None; a sweep needs a steering to scale")
+    _check_steering_rows(steering, len(prompt_list))
+    scaled: list[Any] = []
+    for b in beta_list:
+        if isinstance(steering, list | tuple):
+            scaled.append([_at_strength(s, b, f"steering[{k}]") for k, s in enumerate(steering)])
+        else:
+            scaled.append(_at_strength(steering, b, "steering"))
+    before, afters, kls = _flip_measures(
+        model, prompt_list, t_ids, f_ids, scaled, size, progress, "answer flips sweep"
+    )
+    return {
+        b: _flips_result(
+            model,
+            prompt_list,
+            target_list,
+            foil_list,
+            t_ids,
+            f_ids,
+            before,
+            after,
+            kl,
+            f"{name} beta={b:g}" if name else f"beta={b:g}",
+        )
+        for b, after, kl in zip(beta_list, afters, kls, strict=True)
+    }
