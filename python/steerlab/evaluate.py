@@ -14,18 +14,25 @@
   ``steerlab._generations``, re-exported here.
 - `reliability_table`: per behaviour, the diagnostics of its vector at the recommended
   layer next to its steerability, and how well the first predict the second.
+- `answer_flips`: on records with a target and a foil answer token, whether a steering
+  flips the model's choice from the foil to the target, how far it moves the logit
+  difference, and how little it disturbs the other tokens (the KL divergence on the
+  next-token distribution without the two answers): the effectiveness and faithfulness
+  measures of activation scaling (Stoehr et al. 2024). `answer_flips_sweep` does it
+  at several strengths sharing one unsteered pass; `answer_logit_diff` is the logit
+  difference alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _core, plots
+from steerlab import _args, _core, plots
 from steerlab._generations import GenerationReport, steered_generations
 from steerlab._progress import progress_bar
 from steerlab._stats import spearman
@@ -40,7 +47,7 @@ from steerlab.contrast import (
 from steerlab.datasets import behaviour_names, load_behaviour
 from steerlab.diagnostics import DiagnosisReport, diagnose
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, TokenizerError
-from steerlab.steering import Steering
+from steerlab.steering import Steering, prepare
 from steerlab.vectors import SteeringVector
 
 if TYPE_CHECKING:
@@ -50,11 +57,15 @@ if TYPE_CHECKING:
     from steerlab.model import Model
 
 __all__ = [
+    "AnswerFlips",
     "BehaviourReliability",
     "GenerationReport",
     "PromptTypeComparison",
     "ReliabilityTable",
     "SteerabilityResult",
+    "answer_flips",
+    "answer_flips_sweep",
+    "answer_logit_diff",
     "compare_prompt_types",
     "reliability_table",
     "spearman",
@@ -531,3 +542,677 @@ def reliability_table(
     finally:
         bar.close()
     return ReliabilityTable(rows)
+
+
+# ---------------------------------------------------------------------- answer flips
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def _frozen(a: npt.ArrayLike, dtype: Any) -> Any:
+    arr = np.array(a, dtype=dtype, copy=True)
+    arr.flags.writeable = False
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class AnswerFlips:
+    """How a steering moves a model's choice between a target and a foil answer token.
+
+    Made by `answer_flips`. Per record ``i`` (a prompt, the first token ``t`` of its
+    target and the first token ``f`` of its foil), with logits taken at the prompt's
+    last position:
+
+    - the logit difference ``LD = logit(t) - logit(f)`` unsteered (`logit_diff_before`)
+      and steered (`logit_diff_after`); the model "answers correctly" (prefers the
+      target) when ``LD > 0`` (a tie counts as not preferring it);
+    - `flipped`: the steered model prefers the target while the unsteered one did not
+      (``LD_after > 0 and LD_before <= 0``);
+    - `kl`: ``KL(p_unsteered || p_steered)`` in nats over the next-token distribution
+      with ``t`` and ``f`` removed and the rest renormalised: how much the steering
+      changes everything except the two answers (the faithfulness measure of Stoehr et
+      al. 2024, "Activation Scaling for Steering and Interpreting Language Models",
+      arXiv 2410.04962; 0 means the other tokens keep their relative probabilities).
+
+    Summaries (floats): `flip_rate` (flipped among the records the unsteered model got
+    wrong; NaN when it got none wrong), `reverse_flip_rate` (records it got right that
+    the steered model gets wrong, among those it got right; NaN when none),
+    `accuracy_before` / `accuracy_after` (fraction with ``LD > 0``),
+    `logit_diff_change` (mean of ``LD_after - LD_before``), `kl_other` (mean `kl`),
+    `mean_logit_diff_before` / `mean_logit_diff_after`.
+
+    Attributes:
+        prompts, targets, foils: the inputs, one per record.
+        target_tokens, foil_tokens: the decoded first tokens that were scored.
+        target_ids, foil_ids: their token ids, int64 ``[n]``.
+        logit_diff_before, logit_diff_after: float64 ``[n]`` (logits, not log-probs).
+        kl: float64 ``[n]``, nats, >= 0 (exactly 0 when the steered logits equal the
+            unsteered ones).
+        name: a label for reports and plots.
+    """
+
+    prompts: tuple[str, ...]
+    targets: tuple[str, ...]
+    foils: tuple[str, ...]
+    target_tokens: tuple[str, ...]
+    foil_tokens: tuple[str, ...]
+    target_ids: npt.NDArray[np.int64] = field(repr=False)
+    foil_ids: npt.NDArray[np.int64] = field(repr=False)
+    logit_diff_before: npt.NDArray[np.float64] = field(repr=False)
+    logit_diff_after: npt.NDArray[np.float64] = field(repr=False)
+    kl: npt.NDArray[np.float64] = field(repr=False)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.prompts)
+        for attr, dtype in (
+            ("target_ids", np.int64),
+            ("foil_ids", np.int64),
+            ("logit_diff_before", np.float64),
+            ("logit_diff_after", np.float64),
+            ("kl", np.float64),
+        ):
+            arr = _frozen(getattr(self, attr), dtype)
+            if arr.shape != (n,):
+                raise InvalidArgumentError(
+                    f"AnswerFlips.{attr} has shape {arr.shape}; expected ({n},), one entry "
+                    f"per prompt"
+                )
+            object.__setattr__(self, attr, arr)
+        for attr in ("prompts", "targets", "foils", "target_tokens", "foil_tokens"):
+            items = tuple(getattr(self, attr))
+            if len(items) != n:
+                raise InvalidArgumentError(
+                    f"AnswerFlips.{attr} has {len(items)} entries; expected {n}, one per prompt"
+                )
+            object.__setattr__(self, attr, items)
+
+    # -- per record ------------------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        """Number of records."""
+        return len(self.prompts)
+
+    @property
+    def flipped(self) -> npt.NDArray[np.bool_]:
+        """bool ``[n]``: ``LD_after > 0 and LD_before <= 0``."""
+        return (self.logit_diff_after > 0) & (self.logit_diff_before <= 0)
+
+    @property
+    def correct_before(self) -> npt.NDArray[np.bool_]:
+        """bool ``[n]``: the unsteered model prefers the target (``LD_before > 0``)."""
+        return self.logit_diff_before > 0
+
+    @property
+    def correct_after(self) -> npt.NDArray[np.bool_]:
+        """bool ``[n]``: the steered model prefers the target (``LD_after > 0``)."""
+        return self.logit_diff_after > 0
+
+    # -- summaries -------------------------------------------------------------------
+
+    @property
+    def n_wrong_before(self) -> int:
+        """Records the unsteered model got wrong (``LD_before <= 0``): those a flip is
+        counted among."""
+        return int(np.count_nonzero(~self.correct_before))
+
+    @property
+    def n_flipped(self) -> int:
+        """Records flipped from the foil to the target."""
+        return int(np.count_nonzero(self.flipped))
+
+    @property
+    def flip_rate(self) -> float:
+        """``n_flipped / n_wrong_before``; NaN when the unsteered model got every record
+        right (nothing to flip)."""
+        wrong = self.n_wrong_before
+        return self.n_flipped / wrong if wrong else float("nan")
+
+    @property
+    def reverse_flip_rate(self) -> float:
+        """Among the records the unsteered model got right, the fraction the steered model
+        gets wrong (``LD_after <= 0``); NaN when it got none right."""
+        right = self.correct_before
+        n_right = int(np.count_nonzero(right))
+        if not n_right:
+            return float("nan")
+        return int(np.count_nonzero(right & ~self.correct_after)) / n_right
+
+    @property
+    def accuracy_before(self) -> float:
+        """Fraction of records with ``LD_before > 0``."""
+        return float(np.mean(self.correct_before))
+
+    @property
+    def accuracy_after(self) -> float:
+        """Fraction of records with ``LD_after > 0``."""
+        return float(np.mean(self.correct_after))
+
+    @property
+    def mean_logit_diff_before(self) -> float:
+        return float(np.mean(self.logit_diff_before))
+
+    @property
+    def mean_logit_diff_after(self) -> float:
+        return float(np.mean(self.logit_diff_after))
+
+    @property
+    def logit_diff_change(self) -> float:
+        """Mean of ``LD_after - LD_before`` (logits)."""
+        return float(np.mean(self.logit_diff_after - self.logit_diff_before))
+
+    @property
+    def kl_other(self) -> float:
+        """Mean KL divergence on the other tokens (nats)."""
+        return float(np.mean(self.kl))
+
+    def metrics(self) -> dict[str, Any]:
+        """The summaries as a flat dict (NaN rates as None, so it is valid JSON)."""
+        return {
+            "name": self.name,
+            "n": self.n,
+            "n_wrong_before": self.n_wrong_before,
+            "n_flipped": self.n_flipped,
+            "flip_rate": _nan_to_none(self.flip_rate),
+            "reverse_flip_rate": _nan_to_none(self.reverse_flip_rate),
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "mean_logit_diff_before": self.mean_logit_diff_before,
+            "mean_logit_diff_after": self.mean_logit_diff_after,
+            "logit_diff_change": self.logit_diff_change,
+            "kl_other": self.kl_other,
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per record (the rows of `to_pandas`)."""
+        flipped = self.flipped
+        return [
+            {
+                "prompt": self.prompts[i],
+                "target": self.targets[i],
+                "foil": self.foils[i],
+                "target_token": self.target_tokens[i],
+                "foil_token": self.foil_tokens[i],
+                "target_id": int(self.target_ids[i]),
+                "foil_id": int(self.foil_ids[i]),
+                "logit_diff_before": float(self.logit_diff_before[i]),
+                "logit_diff_after": float(self.logit_diff_after[i]),
+                "logit_diff_change": float(self.logit_diff_after[i] - self.logit_diff_before[i]),
+                "kl": float(self.kl[i]),
+                "flipped": bool(flipped[i]),
+            }
+            for i in range(self.n)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """`metrics` plus ``"records"`` (`records`): plain Python values, ready for
+        ``json.dumps`` (a NaN rate is None)."""
+        return {**self.metrics(), "records": self.records()}
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per record: prompt, target, foil, the scored tokens and their ids,
+        ``logit_diff_before``, ``logit_diff_after``, ``logit_diff_change``, ``kl``,
+        ``flipped``."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.records(), columns=list(_RECORD_COLUMNS))
+
+    def summary(self) -> str:
+        """One line: flips, accuracy before -> after, logit-difference change, KL."""
+        rate = "n/a" if np.isnan(self.flip_rate) else f"{self.flip_rate:.0%}"
+        return (
+            f"{self.n_flipped}/{self.n_wrong_before} wrong answers flipped ({rate}), accuracy "
+            f"{self.accuracy_before:.0%} -> {self.accuracy_after:.0%}, mean logit diff "
+            f"{self.mean_logit_diff_before:+.3f} -> {self.mean_logit_diff_after:+.3f} "
+            f"(change {self.logit_diff_change:+.3f}), KL on other tokens "
+            f"{self.kl_other:.4g} nats, n={self.n}"
+        )
+
+    def __repr__(self) -> str:
+        label = f" {self.name}" if self.name else ""
+        return f"<AnswerFlips{label}: {self.summary()}>"
+
+    def plot(self, ax: Any = None) -> Figure:
+        """Steered against unsteered logit difference per record, flips highlighted
+        (`steerlab.plots.plot_answer_flips`)."""
+        return plots.plot_answer_flips(self, ax=ax)
+
+
+_RECORD_COLUMNS = (
+    "prompt",
+    "target",
+    "foil",
+    "target_token",
+    "foil_token",
+    "target_id",
+    "foil_id",
+    "logit_diff_before",
+    "logit_diff_after",
+    "logit_diff_change",
+    "kl",
+    "flipped",
+)
+
+
+def _answer_inputs(
+    model: Model, prompts: Any, targets: Any, foils: Any
+) -> tuple[list[str], list[str], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Checked prompts, targets and foils, and the first token id of each answer."""
+    prompt_list, _ = _args.texts(prompts, "prompts")
+    target_list, _ = _args.texts(targets, "targets")
+    foil_list, _ = _args.texts(foils, "foils")
+    n = len(prompt_list)
+    for name, items in (("targets", target_list), ("foils", foil_list)):
+        if len(items) != n:
+            raise InvalidArgumentError(
+                f"{name} has {len(items)} entries but prompts has {n}; expected one target "
+                f"and one foil per prompt"
+            )
+    ids: dict[str, list[int]] = {"targets": [], "foils": []}
+    for name, items in (("targets", target_list), ("foils", foil_list)):
+        for i, s in enumerate(items):
+            tokens = model.encode(s, add_special_tokens=False)
+            if not tokens:
+                raise InvalidArgumentError(
+                    f"{name}[{i}] is {_args.show(s)}, which tokenizes to no token; expected a "
+                    f"string whose first token is the answer (e.g. ' Paris')"
+                )
+            ids[name].append(tokens[0])
+    for i, (t, f) in enumerate(zip(ids["targets"], ids["foils"], strict=True)):
+        if t == f:
+            raise InvalidArgumentError(
+                f"targets[{i}] {_args.show(target_list[i])} and foils[{i}] "
+                f"{_args.show(foil_list[i])} start with the same token {t} "
+                f"({_args.show(model.decode([t]))}); a target and its foil must differ in "
+                f"their first token"
+            )
+    return (
+        prompt_list,
+        target_list,
+        foil_list,
+        np.asarray(ids["targets"], dtype=np.int64),
+        np.asarray(ids["foils"], dtype=np.int64),
+    )
+
+
+def _check_steering_rows(steering: Any, n: int) -> None:
+    """Validate a steering argument for `n` prompts up front (types, list length)."""
+    prepared = prepare(steering)
+    if prepared is not None:
+        prepared.rows(n)
+
+
+def _logits64(
+    model: Model, prompts: list[str], start: int, steering: Any, batch_size: int
+) -> npt.NDArray[np.float64]:
+    """Next-token logits of ``prompts`` (the chunk starting at prompt ``start``) as
+    float64 ``[k, vocab]``: unsteered when `steering` is None (ignoring any active
+    ``with model.steering(...)`` block), else steered with the chunk's part of it.
+
+    Raises:
+        InvalidArgumentError: non-finite logits.
+    """
+    stop = start + len(prompts)
+    if steering is None:
+        with model.steering(None):
+            raw = model.logits(prompts, batch_size=batch_size, progress=False)
+    else:
+        rows = list(steering[start:stop]) if isinstance(steering, list | tuple) else steering
+        raw = model.logits(prompts, rows, batch_size=batch_size, progress=False)
+    out = raw.astype(np.float64)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        i = start + int(np.argmin(finite))
+        which = "unsteered" if steering is None else "steered"
+        hint = (
+            "; the steering drives the activations beyond float32's range, expected a "
+            "weaker steering"
+            if steering is not None
+            else ""
+        )
+        raise InvalidArgumentError(
+            f"the {which} next-token logits of prompts[{i}] are not finite{hint}"
+        )
+    return out
+
+
+def _chunks(n: int, batch_size: int, progress: bool | None, desc: str) -> Iterator[range]:
+    """Ranges of at most `batch_size` prompts, with a progress bar over prompts."""
+    bar = progress_bar(progress, n, batch_size, desc, "prompt")
+    try:
+        for start in range(0, n, batch_size):
+            chunk = range(start, min(start + batch_size, n))
+            yield chunk
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def _log_softmax_without(
+    logits: npt.NDArray[np.float64], keep: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """Row-wise log-softmax over the entries where `keep` is True (log-sum-exp, float64);
+    -inf elsewhere."""
+    x = np.where(keep, logits, -np.inf)
+    top = x.max(axis=1, keepdims=True)
+    lse = top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
+    return cast("npt.NDArray[np.float64]", x - lse)
+
+
+def _kl_other(
+    before: npt.NDArray[np.float64],
+    after: npt.NDArray[np.float64],
+    target_ids: npt.NDArray[np.int64],
+    foil_ids: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float64]:
+    """``KL(softmax(before) || softmax(after))`` per row over the vocabulary without the
+    row's target and foil token, both renormalised; float64 ``[k]``, clipped at 0."""
+    rows = np.arange(before.shape[0])
+    keep = np.ones(before.shape, dtype=bool)
+    keep[rows, target_ids] = False
+    keep[rows, foil_ids] = False
+    # 0 (not -inf) at the removed entries, so they add 0 * 0 instead of 0 * nan.
+    lp = np.where(keep, _log_softmax_without(before, keep), 0.0)
+    lq = np.where(keep, _log_softmax_without(after, keep), 0.0)
+    terms = np.where(keep, np.exp(lp), 0.0) * (lp - lq)
+    return cast("npt.NDArray[np.float64]", np.maximum(terms.sum(axis=1), 0.0))
+
+
+def _common_args(batch_size: Any, name: Any) -> int:
+    size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+    if name is not None and not isinstance(name, str):
+        raise InvalidTypeError(f"name must be a str or None, got {type(name).__name__}")
+    return size
+
+
+def answer_logit_diff(
+    model: Model,
+    prompts: str | Iterable[str],
+    targets: str | Iterable[str],
+    foils: str | Iterable[str],
+    steering: Any = None,
+    *,
+    batch_size: int = 8,
+    progress: bool | None = None,
+) -> npt.NDArray[np.float64]:
+    """The logit difference ``logit(target) - logit(foil)`` at each prompt's next token.
+
+    Args:
+        model: the model.
+        prompts: a str or a list of str (a single str is one prompt).
+        targets, foils: one str per prompt whose first token
+            (``model.encode(s, add_special_tokens=False)[0]``) is the answer scored;
+            mind the leading space most tokenizers fold into a word (``" Paris"``).
+        steering: anything ``model.logits`` takes as ``steering=``, a per-prompt list
+            included; None: the unsteered model (any active ``with model.steering(...)``
+            block is ignored).
+        batch_size: prompts per forward pass.
+        progress: progress bar (None: when there is more than one batch).
+
+    Returns:
+        float64 ``[n_prompts]``, in logits.
+
+    Raises:
+        As `answer_flips`.
+    """
+    prompt_list, _, _, t_ids, f_ids = _answer_inputs(model, prompts, targets, foils)
+    size = _common_args(batch_size, None)
+    _check_steering_rows(steering, len(prompt_list))
+    out = np.empty(len(prompt_list), dtype=np.float64)
+    for chunk in _chunks(len(prompt_list), size, progress, "logit difference"):
+        i = slice(chunk.start, chunk.stop)
+        logits = _logits64(model, prompt_list[i], chunk.start, steering, size)
+        rows = np.arange(len(chunk))
+        out[i] = logits[rows, t_ids[i]] - logits[rows, f_ids[i]]
+    return out
+
+
+def answer_flips(
+    model: Model,
+    prompts: str | Iterable[str],
+    targets: str | Iterable[str],
+    foils: str | Iterable[str],
+    steering: Any = None,
+    *,
+    batch_size: int = 8,
+    name: str | None = None,
+    progress: bool | None = None,
+) -> AnswerFlips:
+    """Does a steering flip the model's answer from the foil to the target, and what
+    else does it change?
+
+    For each prompt, the next-token logits at its last position are computed unsteered
+    and steered, and compared on the record's two answer tokens ``t`` (first token of
+    the target) and ``f`` (first token of the foil):
+
+    - logit difference ``LD = logit(t) - logit(f)`` before and after steering; the model
+      prefers the target when ``LD > 0``;
+    - flipped: ``LD_after > 0`` while ``LD_before <= 0``. The flip rate counts flips
+      among the records the unsteered model got wrong only (records it already got
+      right cannot flip; `AnswerFlips.reverse_flip_rate` counts those the steering
+      breaks), and the accuracies before and after cover every record;
+    - faithfulness: ``KL(p_unsteered || p_steered)`` over the next-token distribution
+      with ``t`` and ``f`` removed and the remaining probabilities renormalised,
+      computed in float64 with log-sum-exp, in nats (Stoehr et al. 2024, "Activation
+      Scaling for Steering and Interpreting Language Models", arXiv 2410.04962).
+
+    Args:
+        model: the model.
+        prompts: a str or a list of str (a single str is one prompt); the answer is the
+            token after the prompt's last token.
+        targets: one str per prompt: the answer the steering should produce. Only its
+            first token (``model.encode(s, add_special_tokens=False)[0]``) is scored;
+            mind the leading space most tokenizers fold into a word (``" Paris"``, not
+            ``"Paris"``).
+        foils: one str per prompt: the competing answer, likewise.
+        steering: what to evaluate: anything ``model.logits`` takes as ``steering=`` (a
+            `Steering`, ``{layer: vector}``, an object with ``to_steering()`` such as
+            `steerlab.ActivationScalars` or `SteeringVector`, or a list with one of those
+            or None per prompt). None: the steered model is the unsteered one (every
+            change is exactly 0). The unsteered baseline never has steering, whatever
+            ``with model.steering(...)`` block is active.
+        batch_size: prompts per forward pass (each chunk runs once unsteered and once
+            steered).
+        name: a label for reports and plots.
+        progress: progress bar over prompts (None: when there is more than one batch).
+
+    Returns:
+        An `AnswerFlips`: per record (``[n]`` arrays) ``logit_diff_before``,
+        ``logit_diff_after``, ``kl``, ``flipped``; summaries ``flip_rate`` (NaN when the
+        unsteered model got every record right), ``accuracy_before``, ``accuracy_after``,
+        ``logit_diff_change`` (mean of ``LD_after - LD_before``), ``kl_other`` (mean KL,
+        nats), ``n``; ``to_pandas()``, ``to_dict()``, ``summary()``, ``plot()``.
+
+    Raises:
+        InvalidTypeError: prompts, targets or foils that are not str or lists of str; a
+            steering of the wrong type; a non-int batch_size; a non-str name.
+        InvalidArgumentError: empty lists; targets or foils whose number differs from
+            the prompts'; a target or foil that tokenizes to no token; a target whose
+            first token is its foil's; a per-prompt steering list of another length; a
+            bad batch_size; a steering that makes the logits non-finite.
+        OutOfRangeError, ShapeError, ContextLengthError: as `Model.logits` (a steering
+            for another model or another prompt layout, a prompt too long).
+    """
+    prompt_list, target_list, foil_list, t_ids, f_ids = _answer_inputs(
+        model, prompts, targets, foils
+    )
+    size = _common_args(batch_size, name)
+    _check_steering_rows(steering, len(prompt_list))
+    before, afters, kls = _flip_measures(
+        model, prompt_list, t_ids, f_ids, [steering], size, progress, "answer flips"
+    )
+    return _flips_result(
+        model, prompt_list, target_list, foil_list, t_ids, f_ids, before, afters[0], kls[0], name
+    )
+
+
+def _flip_measures(
+    model: Model,
+    prompts: list[str],
+    t_ids: npt.NDArray[np.int64],
+    f_ids: npt.NDArray[np.int64],
+    steerings: list[Any],
+    batch_size: int,
+    progress: bool | None,
+    desc: str,
+) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]]:
+    """The unsteered logit differences, and per steering the steered ones and the KL on
+    other tokens (the unsteered pass runs once per chunk, shared by every steering)."""
+    n = len(prompts)
+    before = np.empty(n, dtype=np.float64)
+    afters = [np.empty(n, dtype=np.float64) for _ in steerings]
+    kls = [np.empty(n, dtype=np.float64) for _ in steerings]
+    for chunk in _chunks(n, batch_size, progress, desc):
+        i = slice(chunk.start, chunk.stop)
+        t, f = t_ids[i], f_ids[i]
+        rows = np.arange(len(chunk))
+        base = _logits64(model, prompts[i], chunk.start, None, batch_size)
+        before[i] = base[rows, t] - base[rows, f]
+        for steering, after, kl in zip(steerings, afters, kls, strict=True):
+            if steering is None:
+                after[i] = before[i]
+                kl[i] = 0.0
+                continue
+            steered = _logits64(model, prompts[i], chunk.start, steering, batch_size)
+            after[i] = steered[rows, t] - steered[rows, f]
+            kl[i] = _kl_other(base, steered, t, f)
+    return before, afters, kls
+
+
+def _flips_result(
+    model: Model,
+    prompts: list[str],
+    targets: list[str],
+    foils: list[str],
+    t_ids: npt.NDArray[np.int64],
+    f_ids: npt.NDArray[np.int64],
+    before: npt.NDArray[np.float64],
+    after: npt.NDArray[np.float64],
+    kl: npt.NDArray[np.float64],
+    name: str | None,
+) -> AnswerFlips:
+    return AnswerFlips(
+        prompts=tuple(prompts),
+        targets=tuple(targets),
+        foils=tuple(foils),
+        target_tokens=tuple(model.decode([int(i)]) for i in t_ids),
+        foil_tokens=tuple(model.decode([int(i)]) for i in f_ids),
+        target_ids=t_ids,
+        foil_ids=f_ids,
+        logit_diff_before=before,
+        logit_diff_after=after,
+        kl=kl,
+        name=name,
+    )
+
+
+def _at_strength(steering: Any, beta: float, where: str) -> Any:
+    """``steering * beta`` for one steering value (not a per-row list); None stays None.
+
+    Raises:
+        InvalidTypeError: a value that cannot be scaled.
+    """
+    if steering is None:
+        return None
+    if isinstance(steering, Mapping):
+        steering = Steering(steering)
+    if not isinstance(steering, str | bytes | list | tuple | np.ndarray):
+        mul = getattr(type(steering), "__mul__", None)
+        if mul is not None:
+            out = mul(steering, beta)
+            if out is not NotImplemented:
+                return out
+        to_steering = getattr(steering, "to_steering", None)
+        if callable(to_steering):
+            inner = to_steering()
+            if isinstance(inner, Steering | Mapping):
+                return _at_strength(inner, beta, where)
+    raise InvalidTypeError(
+        f"{where} cannot be scaled by beta: expected a Steering, a {{layer: vector}} mapping "
+        f"or an object that supports `* beta` or has to_steering(), got "
+        f"{type(steering).__name__}"
+    )
+
+
+def answer_flips_sweep(
+    model: Model,
+    prompts: str | Iterable[str],
+    targets: str | Iterable[str],
+    foils: str | Iterable[str],
+    steering: Any,
+    betas: Iterable[float] = (-1.0, -0.5, 0.0, 0.5, 1.0),
+    *,
+    batch_size: int = 8,
+    name: str | None = None,
+    progress: bool | None = None,
+) -> dict[float, AnswerFlips]:
+    """`answer_flips` at several strengths ``steering * beta`` in one pass over the
+    prompts: the unsteered logits are computed once per batch and shared, so a sweep of
+    ``k`` strengths costs ``k + 1`` forward passes per prompt instead of ``2 k``.
+
+    ``beta`` is the strength of activation scaling (Stoehr et al. 2024): for
+    `steerlab.ActivationScalars` ``h * (1 + beta * alpha)``, for an additive steering
+    ``h + beta * v``; a negative beta reverses the effect and 0 is the unsteered model
+    (computed, not assumed, so the sweep also checks that identity).
+
+    Args:
+        model, prompts, targets, foils, batch_size, progress: as in `answer_flips`.
+        steering: a `Steering`, ``{layer: vector}``, an object that supports
+            ``* beta`` (`steerlab.ActivationScalars`, `SteeringVector`) or has
+            ``to_steering()``, or a per-prompt list of those (or None).
+        betas: the strengths, finite and distinct.
+        name: a label; each result is named ``"<name> beta=<beta>"`` (or
+            ``"beta=<beta>"``).
+
+    Returns:
+        ``{beta: AnswerFlips}`` in the order of `betas`; pass it to
+        `steerlab.plots.plot_beta_sweep`.
+
+    Raises:
+        As `answer_flips`; InvalidArgumentError for no betas, a repeated or non-finite
+        beta; InvalidTypeError for a beta that is not a number or a steering that cannot
+        be scaled.
+    """
+    prompt_list, target_list, foil_list, t_ids, f_ids = _answer_inputs(
+        model, prompts, targets, foils
+    )
+    size = _common_args(batch_size, name)
+    if isinstance(betas, str) or not isinstance(betas, Iterable):
+        raise InvalidTypeError(f"betas must be a list of numbers, got {type(betas).__name__}")
+    beta_list = [_args.real(b, f"betas[{k}]") for k, b in enumerate(betas)]
+    if not beta_list:
+        raise InvalidArgumentError("betas is empty; pass at least one strength")
+    if len(set(beta_list)) != len(beta_list):
+        raise InvalidArgumentError(f"betas must be distinct, got {beta_list}")
+    if steering is None:
+        raise InvalidArgumentError("steering is None; a sweep needs a steering to scale")
+    _check_steering_rows(steering, len(prompt_list))
+    scaled: list[Any] = []
+    for b in beta_list:
+        if isinstance(steering, list | tuple):
+            scaled.append([_at_strength(s, b, f"steering[{k}]") for k, s in enumerate(steering)])
+        else:
+            scaled.append(_at_strength(steering, b, "steering"))
+    before, afters, kls = _flip_measures(
+        model, prompt_list, t_ids, f_ids, scaled, size, progress, "answer flips sweep"
+    )
+    return {
+        b: _flips_result(
+            model,
+            prompt_list,
+            target_list,
+            foil_list,
+            t_ids,
+            f_ids,
+            before,
+            after,
+            kl,
+            f"{name} beta={b:g}" if name else f"beta={b:g}",
+        )
+        for b, after, kl in zip(beta_list, afters, kls, strict=True)
+    }

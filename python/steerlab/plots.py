@@ -6,7 +6,9 @@ Each function returns the matplotlib Figure; functions that draw one panel accep
 This module imports nothing from `steerlab.diagnostics` or `steerlab.evaluate`: their
 reports call these functions, and each function reads only the attributes named by the
 protocol it takes (`DiagnosisData`, `SteerabilityData`, `PromptTypesData`,
-`GenerationData`), so any object with those attributes plots.
+`GenerationData`, `AnswerFlipsData`), so any object with those attributes plots.
+`plot_scalars` takes a table (a pandas DataFrame, or any object whose ``to_pandas()``
+returns one, such as `steerlab.ActivationScalars`).
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab._stats import spearman
+from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
+    "AnswerFlipsData",
     "DiagnosisData",
     "GenerationData",
     "LayerData",
     "PromptTypesData",
     "SteerabilityData",
+    "plot_answer_flips",
+    "plot_beta_sweep",
     "plot_correlation",
     "plot_cosine_histogram",
     "plot_diagnosis",
@@ -37,6 +43,7 @@ __all__ = [
     "plot_loss",
     "plot_projections",
     "plot_prompt_types",
+    "plot_scalars",
     "plot_steerability",
 ]
 
@@ -118,6 +125,25 @@ class GenerationData(Protocol):
     @property
     def topic(self) -> str | None: ...
     def records(self) -> list[dict[str, Any]]: ...
+
+
+class AnswerFlipsData(Protocol):
+    """Logit differences before / after steering (`steerlab.evaluate.AnswerFlips`)."""
+
+    @property
+    def logit_diff_before(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def logit_diff_after(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def flip_rate(self) -> float: ...
+    @property
+    def accuracy_before(self) -> float: ...
+    @property
+    def accuracy_after(self) -> float: ...
+    @property
+    def kl_other(self) -> float: ...
+    @property
+    def name(self) -> str | None: ...
 
 
 def _plt() -> Any:
@@ -331,5 +357,417 @@ def plot_loss(
     ax.set_ylabel("loss")
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------- activation scaling
+
+
+def plot_answer_flips(result: AnswerFlipsData, ax: Axes | None = None) -> Figure:
+    """Steered against unsteered logit difference ``logit(target) - logit(foil)``, one
+    point per record: flips (foil -> target) in blue, reverse flips (target -> foil) in
+    red, the rest grey; the diagonal is "no change".
+
+    Args:
+        result: a `steerlab.evaluate.AnswerFlips` (or anything with its attributes).
+        ax: draw into these axes (default: a new figure).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    fig, ax = _axes(ax, (4.8, 4.5))
+    before = np.asarray(result.logit_diff_before, dtype=np.float64)
+    after = np.asarray(result.logit_diff_after, dtype=np.float64)
+    flipped = (after > 0) & (before <= 0)
+    broken = (after <= 0) & (before > 0)
+    rest = ~(flipped | broken)
+    ax.scatter(before[rest], after[rest], s=14, color="grey", alpha=0.6, label="unchanged")
+    ax.scatter(before[flipped], after[flipped], s=18, color=POS_COLOR, label="flipped")
+    ax.scatter(before[broken], after[broken], s=18, color=NEG_COLOR, label="reverse flip")
+    both = np.concatenate([before, after])
+    lo, hi = float(both.min()), float(both.max())
+    pad = 0.05 * (hi - lo) or 1.0
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", lw=0.8, ls=":")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("logit diff, unsteered")
+    ax.set_ylabel("logit diff, steered")
+    rate = "n/a" if np.isnan(result.flip_rate) else f"{result.flip_rate:.0%}"
+    ax.set_title(
+        f"{result.name or 'answer flips'}: flip rate {rate}, KL {result.kl_other:.3g}",
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+_SITE_ORDER = ("attn_out", "mlp_out")
+
+
+def _frame(obj: Any, what: str) -> Any:
+    """A pandas DataFrame from a frame or an object with ``to_pandas()``."""
+    to_pandas = getattr(obj, "to_pandas", None)
+    if callable(to_pandas):
+        obj = to_pandas()
+    if not (hasattr(obj, "columns") and hasattr(obj, "__getitem__") and hasattr(obj, "shape")):
+        raise InvalidTypeError(
+            f"{what} takes a pandas DataFrame or an object with to_pandas(), got "
+            f"{type(obj).__name__}"
+        )
+    return obj
+
+
+def _need_columns(frame: Any, columns: Sequence[str], what: str) -> None:
+    have = [str(c) for c in frame.columns]
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise InvalidArgumentError(
+            f"{what} needs the columns {list(columns)}; the table has {have} (missing {missing})"
+        )
+
+
+def _int_column(frame: Any, name: str, what: str) -> npt.NDArray[np.int64]:
+    raw = np.asarray(frame[name])
+    try:
+        vals = raw.astype(np.float64)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(
+            f"{what}: column {name!r} must hold integers, got {raw.dtype}"
+        ) from None
+    if not np.isfinite(vals).all() or not (vals == np.round(vals)).all():
+        raise InvalidArgumentError(
+            f"{what}: column {name!r} must hold integers, got values such as "
+            f"{vals[~(np.isfinite(vals) & (vals == np.round(vals)))][:3].tolist()}"
+        )
+    return vals.astype(np.int64)
+
+
+def _float_column(frame: Any, name: str, what: str) -> npt.NDArray[np.float64]:
+    raw = np.asarray(frame[name])
+    if raw.dtype == np.bool_:
+        return raw.astype(np.float64)
+    try:
+        return raw.astype(np.float64)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(
+            f"{what}: column {name!r} must hold numbers, got {raw.dtype}"
+        ) from None
+
+
+def _token_label(position: int, token: Any) -> str:
+    if token is None or (isinstance(token, float) and np.isnan(token)):
+        return str(position)
+    return f"{position} {str(token)!r}"
+
+
+def plot_scalars(
+    table: Any,
+    *,
+    value: str = "alpha",
+    ax: Axes | Sequence[Axes] | None = None,
+    sites: Sequence[str] | None = None,
+    cmap: str = "RdBu_r",
+    vmax: float | None = None,
+    annotate: bool = False,
+    title: str | None = None,
+) -> Figure:
+    """Heatmap of learned scalars by layer (rows) and token position (columns), one
+    panel per site: activation scaling's alpha (Stoehr et al. 2024) or any per-(site,
+    layer, position) value.
+
+    The colour scale is diverging and centred at 0 (white: no change), shared by every
+    panel, from ``-vmax`` to ``vmax``; cells with no row in the table are grey. All
+    panels share the same layers and positions.
+
+    Args:
+        table: a pandas DataFrame with columns ``site`` (str), ``layer`` (int),
+            ``position`` (int), the column named by `value` (numbers) and optionally
+            ``token`` (str: the token at that position, used for the column labels);
+            or an object whose ``to_pandas()`` returns one (e.g.
+            `steerlab.ActivationScalars`). At most one row per (site, layer, position).
+        value: the column to draw (default ``"alpha"``).
+        ax: an Axes (one site) or one Axes per panel to draw into (default: a new
+            figure).
+        sites: the sites to draw, one panel each, in this order (default: those in the
+            table, ``attn_out`` then ``mlp_out`` then any other).
+        cmap: a diverging matplotlib colormap.
+        vmax: the end of the colour scale (default: the largest ``|value|``).
+        annotate: write each value in its cell.
+        title: the figure's title (default: ``"<value> by layer and position"``).
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        InvalidTypeError: `table` is neither a frame nor has ``to_pandas()``; a column
+            of the wrong type.
+        InvalidArgumentError: a missing column, an empty table, a duplicated (site,
+            layer, position), a site not in the table, a bad ``vmax`` or ``ax``.
+    """
+    what = "plot_scalars"
+    frame = _frame(table, what)
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"value must be a column name (str), got {type(value).__name__}")
+    _need_columns(frame, ("site", "layer", "position", value), what)
+    if len(frame) == 0:
+        raise InvalidArgumentError(f"{what}: the table has no rows; nothing to draw")
+    site_col = [str(s) for s in np.asarray(frame["site"])]
+    layer_col = _int_column(frame, "layer", what)
+    pos_col = _int_column(frame, "position", what)
+    vals = _float_column(frame, value, what)
+    has_token = "token" in [str(c) for c in frame.columns]
+    tok_col = list(np.asarray(frame["token"], dtype=object)) if has_token else None
+
+    present = list(dict.fromkeys(site_col))
+    if sites is None:
+        panels = [s for s in _SITE_ORDER if s in present] + [
+            s for s in present if s not in _SITE_ORDER
+        ]
+    else:
+        if isinstance(sites, str):
+            sites = [sites]
+        panels = list(sites)
+        absent = [s for s in panels if s not in present]
+        if not panels or absent:
+            raise InvalidArgumentError(
+                f"{what}: sites {panels} must be a non-empty list of sites in the table, "
+                f"which has {present}"
+            )
+    layers = sorted(set(layer_col.tolist()))
+    positions = sorted(set(pos_col.tolist()))
+    row_of = {layer: i for i, layer in enumerate(layers)}
+    col_of = {p: j for j, p in enumerate(positions)}
+    grids = {s: np.full((len(layers), len(positions)), np.nan) for s in panels}
+    seen: set[tuple[str, int, int]] = set()
+    tokens: dict[int, Any] = {}
+    for k, (site, layer, pos) in enumerate(zip(site_col, layer_col, pos_col, strict=True)):
+        key = (site, int(layer), int(pos))
+        if key in seen:
+            raise InvalidArgumentError(
+                f"{what}: the table has more than one row for site {site!r}, layer {layer}, "
+                f"position {pos}; expected at most one"
+            )
+        seen.add(key)
+        if tok_col is not None:
+            tokens.setdefault(int(pos), tok_col[k])
+        if site in grids:
+            grids[site][row_of[int(layer)], col_of[int(pos)]] = vals[k]
+
+    drawn = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    if vmax is None:
+        top = float(np.abs(drawn).max()) if drawn.size else 0.0
+        vmax = top if top > 0 else 1.0
+    elif (
+        isinstance(vmax, bool)
+        or not isinstance(vmax, int | float | np.floating | np.integer)
+        or not np.isfinite(vmax)
+        or vmax <= 0
+    ):
+        raise InvalidArgumentError(f"vmax must be a finite number > 0, got {vmax!r}")
+
+    plt = _plt()
+    if ax is None:
+        width = max(3.5, 0.38 * len(positions) + 2.0)
+        height = max(2.5, 0.28 * len(layers) + 1.6)
+        fig, axes_arr = plt.subplots(
+            1,
+            len(panels),
+            figsize=(width * len(panels) + 1.0, height),
+            squeeze=False,
+            layout="constrained",
+        )
+        axes = list(axes_arr[0])
+    else:
+        axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
+        if len(axes) != len(panels):
+            raise InvalidArgumentError(
+                f"{what}: ax has {len(axes)} Axes for {len(panels)} site panels {panels}; "
+                f"pass one Axes per site"
+            )
+        fig = cast("Figure", axes[0].figure)
+
+    colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
+    labels = [_token_label(p, tokens.get(p)) for p in positions]
+    image = None
+    for panel_ax, site in zip(axes, panels, strict=True):
+        grid = np.ma.masked_invalid(grids[site])
+        image = panel_ax.imshow(
+            grid, cmap=colormap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest"
+        )
+        panel_ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+        panel_ax.set_xticks(
+            range(len(positions)), labels, rotation=90 if has_token else 0, fontsize=8
+        )
+        panel_ax.set_ylabel("layer")
+        panel_ax.set_xlabel("token" if has_token else "position")
+        panel_ax.set_title(site)
+        if annotate:
+            for i in range(len(layers)):
+                for j in range(len(positions)):
+                    v = grids[site][i, j]
+                    if np.isfinite(v):
+                        panel_ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=axes, fraction=0.046, pad=0.02, label=value)
+    fig.suptitle(title if title is not None else f"{value} by layer and position")
+    return fig
+
+
+def _sweep_rows(results: Any, betas: Sequence[float] | None) -> dict[str, npt.NDArray[np.float64]]:
+    """beta, mean logit diff after, flip rate, accuracy after (and before), sorted by beta."""
+    what = "plot_beta_sweep"
+    cols: dict[str, list[float]] = {
+        "beta": [],
+        "mean_logit_diff_after": [],
+        "flip_rate": [],
+        "accuracy_after": [],
+        "accuracy_before": [],
+    }
+    if hasattr(results, "columns"):
+        if betas is not None:
+            raise InvalidArgumentError(f"{what}: betas come from the table's 'beta' column")
+        frame = results
+        names = [str(c) for c in frame.columns]
+        _need_columns(frame, ("beta",), what)
+        beta = _float_column(frame, "beta", what)
+        if "logit_diff_after" in names:  # one row per record and beta (AnswerFlips.to_pandas)
+            _need_columns(frame, ("beta", "logit_diff_before", "logit_diff_after"), what)
+            before = _float_column(frame, "logit_diff_before", what)
+            after = _float_column(frame, "logit_diff_after", what)
+            for b in np.unique(beta):
+                m = beta == b
+                wrong = before[m] <= 0
+                cols["beta"].append(float(b))
+                cols["mean_logit_diff_after"].append(float(after[m].mean()))
+                n_wrong = int(wrong.sum())
+                flips = int((wrong & (after[m] > 0)).sum())
+                cols["flip_rate"].append(flips / n_wrong if n_wrong else float("nan"))
+                cols["accuracy_after"].append(float((after[m] > 0).mean()))
+                cols["accuracy_before"].append(float((before[m] > 0).mean()))
+        else:  # one row per beta (AnswerFlips.metrics)
+            _need_columns(frame, ("beta", "mean_logit_diff_after"), what)
+            if len(np.unique(beta)) != len(beta):
+                raise InvalidArgumentError(f"{what}: the table repeats a beta; one row per beta")
+            cols["beta"] = beta.tolist()
+            for name in ("mean_logit_diff_after", "flip_rate", "accuracy_after", "accuracy_before"):
+                if name in names:
+                    raw = np.asarray(frame[name], dtype=object)
+                    cols[name] = [float("nan") if v is None else float(v) for v in raw]
+                else:
+                    cols[name] = [float("nan")] * len(beta)
+    else:
+        if isinstance(results, Mapping):
+            if betas is not None:
+                raise InvalidArgumentError(f"{what}: betas come from the mapping's keys")
+            pairs = list(results.items())
+        else:
+            if isinstance(results, str) or not isinstance(results, Sequence):
+                raise InvalidTypeError(
+                    f"{what} takes {{beta: AnswerFlips}}, a list of AnswerFlips with betas=, "
+                    f"or a pandas DataFrame; got {type(results).__name__}"
+                )
+            if betas is None or len(betas) != len(results):
+                raise InvalidArgumentError(
+                    f"{what}: a list of {len(results)} results needs betas= with one beta "
+                    f"each, got {None if betas is None else len(betas)}"
+                )
+            pairs = list(zip(betas, results, strict=True))
+        for b, r in pairs:
+            if isinstance(b, bool) or not isinstance(b, int | float | np.floating | np.integer):
+                raise InvalidTypeError(f"{what}: a beta must be a number, got {b!r}")
+            for attr in ("logit_diff_after", "flip_rate", "accuracy_after", "accuracy_before"):
+                if not hasattr(r, attr):
+                    raise InvalidTypeError(
+                        f"{what}: the result for beta {b} is a {type(r).__name__}, expected an "
+                        f"AnswerFlips (missing {attr!r})"
+                    )
+            cols["beta"].append(float(b))
+            cols["mean_logit_diff_after"].append(float(np.mean(r.logit_diff_after)))
+            cols["flip_rate"].append(float(r.flip_rate))
+            cols["accuracy_after"].append(float(r.accuracy_after))
+            cols["accuracy_before"].append(float(r.accuracy_before))
+    if not cols["beta"]:
+        raise InvalidArgumentError(f"{what}: no results to draw")
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+    if not np.isfinite(out["beta"]).all():
+        raise InvalidArgumentError(f"{what}: every beta must be finite, got {out['beta'].tolist()}")
+    if len(np.unique(out["beta"])) != len(out["beta"]):
+        raise InvalidArgumentError(f"{what}: a beta appears twice: {out['beta'].tolist()}")
+    order = np.argsort(out["beta"])
+    return {k: v[order] for k, v in out.items()}
+
+
+def plot_beta_sweep(
+    results: Any,
+    betas: Sequence[float] | None = None,
+    *,
+    ax: Sequence[Axes] | None = None,
+    label: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A strength sweep: the mean steered logit difference (left panel) and the flip
+    rate and accuracy after steering (right panel) against the strength beta (e.g.
+    ``sc * beta`` of `steerlab.ActivationScalars` from -1 to 1).
+
+    Args:
+        results: ``{beta: AnswerFlips}``; a list of `steerlab.evaluate.AnswerFlips`
+            with `betas`; or a pandas DataFrame with a ``beta`` column and either one
+            row per beta with ``mean_logit_diff_after`` (and optionally ``flip_rate``,
+            ``accuracy_after``, ``accuracy_before``: the keys of `AnswerFlips.metrics`)
+            or one row per record and beta with ``logit_diff_before`` and
+            ``logit_diff_after`` (`AnswerFlips.to_pandas` plus a ``beta`` column).
+        betas: the beta of each result when `results` is a list.
+        ax: two Axes to draw into (call again with the same two to overlay methods).
+        label: the legend label of this sweep (e.g. the method).
+        title: the figure's title.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        InvalidTypeError: an input of another kind, a beta that is not a number.
+        InvalidArgumentError: betas missing or of another length, a beta twice, a
+            missing column, no results, ``ax`` not two Axes.
+    """
+    rows = _sweep_rows(results, betas)
+    plt = _plt()
+    if ax is None:
+        fig, axes_arr = plt.subplots(1, 2, figsize=(10.0, 3.8))
+        axes = list(axes_arr)
+    else:
+        axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
+        if len(axes) != 2:
+            raise InvalidArgumentError(
+                f"plot_beta_sweep: ax must be two Axes (logit difference, rates), got {len(axes)}"
+            )
+        fig = cast("Figure", axes[0].figure)
+    prefix = f"{label}: " if label else ""
+    beta = rows["beta"]
+    left, right = axes
+    (line,) = left.plot(beta, rows["mean_logit_diff_after"], "o-", label=label or "steered")
+    left.axhline(0, color="grey", lw=0.8, ls=":")
+    left.axvline(0, color="grey", lw=0.8, ls=":")
+    left.set_xlabel("beta (strength)")
+    left.set_ylabel("mean logit(target) - logit(foil)")
+    left.legend(loc="best", fontsize=8)
+    color = line.get_color()
+    if np.isfinite(rows["flip_rate"]).any():
+        right.plot(beta, rows["flip_rate"], "o-", color=color, label=f"{prefix}flip rate")
+    if np.isfinite(rows["accuracy_after"]).any():
+        right.plot(
+            beta, rows["accuracy_after"], "s--", color=color, label=f"{prefix}accuracy after"
+        )
+    before = rows["accuracy_before"][np.isfinite(rows["accuracy_before"])]
+    if before.size:
+        right.axhline(
+            float(before[0]), color=color, lw=0.8, ls=":", label=f"{prefix}accuracy unsteered"
+        )
+    right.axvline(0, color="grey", lw=0.8, ls=":")
+    right.set_ylim(-0.03, 1.03)
+    right.set_xlabel("beta (strength)")
+    right.set_ylabel("fraction of records")
+    right.legend(loc="best", fontsize=8)
+    if title is not None:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
