@@ -56,7 +56,7 @@ def test_country_capital_thresholds_and_records() -> None:
     task = load_task("country_capital")
     countries = _entities(task, ("country",))
     assert len(countries) >= 60
-    assert {r.template for r in task} == {"cc0", "cc1", "cc2", "cc3"}
+    assert {r.template for r in task} == {"cc0", "cc1", "cc2", "cc3", "cc4"}
     for r in task:
         e = r.entities
         assert set(e) == {"country", "capital", "context_capital", "context_country"}
@@ -306,6 +306,28 @@ def test_token_lengths_with_the_default_model(model: Any, name: str) -> None:
     for r in task:
         assert len(model.encode(r.prompt)) == r.n_tokens, r.prompt
     assert {len(model.encode(p)) for p in load_task(name).prompts} == {FIXED_TOKENS[name]}
+
+
+def test_entity_positions_with_the_default_model(model: Any) -> None:
+    """Fixed records put every entity at the positions the file states, the same for all
+    templates (IOI: per order), so a position means one role across the records."""
+    expected = {
+        "country_capital": {"all": {"country": [6, 17], "context_capital": [8]}},
+        "ioi": {
+            "ABBA": {"io_name": [1], "subject_name": [3, 9], "place": [7], "object": [12]},
+            "BABA": {"io_name": [3], "subject_name": [1, 9], "place": [7], "object": [12]},
+        },
+    }
+    for name, groups in expected.items():
+        obj = json.loads((_tasks._tasks_dir() / f"{name}.json").read_text("utf-8"))
+        stated = obj["positions_fixed"]
+        assert (stated if name == "ioi" else {"all": stated}) == groups
+        for r in load_task(name):
+            ids = model.encode(r.prompt)
+            for role, where in groups[r.entities.get("order", "all")].items():
+                token = _first(model, " " + r.entities[role])
+                assert len(token) == 1
+                assert [i for i, t in enumerate(ids) if t == token[0]] == where, r
 
 
 @pytest.mark.parametrize("name", ["country_capital", "ioi"])

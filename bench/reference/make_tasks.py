@@ -38,8 +38,9 @@ IOI
       shared.
 Both
     * ``lengths="fixed"`` templates all give the same number of tokens (with special
-      tokens, as ``model.encode(prompt)``) for every record; ``"varied"`` templates give
-      other lengths, each different from the fixed one.
+      tokens, as ``model.encode(prompt)``) for every record, with every entity at the
+      same token positions (``positions_fixed``; for IOI per order ABBA / BABA);
+      ``"varied"`` templates give other lengths, each different from the fixed one.
     * Target and foil first tokens differ, and each is a single token
       (``model.encode(" X", add_special_tokens=False)[0]``).
     * ``unsteered_logit_diff``: logit(target first token) - logit(foil first token) at the
@@ -216,11 +217,14 @@ KNOWN_SHOTS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Can
 KNOWN_PROMPT = "The capital of {a1} is {b1}.\nThe capital of {a2} is {b2}.\nThe capital of {c} is"
 
 # {c}: the asked country; {x}: the capital stated in the context (another country's).
+# All fixed templates put the entities at the same token positions (checked): the asked
+# country at 6 and 17, the stated capital at 8, the answer predicted at the last (20).
 CC_FIXED = {
     "cc0": "Claim: the capital of {c} is {x}. Q: What is the capital of {c}? A:",
-    "cc1": "The note says {x} is the capital of {c}. Q: What is the capital of {c}? A:",
-    "cc2": "I was told that {x} is the capital of {c}. Which city is the capital of {c}? It is",
-    "cc3": "Old map of {c}: its capital is {x}. Question: what is the capital of {c}? Answer:",
+    "cc1": "I read that the capital of {c} is {x}. So which city is the capital of {c}? It is",
+    "cc2": "A text: the capital of {c} is {x}. Question: what is the capital of {c}? Answer:",
+    "cc3": "In this story the capital of {c} is {x}. Now, what is the capital of {c}? A:",
+    "cc4": "My notes: the capital of {c} is {x}. Q: What is the capital of {c}? Answer:",
 }
 CC_VARIED = {
     "ccv0": "So {x} is the capital of {c}. The capital of {c} is",
@@ -369,6 +373,8 @@ OBJECTS = [
     "shirt",
 ]
 
+# All fixed templates put the entities at the same token positions (checked): names at
+# 1 and 3, place at 7, the subject again at 9, object at 12, the answer predicted at 13.
 # {n1} {n2}: the two names in the order of the record (ABBA: indirect object first, BABA:
 # subject first); {b}: the subject, named again; {p}: a place; {o}: an object.
 IOI_FIXED = {
@@ -434,6 +440,27 @@ def check_lengths(records: list[dict[str, Any]], task: str) -> int:
         if r["lengths"] == "varied":
             check(r["n_tokens"] != n, f"{task}: a varied record has the fixed length {n}: {r}")
     return n
+
+
+def entity_positions(
+    model: sl.Model, records: list[dict[str, Any]], roles: dict[str, str], task: str
+) -> dict[str, dict[str, list[int]]]:
+    """Token positions of each role's entity in the fixed records, per group (IOI: per
+    order); every record of a group must agree."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for r in records:
+        if r["lengths"] != "fixed":
+            continue
+        ids = model.encode(r["prompt"])
+        found = {}
+        for role, key in roles.items():
+            token = one_token(model, r["entities"][key])
+            check(token is not None, f"{task}: {key} of {r} is not one token")
+            found[role] = [i for i, t in enumerate(ids) if t == token]
+        group = r["entities"].get("order", "all")
+        seen = out.setdefault(group, found)
+        check(seen == found, f"{task}: entity positions {found} differ from {seen}: {r}")
+    return out
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -555,6 +582,8 @@ def make_country_capital(model: sl.Model) -> dict[str, Any]:
     records, parts = country_records(model, shipped, rng)
     logit_diffs(model, records)
     n_tokens = check_lengths(records, "country_capital")
+    roles = {"country": "country", "context_capital": "context_capital"}
+    positions = entity_positions(model, records, roles, "country_capital")["all"]
     n_fixed = sum(r["lengths"] == "fixed" for r in records)
     check(n_fixed >= 150, f"only {n_fixed} fixed records")
     for r in records:
@@ -580,6 +609,7 @@ def make_country_capital(model: sl.Model) -> dict[str, Any]:
             + ", never the country checked) is the first token of ' ' + capital"
         ),
         "n_tokens_fixed": n_tokens,
+        "positions_fixed": positions,
         "templates": {"fixed": CC_FIXED, "varied": CC_VARIED},
         "checks": {
             "candidates": len(rows),
@@ -644,6 +674,8 @@ def make_ioi(model: sl.Model) -> dict[str, Any]:
             i += 1
     logit_diffs(model, records)
     n_tokens = check_lengths(records, "ioi")
+    roles = {"io_name": "io_name", "subject_name": "subject_name", "place": "place"}
+    positions = entity_positions(model, records, roles | {"object": "object"}, "ioi")
     return {
         "name": "ioi",
         "description": (
@@ -656,6 +688,7 @@ def make_ioi(model: sl.Model) -> dict[str, Any]:
         "generator": "bench/reference/make_tasks.py",
         "seed": SEED + 1,
         "n_tokens_fixed": n_tokens,
+        "positions_fixed": positions,
         "templates": {"fixed": IOI_FIXED, "varied": IOI_VARIED},
         "checks": {
             "names": len(NAMES),

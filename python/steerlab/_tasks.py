@@ -338,7 +338,7 @@ def load_task(name: str, split: str = "all", *, lengths: str = "fixed") -> Task:
           for the country's capital ("Claim: the capital of Spain is Rome. Q: What is the
           capital of Spain? A:"); target = the true capital (``" Madrid"``), foil = the
           stated one (``" Rome"``). 64 countries whose capital the default model names
-          on a neutral prompt; 256 fixed-layout records (192 train, 64 held-out).
+          on a neutral prompt; 320 fixed-layout records (240 train, 80 held-out).
         - ``country_capital_context``: the same records reversed (target = the capital
           stated in the context).
         - ``ioi``: indirect-object identification ("When Mary and John went to the
@@ -354,7 +354,8 @@ def load_task(name: str, split: str = "all", *, lengths: str = "fixed") -> Task:
         split: ``"all"``, ``"train"`` or ``"held_out"`` (``"heldout"`` also accepted).
         lengths: ``"fixed"``: every record (all templates, both splits) has the same
             number of tokens for the default model (21 for the country tasks, 14 for
-            IOI), as static activation scalars, tied to token positions, need;
+            IOI) and the filled-in entities at the same token positions, as static
+            activation scalars, tied to token positions, need;
             ``"varied"``: records from other templates, each of a token length other
             than the fixed one (13 to 39 tokens for the country tasks, 13 to 24 for
             IOI), for modules that transfer across lengths; ``"all"``: both.
