@@ -66,10 +66,10 @@ class TaskRecord:
             indirect object), ``subject_name``, ``place``, ``object`` and ``order``
             (``"ABBA"`` or ``"BABA"``). Read-only.
         n_tokens: tokens of the prompt for the default model (``Model.load()``,
-            ``model.encode(prompt)`` with special tokens).
+            ``model.encode(prompt)`` with special tokens); 0 in a record made by hand.
         unsteered_logit_diff: logit(target) - logit(foil) at the last position, for the
             unsteered default model when the data was generated (positive: the model
-            prefers the target).
+            prefers the target); 0.0 in a record made by hand.
     """
 
     prompt: str
