@@ -16,6 +16,10 @@
 - Style sets (`load_style`): user requests, each with a target completion written in a
   style and a neutral completion with the same content, split into train and held-out
   parts; the data for `steerlab.SteeringVector.optimize`. Shipped: ``pirate``.
+- Answer-choice tasks (`load_task`): prompts with a target answer and a foil answer
+  (country-capital conflicts and their reverse, indirect-object identification), split
+  into train and held-out parts with disjoint entities, in a fixed token layout or in
+  varied lengths; the data for activation scaling (Stoehr et al. 2024). See `Task`.
 
 Files are parsed once and cached; functions that return lists return a fresh list on
 every call, so callers may change them freely.
@@ -30,6 +34,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from steerlab._tasks import Task, TaskRecord, load_task, task_names
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
 if TYPE_CHECKING:
@@ -39,15 +44,19 @@ __all__ = [
     "ABRecord",
     "Behaviour",
     "StyleSet",
+    "Task",
+    "TaskRecord",
     "TopicSet",
     "background_corpus",
     "behaviour_names",
     "load_behaviour",
     "load_style",
+    "load_task",
     "load_topic",
     "open_prompts",
     "sentiment_pairs",
     "style_names",
+    "task_names",
     "topic_names",
     "topic_score",
 ]
