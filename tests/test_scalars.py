@@ -58,9 +58,13 @@ def test_training_flips_the_answers(model: Any, fitted: dict[str, Any], kind: st
     assert {"effectiveness", "faithfulness", "minimality", "logit_diff"} <= set(sc.history[0])
     assert sc.history[0]["faithfulness"] == pytest.approx(0.0, abs=1e-4)
     assert sc.training["seconds"] > 0 and sc.training["steps_done"] == 12
-    # beta scales the effect: a negative beta pushes the other way.
-    rev = logit_diff(model, model.logits(PROMPTS, steering=sc * -1.0))
-    assert (rev < before).mean() >= 0.75, (kind, rev, before)
+    # beta scales the effect: for ActivScalar a negative beta pushes the other way (the
+    # additive and dynamic kinds promise no such symmetry).
+    if kind == "scalar":
+        rev = logit_diff(model, model.logits(PROMPTS, steering=sc * -1.0))
+        assert (rev < before).all(), (rev, before)
+    half = logit_diff(model, model.logits(PROMPTS, steering=sc * 0.5))
+    assert half.mean() > before.mean(), (kind, half, before)
 
 
 def test_parameter_counts(model: Any, fitted: dict[str, Any]) -> None:

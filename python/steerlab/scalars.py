@@ -568,7 +568,7 @@ class ActivationScalars:
         """Heatmap of the parameters by layer x position, one panel per site
         (`steerlab.plots.plot_scalars`): alpha (``"scalar"``), ||v[p]|| (``"vector"``),
         ||w|| (``"dynamic"``). Needs matplotlib and pandas. Returns the Figure."""
-        from steerlab.plots import plot_scalars  # type: ignore[attr-defined]
+        from steerlab.plots import plot_scalars
 
         value = {"scalar": "alpha", "vector": "norm", "dynamic": "w_norm"}[self.kind]
         return plot_scalars(self.to_pandas(), value=value, ax=ax, **kwargs)
