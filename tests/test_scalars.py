@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 import steerlab as sl
 
 # Four prompts of one token length (14 for SmolLM2) whose model answer we flip to the
@@ -164,12 +163,15 @@ def test_save_load_round_trip_and_refusals(
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(sl.ModelFormatError):
         sl.ActivationScalars.load(bad, model)
-    with pytest.raises(sl.SteerlabError, match="not found|No such|does not exist"):
+    with pytest.raises(sl.ModelNotFoundError, match=r"missing\.safetensors: file not found"):
         sl.ActivationScalars.load(tmp_path / "missing.safetensors", model)
-    vec = sl.SteeringVector.optimize(
-        model, PROMPTS[:1], [" John"], layers=[10], steps=1, progress=False
-    )
-    assert vec is not None
+    # A learned-module file of another kind is refused by kind.
+    other = tmp_path / "other.safetensors"
+    fitted["scalar"].save(other)
+    meta, tensors = sl._core.load_learned(other)
+    sl._core.save_learned(other, meta.replace('"activation_scalars"', '"controller"'), tensors)
+    with pytest.raises(sl.ModelFormatError, match="holds a 'controller' module"):
+        sl.ActivationScalars.load(other, model)
 
 
 def test_pickle_and_copy(fitted: dict[str, Any]) -> None:
