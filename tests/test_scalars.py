@@ -40,8 +40,16 @@ def fitted(model: Any) -> dict[str, sl.ActivationScalars]:
     out = {}
     for kind in ("scalar", "vector", "dynamic"):
         out[kind] = sl.ActivationScalars.fit(
-            model, PROMPTS, TARGETS, FOILS, kind=kind, layers=range(6, 30), steps=12,
-            lr=5e-2, batch_size=4, seed=0,
+            model,
+            PROMPTS,
+            TARGETS,
+            FOILS,
+            kind=kind,
+            layers=range(6, 30),
+            steps=12,
+            lr=5e-2,
+            batch_size=4,
+            seed=0,
         )
     return out
 
@@ -198,7 +206,12 @@ def test_pickle_and_copy(fitted: dict[str, Any]) -> None:
         ({"sparsity": -1.0}, sl.InvalidArgumentError, "sparsity"),
         ({"keep": "first"}, sl.InvalidArgumentError, "keep"),
         (
-            {"prompts": [*PROMPTS[:3], "When Mary and John went to the big store, John gave a drink to"]},
+            {
+                "prompts": [
+                    *PROMPTS[:3],
+                    "When Mary and John went to the big store, John gave a drink to",
+                ]
+            },
             sl.ShapeError,
             "one token length.*kind='dynamic'",
         ),
