@@ -108,6 +108,52 @@ def run(
     return out, modules
 
 
+#: (faithfulness, sparsity) settings of the trade-off run (effectiveness 1).
+TRADEOFF = ((0.0, 0.0), (1.0, 0.0), (1.0, 1e-3), (1.0, 1e-2), (1.0, 1e-1), (10.0, 1e-3))
+
+
+def tradeoff(
+    model: Any,
+    name: str,
+    settings: tuple[tuple[float, float], ...] = TRADEOFF,
+    *,
+    kind: str = "scalar",
+    steps: int = 300,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    **fit: Any,
+) -> list[dict[str, Any]]:
+    """How the loss weights trade effectiveness for faithfulness and minimality: one fit
+    per (faithfulness, sparsity) setting, measured on held-out records."""
+    train, test = task(name, "train"), task(name, "held_out")
+    if n_train is not None:
+        train = train.subset(n_train, seed=seed)
+    if n_test is not None:
+        test = test.subset(n_test, seed=seed)
+    rows = []
+    for faith, sparse in settings:
+        sc = sl.ActivationScalars.fit(
+            model,
+            train.prompts,
+            train.targets,
+            train.foils,
+            kind=kind,
+            steps=steps,
+            faithfulness=faith,
+            sparsity=sparse,
+            seed=seed,
+            **fit,
+        )
+        l1 = float(sum(abs(a).sum() for a in sc.params.values()))
+        rows.append(
+            {"faithfulness": faith, "sparsity": sparse}
+            | measure(model, test, sc)
+            | {"n_nonzero": sc.n_nonzero(1e-3), "n_above_0.05": sc.n_nonzero(0.05), "l1": l1}
+        )
+    return rows
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     """A markdown table of `run` figures per task."""
     lines = [
@@ -145,8 +191,34 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--tradeoff",
+        action="store_true",
+        help="instead: ActivScalar on the first task under several loss weights",
+    )
     args = ap.parse_args()
     model = sl.Model.load(args.model, dtype=args.dtype)
+    if args.tradeoff:
+        rows = tradeoff(
+            model,
+            args.tasks[0],
+            steps=args.steps,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            lr=args.lr,
+            batch_size=args.batch_size,
+        )
+        print("| faithfulness | sparsity | flip rate | KL other | non-zero (>1e-3) | >0.05 | L1 |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['faithfulness']:g} | {r['sparsity']:g} | {r['flip_rate']:.3f} | "
+                f"{r['kl_other']:.4f} | {r['n_nonzero']} | {r['n_above_0.05']} | {r['l1']:.1f} |"
+            )
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(rows, indent=1))
+        return
     results = {}
     for name in args.tasks:
         figs, _ = run(

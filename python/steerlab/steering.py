@@ -172,7 +172,13 @@ class Operation:
 
     def __repr__(self) -> str:
         norm = float(np.linalg.norm(self.array.astype(np.float64)))
-        extra = f", value={self.value}" if self.op == "clamp" else ""
+        extra = (
+            f", value={self.value}"
+            if self.op == "clamp"
+            else f", beta={self.value:g}"
+            if self.op in LEARNED_OPERATIONS
+            else ""
+        )
         return (
             f"{self.op}({self.site}[{self.layer}], <{self.array.shape[0]} floats, norm "
             f"{norm:.4g}>{extra}, positions={self.positions!r})"
