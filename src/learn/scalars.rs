@@ -317,8 +317,17 @@ const REMOVED: f32 = -1e9;
 fn answer_mask(rows: &[(u32, u32)], v: usize, dev: &candle_core::Device) -> Result<Tensor> {
     let mut m = vec![0f32; rows.len() * v];
     for (r, &(a, b)) in rows.iter().enumerate() {
-        m[r * v + a as usize] = REMOVED;
-        m[r * v + b as usize] = REMOVED;
+        for id in [a, b] {
+            let slot = Some(id as usize)
+                .filter(|&i| i < v)
+                .and_then(|i| m.get_mut(r * v + i))
+                .ok_or_else(|| {
+                    Error::out_of_range(format!(
+                        "answer token id {id} is out of range for logits of {v} tokens"
+                    ))
+                })?;
+            *slot = REMOVED;
+        }
     }
     Ok(Tensor::from_vec(m, (rows.len(), v), dev)?)
 }
