@@ -789,8 +789,10 @@ a minute of training on two cores). That is far too little training for conclusi
 read the FAST figures as a smoke test. Without the variable (the full size, e.g.
 `jupyter nbconvert --to notebook --execute notebooks/05_activation_scaling.ipynb`) every
 training and held-out record is used, 300 steps at 0.01, batches of 16, every layer;
-from the FAST timings we expect that to take on the order of half an hour on two CPU
-cores (an estimate, not a measurement). The same full-size evaluation, without the
+a full-size training step (16 records, every layer) took about 3 s on the
+`country_capital` prompts on two CPU cores shared with another job, so the six modules
+of 300 steps take roughly 40 to 80 minutes in all (an estimate from that step time, not a
+timed full run). The same full-size evaluation, without the
 plots, writes its figures as JSON:
 
     .venv/bin/python bench/scalars_eval.py --out bench/results/scalars_eval.json
@@ -842,7 +844,7 @@ split and a held-out split whose countries (or names) no training record uses:
 - **`country_capital`**: a context states a wrong capital, then asks for the capital;
   target = the true capital, foil = the capital the context stated. This small model
   mostly repeats the context, so the unsteered model is mostly *wrong* and the steering
-  has answers to flip.
+  has answers to flip (the next cell prints how often it is right).
 - **`ioi`** (indirect-object identification): "When A and B went to the ..., B gave a ...
   to" with target A (the indirect object) and foil B. The model already answers IOI
   correctly, so there is nothing to flip; as in `bench/scalars_eval.py` we use the task
@@ -956,6 +958,34 @@ for name in TASKS:
     print(f"   DynScalar: flips {d['flip_rate']:.0%}, KL {d['kl_other']:.3f}, {d['n_params']:,} parameters.")
 if FAST:
     print("(FAST run: a few steps on a few records; rerun at full size before drawing conclusions.)")""",
+    ),
+    (
+        "md",
+        """\
+### The full-size figures, when they exist
+
+`bench/scalars_eval.py --out bench/results/scalars_eval.json` writes the full-size
+figures (every record, 300 steps, every layer). When that file exists, the next cell
+shows it as a table with the settings it was run with, so this notebook's quick run can
+be read next to it.""",
+    ),
+    (
+        "code",
+        """\
+import json
+
+from IPython.display import Markdown, display
+
+saved = ROOT / "bench" / "results" / "scalars_eval.json"
+if saved.exists():
+    full = json.loads(saved.read_text())
+    args = full["meta"]["args"]
+    print(f"{saved.relative_to(ROOT)}: model {Path(full['meta']['model']).name}, steps {args['steps']}, "
+          f"lr {args['lr']}, batch {args['batch_size']}, n_train {args['n_train'] or 'all'}, "
+          f"n_test {args['n_test'] or 'all'}")
+    display(Markdown(scalars_eval.table(full["results"])))
+else:
+    print(f"no {saved.relative_to(ROOT)} yet; run: .venv/bin/python bench/scalars_eval.py --out {saved.relative_to(ROOT)}")""",
     ),
     (
         "md",
