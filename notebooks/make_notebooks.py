@@ -751,6 +751,422 @@ print(f"notebook ran in {time.perf_counter() - t0:.0f} s")""",
     ),
 ]
 
+ACTIVATION_SCALING = [
+    (
+        "md",
+        """\
+# Activation scaling: which few activations carry a choice, and how much?
+
+Activation scaling (Stoehr et al. 2024, "Activation Scaling for Steering and Interpreting
+Language Models", arXiv 2410.04962) learns a handful of numbers at (site, layer, token
+position) that flip a model's choice between two answers while leaving the rest of its
+next-token distribution alone. The sites are the outputs of the attention and MLP
+sub-blocks (`attn_out`, `mlp_out`) of every layer, at every prompt position. Three kinds
+of module, all trained by `sl.ActivationScalars.fit` in steerlab's Rust engine through the
+frozen model as loaded (here the default quantized SmolLM2-135M-Instruct):
+
+| kind | paper's name | what it does | parameters per (site, layer) |
+|---|---|---|---|
+| `"scalar"` | ActivScalar | `h <- h * (1 + beta * alpha[p])` | one alpha per position |
+| `"vector"` | SteerVec (additive baseline) | `h <- h + beta * v[p]` | one `d_model` vector per position |
+| `"dynamic"` | DynScalar | `h <- h * (1 + beta * (w . h + b))` | one probe `(w, b)`, any length |
+
+The loss on a batch is *effectiveness* `-log sigmoid(logit(target) - logit(foil))` at the
+last prompt position, plus *faithfulness* `KL(unsteered || steered)` over the other
+tokens (the two answers removed, the rest renormalised), plus *minimality* `sparsity *
+L1` of the parameters. `beta` is a strength chosen at use time (`sc * beta`): 1 is what
+training saw, 0 is exactly the unsteered model, a negative beta pushes the other way.
+
+**The paper's finding to compare against, in kind:** ActivScalar is about as effective
+and as faithful as SteerVec while training `d_model` times fewer parameters, and its
+large alpha sit at a few readable sites (the positions of the tokens the choice depends
+on). The cells below print what *this* run shows and derive their sentences from the
+numbers; nothing about the outcome is written in advance.
+
+**Size.** The test suite runs this notebook with `STEERLAB_NOTEBOOK_FAST=1`: 24 training
+and 12 held-out records per task, 15 steps at learning rate 0.05, layers 8 to 29 (about
+a minute of training on two cores). That is far too little training for conclusions;
+read the FAST figures as a smoke test. Without the variable (the full size, e.g.
+`jupyter nbconvert --to notebook --execute notebooks/05_activation_scaling.ipynb`) every
+training and held-out record is used, 300 steps at 0.01, batches of 16, every layer;
+a full-size training step (16 records, every layer) took about 3 s on the
+`country_capital` prompts on two CPU cores shared with another job, so the six modules
+of 300 steps take roughly 40 to 80 minutes in all (an estimate from that step time, not a
+timed full run). The same full-size evaluation, without the
+plots, writes its figures as JSON:
+
+    .venv/bin/python bench/scalars_eval.py --out bench/results/scalars_eval.json
+
+This notebook reuses that script's functions (`run`, `task`, `measure`), so the two report
+the same quantities.""",
+    ),
+    (
+        "code",
+        """\
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+import steerlab as sl
+
+# bench/scalars_eval.py, found from this notebook's folder or the repository root
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "bench" / "scalars_eval.py").exists())
+sys.path.insert(0, str(ROOT / "bench"))
+import scalars_eval  # noqa: E402
+
+FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
+N_TRAIN, N_TEST = (24, 12) if FAST else (None, None)  # None: every record
+STEPS, LR, BATCH = (15, 5e-2, 8) if FAST else (300, 1e-2, 16)
+LAYERS = list(range(8, 30)) if FAST else None  # None: every layer
+BETAS = [-1.0, -0.5, 0.0, 0.5, 1.0] if FAST else [round(b, 2) for b in np.linspace(-1, 1, 9)]
+TASKS = ["country_capital", "ioi"]
+NAMES = scalars_eval.NAMES  # kind -> the paper's name
+t0 = time.perf_counter()
+model = sl.Model.load()
+print(model)
+print("d_model", model.d_model, "| layers", model.n_layers)""",
+    ),
+    (
+        "md",
+        """\
+## 1. The two tasks
+
+`sl.datasets.load_task` loads the project's own answer-choice tasks, each with a training
+split and a held-out split whose countries (or names) no training record uses:
+
+- **`country_capital`**: a context states a wrong capital, then asks for the capital;
+  target = the true capital, foil = the capital the context stated. This small model
+  mostly repeats the context, so the unsteered model is mostly *wrong* and the steering
+  has answers to flip (the next cell prints how often it is right).
+- **`ioi`** (indirect-object identification): "When A and B went to the ..., B gave a ...
+  to" with target A (the indirect object) and foil B. The model already answers IOI
+  correctly, so there is nothing to flip; as in `bench/scalars_eval.py` we use the task
+  **reversed** (`.reversed()`: target = the subject B, foil = A), so the module has to
+  overturn a choice the model makes with confidence.
+
+The records of `lengths="fixed"` (the default) all have the same number of tokens, with
+the filled-in entities at the same token positions: the static kinds learn one
+parameter per position and need that. `lengths="varied"` holds other templates of other
+token lengths, for DynScalar (section 5).""",
+    ),
+    (
+        "code",
+        """\
+def held_out(name, lengths="fixed"):
+    \"\"\"The held-out records `scalars_eval.run` measures on (the same subset).\"\"\"
+    t = scalars_eval.task(name, "held_out", lengths)
+    return t.subset(N_TEST, seed=0) if N_TEST is not None else t
+
+
+for name in TASKS:
+    train, test = scalars_eval.task(name, "train"), scalars_eval.task(name, "held_out")
+    r = train[0]
+    print(f"{name}{' (reversed)' if name == 'ioi' else ''}: {len(train)} train, {len(test)} held-out, "
+          f"{train.n_tokens} tokens per prompt")
+    print(f"   {r.prompt!r} -> target {r.target!r}, foil {r.foil!r}")
+    acc = float(np.mean(test.unsteered_logit_diffs > 0))
+    print(f"   the unsteered model prefers the target on {acc:.0%} of the held-out records")""",
+    ),
+    (
+        "md",
+        """\
+## 2. Train the three kinds, measure them on held-out records
+
+`scalars_eval.run(model, name, ...)` trains each kind on the training split
+(`sl.ActivationScalars.fit(model, prompts, targets, foils, kind=..., steps=..., lr=...,
+batch_size=..., layers=...)`, default loss weights: effectiveness 1, faithfulness 1,
+sparsity 1e-3) and measures it with `sl.evaluate.answer_flips` on the held-out records:
+
+- **flip rate**: among the held-out records the unsteered model gets wrong, the fraction
+  the steered model gets right;
+- **accuracy** before and after steering (every record);
+- **KL other**: `KL(unsteered || steered)` in nats over the next-token distribution
+  without the two answer tokens: 0 means everything else keeps its relative
+  probabilities (faithfulness);
+- **params**: trained parameters; **non-zero**: those with `|value| > 1e-3`;
+- **train s**: training time in this process.""",
+    ),
+    (
+        "code",
+        """\
+results, modules = {}, {}
+for name in TASKS:
+    results[name], modules[name] = scalars_eval.run(
+        model,
+        name,
+        steps=STEPS,
+        n_train=N_TRAIN,
+        n_test=N_TEST,
+        lr=LR,
+        batch_size=BATCH,
+        layers=LAYERS,
+        progress=False if FAST else None,
+    )
+
+COLUMNS = ["flip_rate", "accuracy_before", "accuracy_after", "logit_diff_change", "kl_other",
+           "n_params", "n_nonzero", "train_seconds", "n"]
+rows = []
+for name in TASKS:
+    for method in ["unsteered", *scalars_eval.KINDS]:
+        f = results[name][method]
+        rows.append({"task": name, "method": NAMES.get(method, method)} | {c: f.get(c) for c in COLUMNS})
+table = pd.DataFrame(rows).set_index(["task", "method"])
+table.style.format(
+    {"flip_rate": "{:.0%}", "accuracy_before": "{:.0%}", "accuracy_after": "{:.0%}",
+     "logit_diff_change": "{:+.2f}", "kl_other": "{:.3f}", "n_params": "{:,.0f}",
+     "n_nonzero": "{:,.0f}", "train_seconds": "{:.1f}"},
+    na_rep="-",
+)""",
+    ),
+    (
+        "md",
+        """\
+### Against the paper's finding
+
+ActivScalar should be about as effective (flip rate) and as faithful (KL on other tokens)
+as SteerVec with `d_model` times fewer parameters. The next cell checks that on this run:
+"about as effective" is taken as a flip rate at most 10 points below SteerVec's, "about as
+faithful" as a KL at most 1.25 times SteerVec's (thresholds of this notebook, not of the
+paper).""",
+    ),
+    (
+        "code",
+        """\
+for name in TASKS:
+    a, v = results[name]["scalar"], results[name]["vector"]
+    ratio = v["n_params"] / a["n_params"]
+    effective = a["flip_rate"] >= v["flip_rate"] - 0.10
+    faithful = a["kl_other"] <= 1.25 * v["kl_other"]
+    print(f"{name}: ActivScalar flips {a['flip_rate']:.0%} of the wrong held-out answers with KL "
+          f"{a['kl_other']:.3f} nats and {a['n_params']:,} parameters; SteerVec flips "
+          f"{v['flip_rate']:.0%} with KL {v['kl_other']:.3f} and {v['n_params']:,} ({ratio:.0f}x as many).")
+    verdict = {
+        (True, True): "agrees with the paper: about as effective and as faithful",
+        (True, False): "is about as effective but less faithful than SteerVec: half the paper's finding",
+        (False, True): "is as faithful but less effective than SteerVec: half the paper's finding",
+        (False, False): "does not reproduce the paper's finding (less effective and less faithful)",
+    }[(effective, faithful)]
+    print(f"   -> on this run ActivScalar {verdict}.")
+    d = results[name]["dynamic"]
+    print(f"   DynScalar: flips {d['flip_rate']:.0%}, KL {d['kl_other']:.3f}, {d['n_params']:,} parameters.")
+if FAST:
+    print("(FAST run: a few steps on a few records; rerun at full size before drawing conclusions.)")""",
+    ),
+    (
+        "md",
+        """\
+### The full-size figures, when they exist
+
+`bench/scalars_eval.py --out bench/results/scalars_eval.json` writes the full-size
+figures (every record, 300 steps, every layer). When that file exists, the next cell
+shows it as a table with the settings it was run with, so this notebook's quick run can
+be read next to it.""",
+    ),
+    (
+        "code",
+        """\
+import json
+
+from IPython.display import Markdown, display
+
+saved = ROOT / "bench" / "results" / "scalars_eval.json"
+if saved.exists():
+    full = json.loads(saved.read_text())
+    args = full["meta"]["args"]
+    print(f"{saved.relative_to(ROOT)}: model {Path(full['meta']['model']).name}, steps {args['steps']}, "
+          f"lr {args['lr']}, batch {args['batch_size']}, n_train {args['n_train'] or 'all'}, "
+          f"n_test {args['n_test'] or 'all'}")
+    display(Markdown(scalars_eval.table(full["results"])))
+else:
+    print(f"no {saved.relative_to(ROOT)} yet; run: .venv/bin/python bench/scalars_eval.py --out {saved.relative_to(ROOT)}")""",
+    ),
+    (
+        "md",
+        """\
+## 3. The strength beta, from -1 to 1
+
+`sc * beta` scales the learned effect: `h * (1 + beta * alpha)`. `beta = 0` is the
+unsteered model (computed here, not assumed), `beta = 1` what training saw, and a negative
+beta pushes the logit difference the other way. `sl.evaluate.answer_flips_sweep`
+measures every strength in one pass (the unsteered logits are shared) and
+`sl.plots.plot_beta_sweep` draws the mean logit difference (left) and the flip rate and
+accuracy (right). ActivScalar is the subject; SteerVec and DynScalar are overlaid on the
+same axes for comparison.""",
+    ),
+    (
+        "code",
+        """\
+sweeps = {}
+for name in TASKS:
+    test = held_out(name)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for kind in scalars_eval.KINDS:
+        sweeps[name, kind] = sl.evaluate.answer_flips_sweep(
+            model, test.prompts, test.targets, test.foils, modules[name][kind], BETAS, progress=False
+        )
+        sl.plots.plot_beta_sweep(sweeps[name, kind], ax=axes, label=NAMES[kind])
+    fig.suptitle(f"{name}{' (reversed)' if name == 'ioi' else ''}: held-out records")
+    fig.tight_layout()
+    plt.show()
+    sweep = sweeps[name, "scalar"]
+    ld = {b: r.mean_logit_diff_after for b, r in sweep.items()}
+    monotone = all(np.diff([ld[b] for b in BETAS]) > 0)
+    print(f"{name}, ActivScalar: mean logit diff " + ", ".join(f"{ld[b]:+.2f} at beta={b:g}" for b in BETAS))
+    print(f"   beta=0 equals unsteered: {sweep[0.0].logit_diff_change == 0.0}; the logit difference "
+          f"{'rises steadily' if monotone else 'does not rise steadily'} with beta; accuracy "
+          f"{sweep[-1.0].accuracy_after:.0%} at beta=-1, {sweep[0.0].accuracy_after:.0%} at 0, "
+          f"{sweep[1.0].accuracy_after:.0%} at 1.")""",
+    ),
+    (
+        "md",
+        """\
+## 4. Where the alphas sit
+
+`sc.plot()` draws alpha as a heatmap by layer (rows) and token position (columns), one
+panel per site, the colour scale centred at 0 (white: the activation is left as it is;
+red: scaled up; blue: scaled down or, below -1, sign-flipped). The column labels are the
+tokens of the first training prompt; every fixed-layout prompt has its entities at the
+same positions, so a column stands for a role (e.g. "the country asked about") rather
+than for one word. `sc.to_pandas()` gives the same numbers as a table.
+
+A reading of "few, readable sites": how much of the total `|alpha|` the largest 5% of
+the alphas carry (5% if they were spread evenly), and which positions carry the most.""",
+    ),
+    (
+        "code",
+        """\
+for name in TASKS:
+    sc = modules[name]["scalar"]
+    sc.plot(title=f"{name}: ActivScalar alpha by layer and position")
+    plt.show()
+    df = sc.to_pandas()
+    df["abs"] = df["alpha"].abs()
+    total = df["abs"].sum()
+    k = max(1, math.ceil(0.05 * len(df)))
+    share = df.nlargest(k, "abs")["abs"].sum() / total
+    by_pos = df.groupby(["position", "token"])["abs"].sum().sort_values(ascending=False) / total
+    n_pos = df["position"].nunique()
+    top = ", ".join(f"{tok!r} (position {p}, {s:.0%})" for (p, tok), s in by_pos.head(3).items())
+    print(f"{name}: the largest {k} of {len(df)} alphas carry {share:.0%} of the total |alpha| "
+          f"(5% if spread evenly); "
+          f"{sc.n_nonzero(1e-3)} of {sc.n_params} exceed 1e-3 in magnitude.")
+    print(f"   by position, the most |alpha| sits at {top} (an even spread would give "
+          f"{1 / n_pos:.0%} per position).")
+    # the positions of the filled-in entities (from the first training record) and the last one
+    first = scalars_eval.task(name, "train")
+    first = (first.subset(N_TRAIN, seed=0) if N_TRAIN is not None else first)[0]
+    values = [v for key, v in first.entities.items() if key not in ("order", "template")]
+    roles = {p for p, tok in enumerate(sc.tokens) if len(tok.strip()) >= 3 and any(tok.strip() in v for v in values)}
+    roles.add(len(sc.tokens) - 1)
+    role_share = df[df["position"].isin(roles)]["abs"].sum() / total
+    even = len(roles) / n_pos
+    where = "concentrated there" if role_share > 1.5 * even else "not concentrated there on this run"
+    print(f"   the entity positions and the last one ({sorted(roles)}: "
+          f"{', '.join(repr(sc.tokens[p]) for p in sorted(roles))}) are {even:.0%} of the positions "
+          f"and carry {role_share:.0%} of the |alpha|: {where}.")
+    print(df.nlargest(8, "abs")[["site", "layer", "position", "token", "alpha"]].to_string(index=False))
+    print()""",
+    ),
+    (
+        "md",
+        """\
+The readable positions to expect are those of the filled-in entities (the country and the
+capital named in the context; the two names in IOI) and the last token, where the answer
+is read out: the cell compares their share of `|alpha|` with their share of the
+positions ("concentrated" when it is over 1.5 times that). Note that the L1 term's gradient is the same
+for every alpha and Adam normalises each parameter's step, so after a short run many
+alphas sit slightly off zero; concentration of `|alpha|` says more than the count of
+non-zero entries at a tolerance of 1e-3.
+
+## 5. DynScalar on prompts of other lengths
+
+ActivScalar and SteerVec hold one parameter per token position of the training layout:
+they cannot apply to a prompt with another number of tokens, and steerlab refuses rather
+than guess an alignment. DynScalar computes its alpha from the activation itself
+(`alpha = w . h + b`, one probe per site), so the same module applies to the
+`lengths="varied"` held-out prompts (other templates, other lengths).""",
+    ),
+    (
+        "code",
+        """\
+for name in TASKS:
+    dv, uv = results[name]["dynamic_varied"], results[name]["unsteered_varied"]
+    fixed = results[name]["dynamic"]
+    print(f"{name}: {dv['n']} varied-length held-out prompts of {min(dv['lengths'])} to "
+          f"{max(dv['lengths'])} tokens (training layout: {modules[name]['scalar'].layout})")
+    print(f"   unsteered accuracy {uv['accuracy_before']:.0%}; DynScalar accuracy "
+          f"{dv['accuracy_after']:.0%}, flip rate {dv['flip_rate']:.0%}, KL {dv['kl_other']:.3f} "
+          f"(on the fixed layout: flip rate {fixed['flip_rate']:.0%}, KL {fixed['kl_other']:.3f})")
+
+varied = held_out("country_capital", "varied")
+static = modules["country_capital"]["scalar"]
+try:
+    model.logits(varied.prompts[:1], steering=static)
+except sl.ShapeError as exc:
+    print("\\nActivScalar on a prompt of another length raises ShapeError:\\n", exc)""",
+    ),
+    (
+        "md",
+        """\
+## 6. Training curves
+
+`sc.plot_history()` draws the loss per step (effectiveness + faithfulness + minimality,
+on one mini-batch each step); `sc.history` holds each term per step (`minimality` is the
+L1 norm before the `sparsity` weight, so the loss is `effectiveness + faithfulness +
+sparsity * minimality` with the default weights 1, 1 and 1e-3).""",
+    ),
+    (
+        "code",
+        """\
+fig, axes = plt.subplots(len(TASKS), 3, figsize=(12, 3.2 * len(TASKS)), squeeze=False)
+for i, name in enumerate(TASKS):
+    for j, kind in enumerate(scalars_eval.KINDS):
+        sc = modules[name][kind]
+        sc.plot_history(ax=axes[i, j])
+        axes[i, j].set_title(f"{name}: {NAMES[kind]}", fontsize=10)
+        first, last = sc.history[0], sc.history[-1]
+        terms = ", ".join(f"{t} {first[t]:.3f} -> {last[t]:.3f}" for t in ("effectiveness", "faithfulness", "minimality"))
+        print(f"{name:16s} {NAMES[kind]:12s} loss {first['loss']:.3f} -> {last['loss']:.3f} ({terms})")
+fig.tight_layout()
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
+## 7. Save, reload, use
+
+A trained module saves as safetensors with JSON metadata (kind, beta, layout, token
+labels, training settings and history), bound to the model's fingerprint: loading it onto
+another model is an error. It is accepted wherever a steering is: `model.logits`,
+`model.generate`, per-row lists such as `[sc, sc * -1, None]`.""",
+    ),
+    (
+        "code",
+        """\
+sc = modules["country_capital"]["scalar"]
+test = held_out("country_capital")
+with tempfile.TemporaryDirectory() as tmp:
+    path = Path(tmp) / "capital.safetensors"
+    sc.save(path)
+    again = sl.ActivationScalars.load(path, model)
+print(again)
+print("reloaded equals trained:", again == sc, "| history steps:", len(again.history))
+same = np.array_equal(model.logits(test.prompts[:2], steering=again), model.logits(test.prompts[:2], steering=sc))
+print("same steered logits:", same)
+print("per-row steering, logit diff of the first record at beta 1, -1, 0:",
+      sl.evaluate.answer_logit_diff(model, test.prompts[:1] * 3, test.targets[:1] * 3, test.foils[:1] * 3,
+                                    steering=[sc, sc * -1, None], progress=False).round(2))
+print(f"notebook ran in {time.perf_counter() - t0:.0f} s")""",
+    ),
+]
+
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = new_notebook()
@@ -772,6 +1188,7 @@ NOTEBOOKS = {
     "02_reliability.ipynb": RELIABILITY,
     "03_mean_centring.ipynb": MEAN_CENTRING,
     "04_optimized_vectors.ipynb": OPTIMIZED,
+    "05_activation_scaling.ipynb": ACTIVATION_SCALING,
 }
 
 
