@@ -21,8 +21,12 @@
 //! `effectiveness * mean softplus(-(logit[target] - logit[foil]))`
 //! `+ faithfulness * mean KL(unsteered || steered)` over the next-token distribution with
 //! the two answer tokens removed and renormalised
-//! `+ sparsity * L1` of the parameters (alpha, v, or w and b), with clipping at zero: an
-//! update that carries a parameter across 0 stops it at exactly 0. The base model is frozen;
+//! `+ sparsity * L1` of the parameters (alpha, v, or w and b). The L1 term is not
+//! differentiable at 0, and AdamW on its subgradient leaves every parameter jittering
+//! around 0 instead of at it; so it is applied as in OWL-QN (Andrew & Gao 2007): AdamW
+//! steps on the pseudo-gradient (at 0, the smallest subgradient: 0 when the rest of the
+//! loss pulls less than `sparsity`), and a step may not carry a parameter across 0. A
+//! parameter the data does not need stays exactly 0. The base model is frozen;
 //! the blocks below the first trained site run once per example (the frozen prefix).
 
 use std::sync::Arc;
@@ -601,24 +605,44 @@ impl ScalarTraining {
     /// `cancel` is set before the update.
     pub fn step(&mut self, cancel: &Cancel) -> Result<StepRecord> {
         let idx = self.batches.batch(self.trainer.history().len());
+        let lambda = self.cfg.sparsity;
+        let scales: Vec<f64> = self.scales.iter().flatten().copied().collect();
         in_pool(|| {
-            let signs = self
+            let before = self
                 .vars
                 .iter()
                 .flatten()
                 .map(|v| Ok(v.as_tensor().sign()?.detach()))
                 .collect::<Result<Vec<_>>>()?;
             let loss = self.loss(&idx, cancel);
-            let rec = self.trainer.step_with(move || loss)?;
-            if self.cfg.sparsity > 0.0 {
-                // L1 with clipping at zero (truncated gradient, Langford, Li & Zhang 2009;
-                // Tsuruoka et al. 2009): a parameter whose update crosses zero stops at
-                // exactly zero instead of oscillating around it, so the parameters the
-                // penalty dominates end at 0 and are counted as such.
-                for (v, before) in self.vars.iter().flatten().zip(signs) {
-                    let t = v.as_tensor();
-                    let keep = (t.sign()? * before)?.ge(0.0)?.to_dtype(t.dtype())?;
-                    v.set(&(t * keep)?)?;
+            let mut directions = Vec::with_capacity(scales.len());
+            let rec = self.trainer.step_adjusted(
+                move || loss,
+                |params, grads| {
+                    if lambda == 0.0 {
+                        return Ok(());
+                    }
+                    for ((_, v), &k) in params.iter().zip(&scales) {
+                        let x = v.as_tensor();
+                        let Some(g) = grads.get(x) else {
+                            continue; // the trainer reports the missing gradient
+                        };
+                        let pg = l1_pseudo_gradient(x, g, lambda * k)?;
+                        directions.push(pg.neg()?.sign()?);
+                        grads.insert(x, pg);
+                    }
+                    Ok(())
+                },
+            )?;
+            if lambda > 0.0 {
+                // The orthant projection of OWL-QN: a parameter may not cross zero in one
+                // step (it stops at 0), and one at 0 may only leave it in the direction of
+                // its negative pseudo-gradient (it stays at 0 when that is 0).
+                for ((v, was), dir) in self.vars.iter().flatten().zip(before).zip(directions) {
+                    let x = v.as_tensor();
+                    let allowed = (&was + (was.abs()?.affine(-1.0, 1.0)? * dir)?)?;
+                    let keep = (x.sign()? * allowed)?.gt(0.0)?.to_dtype(x.dtype())?;
+                    v.set(&(x * keep)?)?;
                 }
             }
             Ok(rec)
@@ -654,9 +678,10 @@ impl ScalarTraining {
         let sel = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect(), b, dev)?;
         let reference = self.reference.index_select(&sel, 0)?; // [b, V]
         let kl = losses::kl_to_reference(&masked, &reference)?;
+        // The L1 term's value only: its (pseudo-)gradient is applied in `step`.
         let mut l1 = Tensor::zeros((), DType::F32, dev)?;
         for (v, &k) in self.vars.iter().flatten().zip(self.scales.iter().flatten()) {
-            l1 = (l1 + sparse_l1(&(v.as_tensor() * k)?)?)?;
+            l1 = (l1 + (v.as_tensor().detach() * k)?.abs()?.sum_all()?)?;
         }
         let scalar = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_scalar::<f32>()?)) };
         let parts = vec![
@@ -758,11 +783,16 @@ impl Hooks for SiteNorms<'_> {
     }
 }
 
-/// `sum |x|` whose gradient is `sign(x)`, 0 at exactly 0 (candle's `abs` uses +1 there):
-/// a parameter the other terms never move stays exactly 0 instead of being pushed off
-/// it by the penalty itself.
-fn sparse_l1(x: &Tensor) -> Result<Tensor> {
-    Ok((x * x.sign()?.detach())?.sum_all()?)
+/// The pseudo-gradient of `f(x) + lambda * sum |x|` from the gradient `g` of `f`
+/// (Andrew & Gao 2007, OWL-QN): `g + lambda * sign(x)` where `x != 0`; where `x = 0`,
+/// the smallest subgradient: 0 when `|g| <= lambda` (zero is optimal there), else `g`
+/// shrunk towards 0 by `lambda`.
+fn l1_pseudo_gradient(x: &Tensor, g: &Tensor, lambda: f64) -> Result<Tensor> {
+    let sign = x.sign()?;
+    let nonzero = sign.abs()?; // 1 where x != 0
+    let at_nonzero = (g + (&sign * lambda)?)?;
+    let at_zero = (g.sign()? * (g.abs()? - lambda)?.relu()?)?;
+    Ok(((at_nonzero * &nonzero)? + (at_zero * nonzero.affine(-1.0, 1.0)?)?)?)
 }
 
 #[cfg(test)]

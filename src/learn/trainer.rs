@@ -22,6 +22,7 @@
 //! with `ParamsAdamW`, or `SGD`). A step that fails or is cancelled changes nothing: no
 //! update, no history record.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap, SGD};
 
@@ -302,6 +303,18 @@ impl Trainer {
         &mut self,
         loss_fn: impl FnOnce() -> Result<(Tensor, Vec<(String, f64)>)>,
     ) -> Result<StepRecord> {
+        self.step_adjusted(loss_fn, |_, _| Ok(()))
+    }
+
+    /// As [`Trainer::step_with`], with `adjust` called on the parameters and their
+    /// gradients right after the backward pass (before the norm, clipping and update):
+    /// it may replace a gradient in the store, e.g. by a pseudo-gradient of a
+    /// non-smooth penalty the loss leaves out.
+    pub fn step_adjusted(
+        &mut self,
+        loss_fn: impl FnOnce() -> Result<(Tensor, Vec<(String, f64)>)>,
+        adjust: impl FnOnce(&[(String, Var)], &mut GradStore) -> Result<()>,
+    ) -> Result<StepRecord> {
         let step = self.history.len();
         self.cancel.check()?;
         let (loss, extra) = loss_fn()?;
@@ -325,6 +338,7 @@ impl Trainer {
             )));
         }
         let mut grads = loss.backward()?;
+        adjust(&self.params, &mut grads)?;
         let mut sq = 0f64;
         let mut gs = Vec::with_capacity(self.params.len());
         for (name, v) in &self.params {
