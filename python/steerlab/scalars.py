@@ -99,8 +99,10 @@ class ActivationScalars:
             ``"dynamic"``).
         tokens: the training prompt's tokens (labels for plots; static kinds only).
         positions: where the modules act (as at training).
-        history: one dict per training step (``step, loss, grad_norm, lr,
-            effectiveness, faithfulness, minimality, logit_diff``).
+        history: one dict per training step: ``step``, ``loss`` (the weighted total),
+            ``grad_norm``, ``lr``, and the unweighted terms ``effectiveness`` (mean
+            ``-log sigmoid(LD)``), ``faithfulness`` (mean KL, nats), ``minimality`` (the
+            L1 sum) and ``logit_diff`` (mean LD of the batch, before the step).
         training: the training settings and figures (steps, weights, time in seconds,
             dataset hash, the model's fingerprint).
 
@@ -229,10 +231,15 @@ class ActivationScalars:
         bounded below: a flipped record stops pulling), ``+ faithfulness * mean KL(p ||
         q)`` where p and q are the unsteered and steered next-token distributions with
         the two answer tokens removed and renormalised (nats), ``+ sparsity * L1`` of
-        the parameters (sum of ``|alpha|``, of ``|v|``, or of ``|w|`` and ``|b|``; its
-        gradient is 0 at exactly 0, so a parameter nothing else moves stays 0). AdamW
-        from candle-nn; the base model is frozen and trained through as loaded
-        (quantized or f32), with the blocks below the first site run once per record.
+        the parameters (the sum of ``|alpha|``, of every ``|v|`` entry, or of ``|w|``
+        and ``|b|``: a sum, so SteerVec's penalty covers d_model times more entries).
+        AdamW from candle-nn steps on the L1 pseudo-gradient of OWL-QN (Andrew & Gao
+        2007) and no step carries a parameter across 0, so a parameter the data pulls
+        less than ``sparsity`` stays exactly 0 (`n_nonzero` counts the others). The
+        variables are preconditioned per site (v and w scaled by the site's mean
+        activation norm) so one ``lr`` moves the activations alike for the three kinds.
+        The base model is frozen and trained through as loaded (quantized or f32), with
+        the blocks below the first site run once per record.
 
         Args:
             model: a loaded `Model`.
