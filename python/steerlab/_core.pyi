@@ -22,6 +22,7 @@ __all__ = [
     "ModelFormatError",
     "ModelNotFoundError",
     "OutOfRangeError",
+    "ScalarTrainer",
     "ShapeError",
     "SteerlabError",
     "TokenizerError",
@@ -30,10 +31,12 @@ __all__ = [
     "__version__",
     "fit_direction",
     "load_control_vector",
+    "load_learned",
     "load_vector",
     "mean_centring",
     "pair_stats",
     "save_control_vector",
+    "save_learned",
     "save_vector",
     "spearman",
     "steerability",
@@ -222,6 +225,7 @@ class VectorTrainer:
     def best(self) -> tuple[int, float] | None: ...
     def vectors(self, best: bool = True) -> list[tuple[int, npt.NDArray[np.float32]]]: ...
 
+@final
 class ScalarTrainer:
     """An activation-scaling run (see `steerlab.scalars`): ActivScalar ('scalar'),
     SteerVec ('vector') or DynScalar ('dynamic') at (site, layer) pairs; records are
