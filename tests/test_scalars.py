@@ -230,3 +230,35 @@ def test_a_string_is_one_item(model: Any) -> None:
         model, PROMPTS[0], " John", " Mary", steps=2, layers=[10], progress=False
     )
     assert sc.training["n_records"] == 1
+
+
+def test_ctrl_c_keeps_the_completed_steps(model: Any) -> None:
+    """A real SIGINT during fit (as Ctrl-C or Jupyter's stop button sends): fit stops
+    within a step, warns, and returns the modules of the completed steps."""
+    import os
+    import signal
+    import threading
+    import time
+
+    sent: dict[str, float] = {}
+
+    def fire() -> None:
+        sent["at"] = time.monotonic()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(4.0, fire)  # the fit below takes minutes; a step ~0.5 s
+    timer.start()
+    try:
+        with pytest.warns(sl.TrainingInterrupted, match=r"fit ActivScalar stopped by Ctrl-C"):
+            sc = sl.ActivationScalars.fit(
+                model, PROMPTS, TARGETS, FOILS, steps=2000, batch_size=4, layers=[10, 20]
+            )
+        stopped = time.monotonic()
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+    assert 0 < len(sc.history) < 2000 and sc.training["interrupted"] is True
+    assert stopped - sent["at"] < 5.0, "fit went on long after Ctrl-C"
+    model.logits(PROMPTS[:1], steering=sc)  # usable

@@ -29,7 +29,13 @@ from steerlab.errors import InvalidArgumentError, InvalidTypeError
 if TYPE_CHECKING:
     from steerlab.model import Model
 
-__all__ = ["TrainedVectors", "TrainingInterrupted", "optimize_vector", "tokenize_pairs"]
+__all__ = [
+    "TrainedVectors",
+    "TrainingInterrupted",
+    "optimize_vector",
+    "run_steps",
+    "tokenize_pairs",
+]
 
 
 class TrainingInterrupted(UserWarning):
@@ -68,6 +74,51 @@ def tokenize_pairs(
             )
         out.append((pi + ci, len(pi)))
     return out
+
+
+def run_steps(
+    trainer: Any,
+    n_steps: int,
+    progress: bool | None,
+    desc: str,
+    kept: str,
+    postfix: Sequence[tuple[str, str]] = (("loss", "loss"),),
+    stacklevel: int = 4,
+) -> tuple[list[dict[str, float]], bool]:
+    """Step an engine trainer (`_core.VectorTrainer`, `_core.ScalarTrainer`) `n_steps`
+    times under a tqdm bar (`postfix`: (label, record key) pairs shown after each
+    step; `stacklevel` points the warning at the user's call). Ctrl-C stops between steps (and inside a step at the next block): with steps
+    done it warns `TrainingInterrupted` (saying what `kept` holds) and returns them.
+
+    Returns:
+        (one dict of floats per completed step, whether Ctrl-C stopped the run).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C before the first step completed.
+    """
+    bar = progress_bar(progress, n_steps, 1, desc, "step")
+    interrupted = False
+    try:
+        for _ in range(n_steps):
+            rec = trainer.step()
+            bar.update(1)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix({label: f"{rec[key]:.4g}" for label, key in postfix})
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    history = [{k: float(v) for k, v in r.items()} for r in trainer.history]
+    if interrupted:
+        if not history:
+            raise KeyboardInterrupt
+        warnings.warn(
+            f"{desc} stopped by Ctrl-C after {len(history)} of {n_steps} steps; {kept} of "
+            f"the completed steps",
+            TrainingInterrupted,
+            stacklevel=stacklevel,
+        )
+    return history, interrupted
 
 
 @dataclass
@@ -130,28 +181,9 @@ def optimize_vector(
         seed=seed_v,
         init=None if init is None else [np.asarray(v, np.float32).tolist() for v in init],
     )
-    bar = progress_bar(progress, n_steps, 1, "optimize", "step")
-    interrupted = False
-    try:
-        for _ in range(n_steps):
-            rec = trainer.step()
-            bar.update(1)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    history = trainer.history
-    if interrupted:
-        if not history:
-            raise KeyboardInterrupt
-        warnings.warn(
-            f"optimize stopped by Ctrl-C after {len(history)} of {n_steps} steps; the "
-            f"vector is the {'best' if keep == 'best' else 'last'} of the completed steps",
-            TrainingInterrupted,
-            stacklevel=3,
-        )
+    history, interrupted = run_steps(
+        trainer, n_steps, progress, "optimize", f"the vector is the {keep}"
+    )
     best = trainer.best
     training: dict[str, Any] = {
         "objective": "preference" if negs else "likelihood",
@@ -170,7 +202,7 @@ def optimize_vector(
     }
     return TrainedVectors(
         vectors=dict(trainer.vectors(best=keep == "best")),
-        history=[{k: float(v) for k, v in r.items()} for r in history],
+        history=history,
         training=training,
         n_samples=len(examples),
     )

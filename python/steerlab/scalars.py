@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,14 +32,13 @@ import numpy.typing as npt
 
 from steerlab import _args, _batches, _core
 from steerlab._layers import Positions, check_positions
-from steerlab._progress import progress_bar
 from steerlab.errors import (
     DivisionByZeroError,
     InvalidArgumentError,
     InvalidTypeError,
     ModelFormatError,
 )
-from steerlab.optimize import TrainingInterrupted
+from steerlab.optimize import run_steps
 from steerlab.steering import Operation, Steering
 
 if TYPE_CHECKING:
@@ -355,29 +353,16 @@ class ActivationScalars:
             batch_size=size,
             seed=seed_v,
         )
-        bar = progress_bar(progress, n_steps, 1, f"fit {_PAPER_NAME[kind]}", "step")
-        interrupted = False
-        try:
-            for _ in range(n_steps):
-                rec = trainer.step()
-                bar.update(1)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", ld=f"{rec['logit_diff']:.2f}")
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
+        history, interrupted = run_steps(
+            trainer,
+            n_steps,
+            progress,
+            f"fit {_PAPER_NAME[kind]}",
+            f"the modules are the {keep}",
+            (("loss", "loss"), ("ld", "logit_diff")),
+            stacklevel=3,
+        )
         seconds = time.perf_counter() - t0
-        history = [{k: float(v) for k, v in r.items()} for r in trainer.history]
-        if interrupted:
-            if not history:
-                raise KeyboardInterrupt
-            warnings.warn(
-                f"ActivationScalars.fit stopped by Ctrl-C after {len(history)} of {n_steps} "
-                f"steps; the modules are the {keep} of the completed steps",
-                TrainingInterrupted,
-                stacklevel=2,
-            )
         params = {
             (site, layer): np.concatenate(arrays)
             for site, layer, arrays in trainer.params(best=keep == "best")
