@@ -447,8 +447,10 @@ class ActivationScalars:
         }[self.kind]
         return per * len(self._params)
 
-    def n_nonzero(self, tol: float = 1e-3) -> int:
-        """The number of parameters whose magnitude exceeds `tol` (beta not applied)."""
+    def n_nonzero(self, tol: float = 0.0) -> int:
+        """The number of parameters whose magnitude exceeds `tol` (beta not applied).
+        Training leaves the parameters the data does not need at exactly 0 (the L1 term
+        is applied as in OWL-QN), so the default counts exact non-zeros."""
         t = _args.real(tol, "tol", minimum=0.0)
         return int(sum(int(np.count_nonzero(np.abs(a) > t)) for a in self._params.values()))
 
