@@ -456,7 +456,23 @@ impl Slot {
         if ctx.mode == Mode::Inference && h.device().is_cpu() && !has_module {
             return self.apply_values(h, ctx, &masks, site);
         }
-        self.apply_tensors(h, ctx, &masks)
+        let out = self.apply_tensors(h, ctx, &masks)?;
+        if ctx.mode == Mode::Inference {
+            // The inference form of a learned module: the same check as the in-place
+            // operations (training refuses a non-finite loss instead).
+            let (_, t, d) = out.dims3()?;
+            let x = out.flatten_all()?.to_vec1::<f32>()?;
+            for (r, m) in masks.iter().enumerate() {
+                let (Some(m), Some(ro)) = (m, &self.rows[r]) else {
+                    continue;
+                };
+                for (j, _) in m.iter().enumerate().filter(|(_, &hit)| hit) {
+                    let row = &x[(r * t + j) * d..(r * t + j + 1) * d];
+                    check_normable(row, r, ro, site, ctx.position(r, j).unwrap_or(0))?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Inference form: edit a copy of the CPU values in place.
@@ -494,17 +510,7 @@ impl Slot {
                     }
                     Op::Module(_) => {}
                 }
-                if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
-                    // Finite inputs can still overflow (a huge alpha or vector): say so
-                    // here instead of letting inf/NaN run through the rest of the model.
-                    return Err(Error::invalid(format!(
-                        "row {r}: the {} operation at {site} made the activation at position \
-                         {} non-finite ({bad}); its values are too large for this \
-                         activation (expected a result within f32's range)",
-                        ro.op.name(),
-                        ctx.position(r, j).unwrap_or(0)
-                    )));
-                }
+                check_normable(row, r, ro, site, ctx.position(r, j).unwrap_or(0))?;
             }
         }
         Ok(Tensor::from_vec(x, (b, t, d), h.device())?)
@@ -604,6 +610,34 @@ impl Slot {
         }
         Ok(Tensor::cat(&out, 0)?)
     }
+}
+
+/// Refuse an edited activation the rest of the forward cannot carry: a non-finite value,
+/// or a squared norm beyond f32 (the next RMSNorm would square it to inf and normalise
+/// it to zeros). Finite inputs can overflow (a huge alpha, vector or beta): say so here
+/// instead of letting inf, NaN or a collapsed row run through the rest of the model.
+fn check_normable(row: &[f32], r: usize, ro: &RowOp, site: Site, pos: usize) -> Result<()> {
+    let what = match &ro.op {
+        Op::Module(m) => m.name().to_string(),
+        op => format!("{} operation", op.name()),
+    };
+    if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "row {r}: the {what} at {site} made the activation at position {pos} \
+             non-finite ({bad}); its values are too large for this activation (expected a \
+             result within f32's range)"
+        )));
+    }
+    let sq: f32 = row.iter().map(|v| v * v).sum();
+    if !sq.is_finite() {
+        let big = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        return Err(Error::invalid(format!(
+            "row {r}: the {what} at {site} made the activation at position {pos} too \
+             large to normalise (largest entry {big:e}: its squared norm overflows f32); \
+             expected a result whose squared norm fits f32 (use a smaller strength)"
+        )));
+    }
+    Ok(())
 }
 
 /// The scale at position p: one value for all, or one per position.

@@ -262,3 +262,24 @@ def test_ctrl_c_keeps_the_completed_steps(model: Any) -> None:
     assert 0 < len(sc.history) < 2000 and sc.training["interrupted"] is True
     assert stopped - sent["at"] < 5.0, "fit went on long after Ctrl-C"
     model.logits(PROMPTS[:1], steering=sc)  # usable
+
+
+def test_an_edit_too_large_to_normalise_raises_for_every_operation(model: Any) -> None:
+    """A finite edit whose squared norm overflows f32 would be normalised to zeros by the
+    next RMSNorm (uniform logits, silently): the fixed operations and the learned
+    modules refuse it alike."""
+    big = np.full(model.d_model, 1e25, np.float32)
+    with pytest.raises(sl.InvalidArgumentError, match="too large to normalise"):
+        model.logits(PROMPTS[:1], steering=sl.Steering.add(5, big))
+    sc = sl.ActivationScalars(
+        "scalar",
+        {("mlp_out", 5): np.full(14, 1.0, np.float32)},
+        d_model=model.d_model,
+        n_layers=model.n_layers,
+        fingerprint=model.fingerprint,
+        layout=14,
+    )
+    with pytest.raises(sl.InvalidArgumentError, match=r"ActivScalar.*too large to normalise"):
+        model.logits(PROMPTS[:1], steering=sc * 1e30)
+    with pytest.raises(sl.InvalidArgumentError, match="beta"):
+        sc * 1e39

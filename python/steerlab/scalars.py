@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +53,8 @@ _PAPER_NAME = {"scalar": "ActivScalar", "vector": "SteerVec", "dynamic": "DynSca
 #: The sites a module may act on (the paper uses attn_out and mlp_out).
 _SITES = ("attn_out", "mlp_out", "resid_mid", "resid_post")
 _ARTIFACT_KIND = "activation_scalars"
+#: The largest strength the engine can apply (beta is a float32 there).
+_BETA_MAX = float(np.finfo(np.float32).max)
 
 FloatArray = npt.NDArray[np.float32]
 SiteKey = tuple[str, int]
@@ -162,12 +164,18 @@ class ActivationScalars:
         self._d_model = _args.integer(d_model, "d_model", minimum=1)
         self._n_layers = _args.integer(n_layers, "n_layers", minimum=1)
         self._fingerprint = str(fingerprint)
-        self._beta = _args.real(beta, "beta")
-        self.layout = None if kind == "dynamic" else layout
-        if kind != "dynamic" and (not isinstance(layout, int) or layout < 1):
+        self._beta = _args.real(beta, "beta", minimum=-_BETA_MAX, maximum=_BETA_MAX)
+        if kind == "dynamic" and layout is not None:
+            raise InvalidArgumentError(
+                f"a 'dynamic' module has no token layout, got layout={layout!r}; expected None"
+            )
+        if kind != "dynamic" and (
+            not isinstance(layout, int) or isinstance(layout, bool) or layout < 1
+        ):
             raise InvalidArgumentError(
                 f"a {kind!r} module needs its token layout (a positive int), got {layout!r}"
             )
+        self.layout = layout
         per_site = {
             "scalar": self.layout,
             "vector": None if self.layout is None else self.layout * self._d_model,
@@ -190,7 +198,28 @@ class ActivationScalars:
             raise InvalidArgumentError("no sites: expected at least one (site, layer)")
         self._params = checked
         self.positions: Positions = check_positions(positions)
-        self.tokens = None if tokens is None else [str(t) for t in tokens]
+        if self.layout is not None:
+            outside = ~self._position_mask()
+            for (site, layer), a in checked.items():
+                rows = a.reshape(self.layout, -1)[outside]
+                if np.any(rows != 0):
+                    raise InvalidArgumentError(
+                        f"the {kind} parameters at {site}[{layer}] are non-zero at positions "
+                        f"outside positions={self.positions!r} (which the module does not "
+                        f"touch); expected zeros there"
+                    )
+        if tokens is not None and (
+            self.layout is None
+            or isinstance(tokens, str)
+            or not isinstance(tokens, Sequence)
+            or len(tokens) != self.layout
+            or not all(isinstance(t, str) for t in tokens)
+        ):
+            raise InvalidArgumentError(
+                f"tokens must be None or a list of {self.layout} str (one per position of "
+                f"the layout; None for a dynamic module), got {tokens!r:.80}"
+            )
+        self.tokens = None if tokens is None else list(tokens)
         self.history = [dict(r) for r in (history or [])]
         self.training = dict(training or {})
         self._steering: Steering | None = None
@@ -207,7 +236,7 @@ class ActivationScalars:
         *,
         kind: str = "scalar",
         sites: Sequence[str] = ("attn_out", "mlp_out"),
-        layers: Sequence[int] | None = None,
+        layers: int | Sequence[int] | None = None,
         effectiveness: float = 1.0,
         faithfulness: float = 1.0,
         sparsity: float = 1e-3,
@@ -256,7 +285,10 @@ class ActivationScalars:
             steps: optimiser steps (>= 1); lr: AdamW learning rate (> 0, finite);
                 batch_size: records per step; seed: fixes the batch order.
             positions: where the modules act: ``"all"`` (default: every prompt
-                position), ``"last"``, or prompt indices (negative from the end).
+                position), ``"prompt"`` (the same here), ``"last"`` (the last prompt
+                position), or distinct prompt indices (an int or a list; negative from
+                the end). A static module restricted to some positions still holds (and
+                needs) the whole token layout.
             weight_decay: AdamW's decoupled decay (default 0); max_grad_norm: clip the
                 global gradient norm (None: no clipping).
             keep: ``"last"`` (default) or ``"best"`` (the parameters before the step
@@ -271,10 +303,10 @@ class ActivationScalars:
             InvalidTypeError: model not a `Model`; texts not str.
             InvalidArgumentError: empty or mismatched prompts/targets/foils, a target
                 or foil that tokenizes to nothing, a target equal to its foil, an
-                unknown kind or site, repeated layers, ``steps < 1``, a non-finite or
-                non-positive lr, negative weights, bad ``keep``.
+                unknown kind or site, repeated layers or positions, ``steps < 1``, a
+                non-finite or non-positive lr, negative weights, bad ``keep``.
             ShapeError: a static kind on prompts of several token lengths.
-            OutOfRangeError: a layer the model lacks.
+            OutOfRangeError: a layer the model lacks, a position outside a prompt.
             ContextLengthError: a prompt longer than the context.
         Ctrl-C stops between steps (and inside a step at the next block): with steps
         done the result holds them and a `TrainingInterrupted` warning is issued.
@@ -307,6 +339,12 @@ class ActivationScalars:
         if layers is None:
             layer_ids = list(range(model.n_layers))
         else:
+            if isinstance(layers, int | np.integer) and not isinstance(layers, bool):
+                layers = [int(layers)]
+            if isinstance(layers, str | bytes) or not isinstance(layers, Iterable):
+                raise InvalidTypeError(
+                    f"layers must be an int, a list of ints or None, got {type(layers).__name__}"
+                )
             layer_ids = [model._resolve_layer(_args.index(x, "a layer")) for x in layers]
             if not layer_ids:
                 raise InvalidArgumentError("layers is empty; expected at least one layer")
@@ -314,7 +352,7 @@ class ActivationScalars:
                 raise InvalidArgumentError(f"layers {list(layers)} repeat a layer")
         n_steps = _args.integer(steps, "steps", minimum=1)
         rate = _args.real(lr, "lr", above=0.0)
-        size = _args.integer(batch_size, "batch_size", minimum=1)
+        size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
         seed_v = _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
         w_eff = _args.real(effectiveness, "effectiveness", minimum=0.0)
         w_faith = _args.real(faithfulness, "faithfulness", minimum=0.0)
@@ -327,6 +365,15 @@ class ActivationScalars:
             raise InvalidArgumentError(f"keep must be 'last' or 'best', got {_args.show(keep)}")
         pos = check_positions(positions)
         ids = _batches.encode(model._core, ps, "prompts")
+        if isinstance(pos, list):
+            for n in sorted({len(i) for i in ids}):
+                resolved = [p + n if p < 0 else p for p in pos]
+                seen = [p for i, p in enumerate(resolved) if p in resolved[:i]]
+                if seen:
+                    raise InvalidArgumentError(
+                        f"positions {pos} name position {seen[0]} twice on a prompt of {n} "
+                        f"tokens; expected distinct positions"
+                    )
         good = _answer_ids(model, ts, "targets")
         bad = _answer_ids(model, fs, "foils")
         for i, (g, b) in enumerate(zip(good, bad, strict=True)):
@@ -375,7 +422,7 @@ class ActivationScalars:
             "steps": n_steps,
             "steps_done": len(history),
             "lr": rate,
-            "batch_size": size,
+            "batch_size": min(size, len(records)),
             "seed": seed_v,
             "effectiveness": w_eff,
             "faithfulness": w_faith,
@@ -423,18 +470,25 @@ class ActivationScalars:
             return {k: v.reshape(-1, self._d_model) for k, v in self._params.items()}
         return dict(self._params)
 
-    def _trained_positions(self) -> int:
-        """How many positions per site hold a trained entry (static kinds)."""
+    def _position_mask(self) -> npt.NDArray[np.bool_]:
+        """Which positions of the layout the module touches (static kinds)."""
         p = self.layout or 0
         pos = self.positions
+        mask = np.zeros(p, dtype=bool)
         if pos in ("all", "prompt"):
-            return p
-        if pos == "last":
-            return 1
-        if pos == "generated":
-            return 0
-        resolved = {int(i) + p if int(i) < 0 else int(i) for i in pos}
-        return len({q for q in resolved if 0 <= q < p})
+            mask[:] = True
+        elif pos == "last":
+            mask[p - 1 :] = True
+        elif isinstance(pos, list):
+            for i in pos:
+                q = int(i) + p if int(i) < 0 else int(i)
+                if 0 <= q < p:
+                    mask[q] = True
+        return mask
+
+    def _trained_positions(self) -> int:
+        """How many positions per site hold a trained entry (static kinds)."""
+        return int(self._position_mask().sum())
 
     @property
     def n_params(self) -> int:
@@ -496,7 +550,7 @@ class ActivationScalars:
 
     def with_beta(self, beta: float) -> ActivationScalars:
         """The same modules at strength `beta`."""
-        b = _args.real(beta, "beta")
+        b = _args.real(beta, "beta", minimum=-_BETA_MAX, maximum=_BETA_MAX)
         new = ActivationScalars.__new__(ActivationScalars)
         for name in self.__slots__:
             setattr(new, name, getattr(self, name))
@@ -517,6 +571,15 @@ class ActivationScalars:
 
     def __neg__(self) -> ActivationScalars:
         return self.with_beta(-self._beta)
+
+    def __add__(self, other: object) -> Any:
+        raise InvalidTypeError(
+            f"ActivationScalars cannot be added to {type(other).__name__}: join steerings "
+            f"with sc.to_steering() + other.to_steering() (the operations run in order), or "
+            f"pass one per row as a list"
+        )
+
+    __radd__ = __add__
 
     # -- inspection ------------------------------------------------------------------
 
@@ -693,6 +756,11 @@ class ActivationScalars:
                 ordered[(site, int(index))] = params[(site, int(index))]
             if ordered.keys() != params.keys():
                 raise ValueError("the sites listed do not match the tensors")
+            if meta["n_layers"] != model.n_layers:
+                raise ValueError(
+                    f"n_layers is {meta['n_layers']}, but the model it names has "
+                    f"{model.n_layers} layers"
+                )
             for _, layer in ordered:
                 if not 0 <= layer < model.n_layers:
                     raise ValueError(f"layer {layer} is outside this model's {model.n_layers}")

@@ -126,10 +126,12 @@ impl ScalarModule {
         beta: f64,
         d_model: usize,
     ) -> Result<Self> {
-        if !beta.is_finite() {
+        if !(beta.is_finite() && (beta as f32).is_finite()) {
             return Err(Error::invalid(format!(
-                "beta for the {} module at {site} is {beta}; expected a finite strength",
-                kind.name()
+                "beta for the {} module at {site} is {beta}; expected a finite strength \
+                 within f32's range (|beta| <= {:e})",
+                kind.name(),
+                f32::MAX
             )));
         }
         let dims: Vec<Vec<usize>> = params.iter().map(|p| p.dims().to_vec()).collect();
