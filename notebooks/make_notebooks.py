@@ -789,11 +789,10 @@ a minute of training on two cores). That is far too little training for conclusi
 read the FAST figures as a smoke test. Without the variable (the full size, e.g.
 `jupyter nbconvert --to notebook --execute notebooks/05_activation_scaling.ipynb`) every
 training and held-out record is used, 300 steps at 0.01, batches of 16, every layer;
-a full-size training step (16 records, every layer) took about 3 s on the
-`country_capital` prompts on two CPU cores shared with another job, so the six modules
-of 300 steps take roughly 40 to 80 minutes in all (an estimate from that step time, not a
-timed full run). The same full-size evaluation, without the
-plots, writes its figures as JSON:
+with a release build of steerlab the six modules of 300 steps trained in about 18 minutes
+on two CPU cores shared with other jobs (2 to 5 minutes each, `bench/RESULTS.md`); a
+development build (`make develop`, less optimised) takes several times longer. The same
+full-size evaluation, without the plots, writes its figures as JSON:
 
     .venv/bin/python bench/scalars_eval.py --out bench/results/scalars_eval.json
 
