@@ -451,7 +451,7 @@ def test_non_finite_logits_raise(tiny: Any) -> None:
         answer_flips(_NaNModel(tiny), PROMPTS, letters[:6], letters[6:12], STRONG, batch_size=5)
     # the engine itself refuses a steering that overflows an activation
     huge = sl.Steering({1: np.full(64, 3e38)}) + sl.Steering({2: np.full(64, 3e38)})
-    with pytest.raises(sl.InvalidArgumentError, match="non-finite|too large to normalise"):
+    with pytest.raises(sl.InvalidArgumentError, match=r"non-finite|too large to normalise"):
         answer_flips(tiny, PROMPTS[:2], letters[:2], letters[2:4], steering=huge)
 
 
