@@ -199,6 +199,23 @@ def main() -> None:
     )
     args = ap.parse_args()
     model = sl.Model.load(args.model, dtype=args.dtype)
+    if args.sites is not None:
+        train = task(args.tasks[0], "train")
+        sc = sl.ActivationScalars.fit(
+            model,
+            train.prompts,
+            train.targets,
+            train.foils,
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            sparsity=args.sites,
+        )
+        df = sc.to_pandas()
+        df = df[df.alpha != 0].assign(magnitude=lambda d: d.alpha.abs())
+        print(f"{len(df)} non-zero alphas of {sc.n_params}; tokens of {train.prompts[0]!r}")
+        print(df.sort_values("magnitude", ascending=False).to_string(index=False))
+        return
     if args.tradeoff:
         rows = tradeoff(
             model,
