@@ -337,7 +337,11 @@ fn bad_data_is_refused() {
         lr: f64::INFINITY,
         ..TrainConfig::default()
     };
-    assert!(!new(records(), cfg(ScalarKind::Scalar, bad_lr, 0.0)).is_empty());
+    let e = new(records(), cfg(ScalarKind::Scalar, bad_lr, 0.0));
+    assert!(e.contains("lr") && e.contains("finite"), "{e}");
+    let mut zero = cfg(ScalarKind::Scalar, TrainConfig::default(), 0.0);
+    zero.batch_size = 0;
+    assert!(new(records(), zero).contains("batch_size"));
     // Cancel before a step leaves the run as it was.
     let mut t = ScalarTraining::new(
         m.clone(),

@@ -443,6 +443,8 @@ impl ScalarTraining {
         let vocab = model.cfg.vocab_size;
         check_examples(&examples, vocab, model.cfg.max_context)?;
         check_weights(&cfg)?;
+        cfg.train.validate()?; // before the prefix pass, not after it
+        let batches = Batches::new(examples.len(), cfg.batch_size, cfg.seed)?;
         let start = check_sites(&cfg.sites, model.n_layers())?;
         for (i, e) in examples.iter().enumerate() {
             cfg.positions.check(i, e.ids.len(), 0)?;
@@ -484,7 +486,6 @@ impl ScalarTraining {
             scales.push(cfg.kind.scales(norm, d));
         }
         let trainer = Trainer::new(params, cfg.train.clone())?;
-        let batches = Batches::new(data.len(), cfg.batch_size, cfg.seed)?;
         Ok(ScalarTraining {
             model,
             cfg,
