@@ -193,8 +193,16 @@ def test_pickle_and_copy(fitted: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
     [
-        ({"targets": TARGETS[:3]}, sl.InvalidArgumentError, "4 prompts, 3 targets and 4 foils"),
-        ({"foils": TARGETS}, sl.InvalidArgumentError, "record 0: target ' John' and foil"),
+        (
+            {"targets": TARGETS[:3]},
+            sl.InvalidArgumentError,
+            "targets has 3 entries but prompts has 4",
+        ),
+        (
+            {"foils": TARGETS},
+            sl.InvalidArgumentError,
+            r"targets\[0\] ' John' and foils\[0\] ' John'",
+        ),
         ({"targets": ["", *TARGETS[1:]]}, sl.InvalidArgumentError, "targets"),
         ({"steps": 0}, sl.InvalidArgumentError, "steps"),
         ({"lr": float("nan")}, sl.InvalidArgumentError, "lr"),

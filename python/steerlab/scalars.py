@@ -38,6 +38,7 @@ from steerlab.errors import (
     InvalidTypeError,
     ModelFormatError,
 )
+from steerlab.evaluate import _answer_inputs
 from steerlab.optimize import run_steps
 from steerlab.steering import Operation, Steering
 
@@ -63,19 +64,6 @@ SiteKey = tuple[str, int]
 def _readonly(a: npt.ArrayLike) -> FloatArray:
     out = np.array(a, dtype=np.float32)
     out.flags.writeable = False
-    return out
-
-
-def _answer_ids(model: Model, values: list[str], name: str) -> list[int]:
-    out = []
-    for i, s in enumerate(values):
-        ids = model.encode(s, add_special_tokens=False)
-        if not ids:
-            raise InvalidArgumentError(
-                f"{name}[{i}] ({s!r}) tokenizes to nothing; expected a string whose first "
-                f"token is the answer (e.g. ' Paris', with the space the model sees)"
-            )
-        out.append(ids[0])
     return out
 
 
@@ -320,14 +308,8 @@ class ActivationScalars:
                 f"kind must be one of {KINDS} ('scalar' = ActivScalar, 'vector' = SteerVec, "
                 f"'dynamic' = DynScalar), got {_args.show(kind)}"
             )
-        ps, _ = _args.texts(prompts, "prompts")
-        ts, _ = _args.texts(targets, "targets")
-        fs, _ = _args.texts(foils, "foils")
-        if not (len(ps) == len(ts) == len(fs)):
-            raise InvalidArgumentError(
-                f"{len(ps)} prompts, {len(ts)} targets and {len(fs)} foils; expected one "
-                f"target and one foil per prompt"
-            )
+        # The same checks and answer tokens as sl.evaluate.answer_flips.
+        ps, ts, fs, good_ids, bad_ids = _answer_inputs(model, prompts, targets, foils)
         site_names = [sites] if isinstance(sites, str) else list(sites)
         if not site_names:
             raise InvalidArgumentError(f"sites is empty; expected some of {_SITES}")
@@ -374,14 +356,7 @@ class ActivationScalars:
                         f"positions {pos} name position {seen[0]} twice on a prompt of {n} "
                         f"tokens; expected distinct positions"
                     )
-        good = _answer_ids(model, ts, "targets")
-        bad = _answer_ids(model, fs, "foils")
-        for i, (g, b) in enumerate(zip(good, bad, strict=True)):
-            if g == b:
-                raise InvalidArgumentError(
-                    f"record {i}: target {ts[i]!r} and foil {fs[i]!r} start with the same "
-                    f"token ({model.decode([g])!r}); expected two different answers"
-                )
+        good, bad = good_ids.tolist(), bad_ids.tolist()
         site_list = [(s, layer) for layer in layer_ids for s in site_names]
         records = list(zip(ids, good, bad, strict=True))
         t0 = time.perf_counter()
