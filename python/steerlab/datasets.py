@@ -20,6 +20,10 @@
   (country-capital conflicts and their reverse, indirect-object identification), split
   into train and held-out parts with disjoint entities, in a fixed token layout or in
   varied lengths; the data for activation scaling (Stoehr et al. 2024). See `Task`.
+- Requests (`load_requests`): harmful and benign user requests (the benign ones include
+  requests that only look alarming, "kill a process"), split into train, validation and
+  held-out parts, with refusal and compliance openings; the data for the steering
+  controller (Hegazy et al. 2025) and the refusal judge. See `Requests`.
 
 Files are parsed once and cached; functions that return lists return a fresh list on
 every call, so callers may change them freely.
@@ -34,6 +38,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from steerlab._requests import Requests, load_requests
 from steerlab._tasks import Task, TaskRecord, load_task, task_names
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ABRecord",
     "Behaviour",
+    "Requests",
     "StyleSet",
     "Task",
     "TaskRecord",
@@ -50,6 +56,7 @@ __all__ = [
     "background_corpus",
     "behaviour_names",
     "load_behaviour",
+    "load_requests",
     "load_style",
     "load_task",
     "load_topic",
