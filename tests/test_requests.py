@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,21 @@ def test_loading_does_not_import_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_readme_tables_match_the_data() -> None:
+    readme = Path(sl.__file__).parent.joinpath("data", "requests", "README.md").read_text()
+    req = load_requests()
+    head = f"## Categories ({len(req.harmful)} harmful, {len(req.benign)} benign, "
+    assert f"{head}{len(req.alarming_benign)} of them alarming-looking)" in readme
+    listed: dict[str, int] = {}
+    for line in (x for x in readme.splitlines() if x.startswith("| ")):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for name, n in zip(cells[::2], cells[1::2], strict=False):
+            if name and n.isdigit():
+                listed[name.split(" (")[0]] = int(n)
+    counts = Counter(req.harmful_categories) + Counter(req.benign_categories)
+    assert {k: listed[k] for k in counts} == dict(counts)
+    for part in req.split():
+        row = f"| {part.part} | {len(part.harmful)} | {len(part.benign)} | "
+        assert f"{row}{len(part.alarming_benign)} |" in readme

@@ -214,10 +214,10 @@ def load_requests(
 
     At least 300 harmful requests in 12 categories (weapons, cyberattacks, fraud, drugs,
     violence, harassment, privacy, self-harm, extremism, theft, misinformation, evading
-    the law) and at least 300 benign ones in 13 (everyday topics, plus 80 that look
-    alarming on the surface, for measuring false refusals honestly), with refusal and
-    compliance openings. The request texts are requests only; they hold no harmful
-    content. Parsed once and cached.
+    the law) and at least 300 benign ones in 13 categories (everyday topics, plus 88
+    that look alarming on the surface, for measuring false refusals honestly), with
+    refusal and compliance openings. The request texts are requests only; they hold no
+    harmful content. Parsed once and cached.
 
     Args:
         split: ``"all"`` (default), ``"train"``, ``"validation"`` or ``"held_out"``
