@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::cancel::Cancel;
 use crate::error::Result;
-use crate::model::{BatchLayout, Model, NoHooks, StepCtx};
+use crate::model::{BatchLayout, Hooks, Mode, Model, NoHooks, StepCtx};
 
 /// The output of blocks `0..start` (the embeddings when `start` is 0) for each token id
 /// row, without hooks or gradients, run in padded chunks of `chunk` rows (a row's values
@@ -34,9 +34,35 @@ pub(crate) fn frozen_prefix(
     Ok(out)
 }
 
+/// Blocks `start..` of the model in `Mode::Gradient` on frozen-prefix rows `hs` (each
+/// `[len_r, d]`, the output of blocks `0..start`), left-padded into one batch, with
+/// `hooks` at the sites: the output `[b, width, d]` and the batch layout.
+pub(crate) fn forward_from_prefix(
+    model: &Model,
+    hs: &[&Tensor],
+    start: usize,
+    hooks: &mut dyn Hooks,
+) -> Result<(Tensor, BatchLayout)> {
+    let layout = BatchLayout::new(
+        hs.iter()
+            .map(|h| h.dim(0))
+            .collect::<candle_core::Result<_>>()?,
+    );
+    let h = stack_left_padded(hs, &layout, model.d_model(), &model.device)?; // [b, w, d]
+    let ctx = StepCtx {
+        layout: &layout,
+        start: 0,
+        t: layout.width,
+        mode: Mode::Gradient,
+    };
+    let mut cache = model.new_cache();
+    let out = model.forward_blocks(h, start..model.n_layers(), &ctx, &mut cache, hooks)?;
+    Ok((out, layout))
+}
+
 /// Rows `hs` (each `[len_r, d]`) left-padded with zeros into one batch `[b, width, d]`
 /// laid out as `layout` (whose lens are the rows' lengths).
-pub(crate) fn stack_left_padded(
+fn stack_left_padded(
     hs: &[&Tensor],
     layout: &BatchLayout,
     d: usize,

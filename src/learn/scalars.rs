@@ -39,9 +39,9 @@ use crate::hooks::Sites;
 use crate::intervene::{Intervention, Op, Positions, SiteModule, SteeringPlan};
 use crate::learn::batches::Batches;
 use crate::learn::losses;
-use crate::learn::prefix::{frozen_prefix, stack_left_padded};
+use crate::learn::prefix::{forward_from_prefix, frozen_prefix};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
-use crate::model::{BatchLayout, Hooks, Mode, Model, Site, StepCtx};
+use crate::model::{Hooks, Mode, Model, Site, StepCtx};
 use crate::pool::in_pool;
 
 /// Which of the three modules.
@@ -559,20 +559,9 @@ impl ScalarTraining {
         start: usize,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        let d = model.d_model();
-        let lens: Vec<usize> = rows.iter().map(|&i| data[i].ids.len()).collect();
-        let layout = BatchLayout::new(lens);
-        let w = layout.width;
         let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
-        let h = stack_left_padded(&hs, &layout, d, &model.device)?; // [b, w, d]
-        let ctx = StepCtx {
-            layout: &layout,
-            start: 0,
-            t: w,
-            mode: Mode::Gradient,
-        };
-        let mut cache = model.new_cache();
-        let out = model.forward_blocks(h, start..model.n_layers(), &ctx, &mut cache, hooks)?;
+        let (out, layout) = forward_from_prefix(model, &hs, start, hooks)?; // [b, w, d]
+        let w = layout.width;
         let last = out.narrow(1, w - 1, 1)?.squeeze(1)?; // [b, d]: left padding ends every row at w - 1
         model.logits_all(&last, Mode::Gradient) // [b, V]
     }

@@ -25,10 +25,10 @@ use crate::error::{Error, Result};
 use crate::hooks::Sites;
 use crate::intervene::{Intervention, Positions, SteeringPlan};
 use crate::learn::batches::Batches;
-use crate::learn::prefix::{frozen_prefix, stack_left_padded};
+use crate::learn::prefix::{forward_from_prefix, frozen_prefix};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
 use crate::learn::{fused, losses};
-use crate::model::{BatchLayout, Mode, Model, StepCtx};
+use crate::model::{Mode, Model};
 use crate::pool::in_pool;
 
 /// One training example: `ids` = prompt tokens then completion tokens; the completion
@@ -239,11 +239,6 @@ impl VectorTraining {
         let m = &self.model;
         let d = m.d_model();
         let dev = &m.device;
-        let lens: Vec<usize> = rows.iter().map(|&i| data[i].ids.len()).collect();
-        let layout = BatchLayout::new(lens.clone());
-        let w = layout.width;
-        let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
-        let h = stack_left_padded(&hs, &layout, d, dev)?; // [b, w, d]
         let steer: Vec<Vec<Intervention>> = rows
             .iter()
             .map(|_| {
@@ -264,20 +259,15 @@ impl VectorTraining {
             .unwrap_or(0);
         let plan = SteeringPlan::new(&steer, &splits, extra, m.n_layers(), d, dev)?
             .with_prompt_lens(splits);
-        let ctx = StepCtx {
-            layout: &layout,
-            start: 0,
-            t: w,
-            mode: Mode::Gradient,
-        };
-        let mut cache = m.new_cache();
         let mut hooks = Sites {
             steering: Some(&plan),
             capture: None,
             monitor: None,
             cancel: Some(cancel),
         };
-        let out = m.forward_blocks(h, self.start..m.n_layers(), &ctx, &mut cache, &mut hooks)?;
+        let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
+        let (out, layout) = forward_from_prefix(m, &hs, self.start, &mut hooks)?; // [b, w, d]
+        let w = layout.width;
         // Columns that predict a completion token, their targets and their row.
         let (mut pick, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
         for (r, &i) in rows.iter().enumerate() {
