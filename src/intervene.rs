@@ -459,16 +459,16 @@ impl Slot {
         let out = self.apply_tensors(h, ctx, &masks)?;
         if ctx.mode == Mode::Inference {
             // The inference form of a learned module: the same check as the in-place
-            // operations (training refuses a non-finite loss instead).
-            let (_, t, d) = out.dims3()?;
-            let x = out.flatten_all()?.to_vec1::<f32>()?;
+            // operations (training refuses a non-finite loss instead), on the squared
+            // norms [b, t] computed where the values are (only they are read back).
+            let sq = out.sqr()?.sum(2)?.to_vec2::<f32>()?; // [b, t]
             for (r, m) in masks.iter().enumerate() {
                 let (Some(m), Some(ro)) = (m, &self.rows[r]) else {
                     continue;
                 };
                 for (j, _) in m.iter().enumerate().filter(|(_, &hit)| hit) {
-                    let row = &x[(r * t + j) * d..(r * t + j + 1) * d];
-                    check_normable(row, r, ro, site, ctx.position(r, j).unwrap_or(0))?;
+                    let pos = ctx.position(r, j).unwrap_or(0);
+                    check_normable(sq[r][j], None, r, ro, site, pos)?;
                 }
             }
         }
@@ -510,7 +510,9 @@ impl Slot {
                     }
                     Op::Module(_) => {}
                 }
-                check_normable(row, r, ro, site, ctx.position(r, j).unwrap_or(0))?;
+                let bad = row.iter().copied().find(|v| !v.is_finite());
+                let sq: f32 = row.iter().map(|v| v * v).sum();
+                check_normable(sq, bad, r, ro, site, ctx.position(r, j).unwrap_or(0))?;
             }
         }
         Ok(Tensor::from_vec(x, (b, t, d), h.device())?)
@@ -612,29 +614,35 @@ impl Slot {
     }
 }
 
-/// Refuse an edited activation the rest of the forward cannot carry: a non-finite value,
-/// or a squared norm beyond f32 (the next RMSNorm would square it to inf and normalise
+/// Refuse an edited activation the rest of the forward cannot carry, from its squared norm
+/// `sq` and its first non-finite value `bad` (when known): a non-finite value, or a squared
+/// norm beyond f32 (the next RMSNorm would square it to inf and normalise
 /// it to zeros). Finite inputs can overflow (a huge alpha, vector or beta): say so here
 /// instead of letting inf, NaN or a collapsed row run through the rest of the model.
-fn check_normable(row: &[f32], r: usize, ro: &RowOp, site: Site, pos: usize) -> Result<()> {
+fn check_normable(
+    sq: f32,
+    bad: Option<f32>,
+    r: usize,
+    ro: &RowOp,
+    site: Site,
+    pos: usize,
+) -> Result<()> {
     let what = match &ro.op {
         Op::Module(m) => m.name().to_string(),
         op => format!("{} operation", op.name()),
     };
-    if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+    if let Some(bad) = bad.or_else(|| sq.is_nan().then_some(sq)) {
         return Err(Error::invalid(format!(
             "row {r}: the {what} at {site} made the activation at position {pos} \
              non-finite ({bad}); its values are too large for this activation (expected a \
              result within f32's range)"
         )));
     }
-    let sq: f32 = row.iter().map(|v| v * v).sum();
     if !sq.is_finite() {
-        let big = row.iter().fold(0f32, |a, v| a.max(v.abs()));
         return Err(Error::invalid(format!(
             "row {r}: the {what} at {site} made the activation at position {pos} too \
-             large to normalise (largest entry {big:e}: its squared norm overflows f32); \
-             expected a result whose squared norm fits f32 (use a smaller strength)"
+             large to normalise (its squared norm overflows f32); expected a result whose \
+             squared norm fits f32 (use a smaller strength)"
         )));
     }
     Ok(())
