@@ -41,6 +41,24 @@ def task(name: str, split: str, lengths: str = "fixed") -> Any:
     return t.reversed() if name == "ioi" else t
 
 
+def parts(name: str, n_train: int | None, n_test: int | None, seed: int) -> tuple[Any, Any]:
+    """The train and held-out records of `name`, each cut to a seeded subset when a size
+    is given."""
+    train, test = task(name, "train"), task(name, "held_out")
+    if n_train is not None:
+        train = train.subset(n_train, seed=seed)
+    if n_test is not None:
+        test = test.subset(n_test, seed=seed)
+    return train, test
+
+
+def fit(model: Any, train: Any, kind: str, steps: int, seed: int, **kw: Any) -> Any:
+    """`sl.ActivationScalars.fit` on a task's records."""
+    return sl.ActivationScalars.fit(
+        model, train.prompts, train.targets, train.foils, kind=kind, steps=steps, seed=seed, **kw
+    )
+
+
 def measure(model: Any, t: Any, steering: Any) -> dict[str, float]:
     r = sl.evaluate.answer_flips(model, t.prompts, t.targets, t.foils, steering=steering)
     return {
@@ -62,33 +80,19 @@ def run(
     n_test: int | None = None,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
-    **fit: Any,
+    **fit_args: Any,
 ) -> tuple[dict[str, Any], dict[str, sl.ActivationScalars]]:
     """Train each kind on `name`'s train split and measure it on held-out records.
 
     Returns ``(figures, modules)``: figures per method (``"unsteered"`` and one per
     kind, plus ``"dynamic_varied"``), the trained modules by kind.
     """
-    train = task(name, "train")
-    test = task(name, "held_out")
-    if n_train is not None:
-        train = train.subset(n_train, seed=seed)
-    if n_test is not None:
-        test = test.subset(n_test, seed=seed)
+    train, test = parts(name, n_train, n_test, seed)
     out: dict[str, Any] = {"unsteered": measure(model, test, None)}
     modules = {}
     for kind in kinds:
         t0 = time.perf_counter()
-        sc = sl.ActivationScalars.fit(
-            model,
-            train.prompts,
-            train.targets,
-            train.foils,
-            kind=kind,
-            steps=steps,
-            seed=seed,
-            **fit,
-        )
+        sc = fit(model, train, kind, steps, seed, **fit_args)
         seconds = time.perf_counter() - t0
         modules[kind] = sc
         out[kind] = measure(model, test, sc) | {
@@ -123,29 +127,14 @@ def tradeoff(
     n_train: int | None = None,
     n_test: int | None = None,
     seed: int = 0,
-    **fit: Any,
+    **fit_args: Any,
 ) -> list[dict[str, Any]]:
     """How the loss weights trade effectiveness for faithfulness and minimality: one fit
     per (faithfulness, sparsity) setting, measured on held-out records."""
-    train, test = task(name, "train"), task(name, "held_out")
-    if n_train is not None:
-        train = train.subset(n_train, seed=seed)
-    if n_test is not None:
-        test = test.subset(n_test, seed=seed)
+    train, test = parts(name, n_train, n_test, seed)
     rows = []
     for faith, sparse in settings:
-        sc = sl.ActivationScalars.fit(
-            model,
-            train.prompts,
-            train.targets,
-            train.foils,
-            kind=kind,
-            steps=steps,
-            faithfulness=faith,
-            sparsity=sparse,
-            seed=seed,
-            **fit,
-        )
+        sc = fit(model, train, kind, steps, seed, faithfulness=faith, sparsity=sparse, **fit_args)
         l1 = float(sum(abs(a).sum() for a in sc.params.values()))
         rows.append(
             {"faithfulness": faith, "sparsity": sparse}
@@ -193,6 +182,14 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument(
+        "--sites",
+        type=float,
+        default=None,
+        metavar="SPARSITY",
+        help="instead: fit ActivScalar on the first task with this sparsity weight and list "
+        "its non-zero alphas by site, layer and token",
+    )
+    ap.add_argument(
         "--tradeoff",
         action="store_true",
         help="instead: ActivScalar on the first task under several loss weights",
@@ -201,12 +198,12 @@ def main() -> None:
     model = sl.Model.load(args.model, dtype=args.dtype)
     if args.sites is not None:
         train = task(args.tasks[0], "train")
-        sc = sl.ActivationScalars.fit(
+        sc = fit(
             model,
-            train.prompts,
-            train.targets,
-            train.foils,
-            steps=args.steps,
+            train,
+            "scalar",
+            args.steps,
+            0,
             lr=args.lr,
             batch_size=args.batch_size,
             sparsity=args.sites,

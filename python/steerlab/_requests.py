@@ -212,11 +212,12 @@ def load_requests(
 ) -> Requests:
     """The shipped harmful and benign requests (all written for the package).
 
-    At least 300 harmful requests in 12 categories (weapons, cyberattacks, fraud, drugs,
-    violence, harassment, privacy, self-harm, extremism, theft, misinformation, evading
-    the law) and at least 300 benign ones in 13 categories (everyday topics, plus 88
-    that look alarming on the surface, for measuring false refusals honestly), with
-    refusal and compliance openings. The request texts are requests only; they hold no
+    At least 300 harmful requests (weapons, cyberattacks, fraud, drugs, violence,
+    harassment, privacy, self-harm, extremism, theft, misinformation, evading the law)
+    and at least 300 benign ones (everyday topics, plus requests that look alarming on
+    the surface, for measuring false refusals honestly), with refusal and compliance
+    openings; `data/requests/README.md` gives the counts per category and split (a test
+    checks them against the data). The request texts are requests only; they hold no
     harmful content. Parsed once and cached.
 
     Args:
