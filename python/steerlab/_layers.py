@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -18,20 +18,6 @@ from steerlab.errors import InvalidArgumentError, InvalidTypeError, ShapeError
 POSITION_NAMES = ("all", "prompt", "generated", "last")
 #: The sites an operation or a capture can name.
 SITES = ("resid_post", "resid_mid", "attn_out", "mlp_out", "embed")
-#: The operations a `Steering` holds: the four fixed ones, then the learned modules of
-#: activation scaling (`steerlab.ActivationScalars`), whose strength beta is ``value``.
-OPERATIONS = (
-    "add",
-    "scale",
-    "project_out",
-    "clamp",
-    "activation_scalar",
-    "position_vectors",
-    "dynamic_scalar",
-)
-#: The learned operations: their ``value`` is a strength beta that `*` scales.
-LEARNED_OPERATIONS = ("activation_scalar", "position_vectors", "dynamic_scalar")
-
 PositionName: TypeAlias = Literal["all", "prompt", "generated", "last"]
 PositionsLike: TypeAlias = PositionName | int | Iterable[int]
 Positions: TypeAlias = PositionName | list[int]
@@ -45,6 +31,11 @@ OpName: TypeAlias = Literal[
     "position_vectors",
     "dynamic_scalar",
 ]
+#: The operations a `Steering` holds: the four fixed ones, then the learned modules of
+#: activation scaling (`steerlab.ActivationScalars`), whose strength beta is ``value``.
+OPERATIONS: tuple[str, ...] = get_args(OpName)
+#: The learned operations: their ``value`` is a strength beta that `*` scales.
+LEARNED_OPERATIONS = OPERATIONS[4:]
 Intervention: TypeAlias = tuple[str, int, str, npt.NDArray[np.float32], float, Positions]
 Row: TypeAlias = list[Intervention]
 
