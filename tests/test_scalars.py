@@ -114,8 +114,9 @@ def test_per_row_lists_and_generation(model: Any, fitted: dict[str, Any]) -> Non
     # Generation: the static module acts on the prompt, the answer comes out flipped.
     out = model.generate(PROMPTS[:2], steering=sc, max_new_tokens=2, temperature=0.0)
     assert [o.lstrip().split()[0].strip(".,") for o in out] == ["John", "Tom"], out
+    explicit = model.generate(["Hi"], steering=fitted["dynamic"], max_new_tokens=3, temperature=0.0)
     with model.steering(fitted["dynamic"]):
-        assert len(model.generate(["Hi"], max_new_tokens=3)) == 1
+        assert model.generate(["Hi"], max_new_tokens=3, temperature=0.0) == explicit
 
 
 def test_static_modules_refuse_another_length_and_dynamic_ones_transfer(
