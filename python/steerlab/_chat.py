@@ -12,7 +12,7 @@ from steerlab import _args, _core
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 from steerlab.templates import render_chat
 
-__all__ = ["chat_prompt"]
+__all__ = ["chat_prompt", "request_prompts"]
 
 
 def chat_prompt(
@@ -54,3 +54,42 @@ def chat_prompt(
     return render_chat(
         source, messages=checked, add_generation_prompt=add_generation_prompt, **variables
     )
+
+
+#: Stands in for a request while the template is rendered, to find what surrounds it.
+_MARK = "\x00steerlab-request\x00"
+
+
+def request_prompts(core: _core.Model, requests: Iterable[str], chat: Any = "auto") -> list[str]:
+    """User requests as the prompts the model reads: one path for every place that turns a
+    request into a prompt (caching activations to train a controller, its gate, refusal
+    evaluation), so training and inference see the same text.
+
+    Args:
+        core: the extension model.
+        requests: plain requests, or prompts already rendered by `Model.chat_prompt`.
+        chat: ``"auto"`` renders each request as a single user turn with the model's chat
+            template (``chat_prompt([{"role": "user", "content": r}])``) unless it already
+            ends with the template's assistant header (an already rendered prompt is kept
+            as it is), and keeps the texts as given on a model without a template; True
+            always renders (a model without a template is then an error); False never.
+
+    Raises:
+        InvalidArgumentError: ``chat=True`` on a model without a chat template, or `chat`
+            not one of True, False, "auto".
+        InvalidTypeError: a request that is not a str.
+    """
+    if not (chat is True or chat is False or chat == "auto"):
+        raise InvalidArgumentError(f"chat must be True, False or 'auto', got {_args.show(chat)}")
+    items = list(requests)
+    for i, r in enumerate(items):
+        if not isinstance(r, str):
+            raise InvalidTypeError(f"requests[{i}] must be a str, got {_args.show(r)}")
+    if chat is False or (chat == "auto" and not core.chat_template):
+        return items
+
+    def render(text: str) -> str:
+        return chat_prompt(core, [{"role": "user", "content": text}], True, None, {})
+
+    tail = render(_MARK).split(_MARK)[-1]
+    return [r if chat == "auto" and tail and r.endswith(tail) else render(r) for r in items]
