@@ -289,7 +289,6 @@ class Controller:
 
     def __new__(
         cls,
-        model: Model,
         read_layers: list[int],
         layers: list[int],
         hidden: int,
@@ -301,6 +300,9 @@ class Controller:
         b2: npt.NDArray[np.float32],
         directions: npt.NDArray[np.float32],
         strength: float,
+        *,
+        d_model: int,
+        n_layers: int,
     ) -> Controller: ...
     def outputs(self, states: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """sigma(outputs) [n, 1 + L] for raw read states [n, k*d]: gate, then weights."""
@@ -359,7 +361,6 @@ class ControllerTrainer:
     def stage2_validate(self) -> dict[str, float]: ...
     def keep(self) -> None: ...
     def restore_kept(self) -> None: ...
-    def controller(self) -> Controller: ...
     def params(self) -> dict[str, Any]: ...
 
 def save_learned(

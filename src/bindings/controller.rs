@@ -54,14 +54,15 @@ fn params_dict<'py>(
 
 #[pymethods]
 impl PyController {
-    /// Check and build a controller for `model` (layers may be negative).
+    /// Check and build a controller for a model of `n_layers` blocks of width `d_model`
+    /// (layers non-negative). Its tensors live on the CPU; it is checked against the
+    /// model again when a generation uses it.
     #[new]
-    #[pyo3(signature = (model, read_layers, layers, hidden, mean, scale, w1, b1, w2, b2, directions, strength))]
+    #[pyo3(signature = (read_layers, layers, hidden, mean, scale, w1, b1, w2, b2, directions, strength, *, d_model, n_layers))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        model: &PyModel,
-        read_layers: Vec<i64>,
-        layers: Vec<i64>,
+        read_layers: Vec<usize>,
+        layers: Vec<usize>,
         hidden: usize,
         mean: &Bound<'_, PyAny>,
         scale: &Bound<'_, PyAny>,
@@ -71,11 +72,12 @@ impl PyController {
         b2: &Bound<'_, PyAny>,
         directions: &Bound<'_, PyAny>,
         strength: f32,
+        d_model: usize,
+        n_layers: usize,
     ) -> PyResult<Self> {
-        let m = &model.inner;
         let p = ControllerParams {
-            read_layers: self::layers(m, read_layers)?,
-            layers: self::layers(m, layers)?,
+            read_layers,
+            layers,
             hidden,
             mean: vec_f32(mean, "mean")?,
             scale: vec_f32(scale, "scale")?,
@@ -86,7 +88,7 @@ impl PyController {
             directions: flat(directions, "directions")?,
             strength,
         };
-        let c = Controller::new(p, m.n_layers(), m.d_model(), &m.device)?;
+        let c = Controller::new(p, n_layers, d_model, &candle_core::Device::Cpu)?;
         Ok(PyController { inner: Arc::new(c) })
     }
 
@@ -347,14 +349,6 @@ impl PyControllerTrainer {
             self.with(|t| t.set_params(&s))?;
         }
         Ok(())
-    }
-
-    /// The controller with the current parameters.
-    fn controller(&self) -> PyResult<PyController> {
-        let p = self.with(|t| t.params())?;
-        let m = &self.model;
-        let c = Controller::new(p, m.n_layers(), m.d_model(), &m.device)?;
-        Ok(PyController { inner: Arc::new(c) })
     }
 
     /// The current parameters (as `Controller.params`).

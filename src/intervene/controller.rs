@@ -451,7 +451,7 @@ impl ControllerRun {
                     })?;
                 parts.push(st.index_select(&idx, 0)?.to_dtype(DType::F32)?); // [g, d]
             }
-            let x = Tensor::cat(&parts, 1)?; // [g, k·d]
+            let x = Tensor::cat(&parts, 1)?.to_device(c.device())?; // [g, k·d]
             for (&q, (g, cf)) in group.iter().zip(c.coefficients(&x)?) {
                 self.gate[q] = g;
                 self.coef[q] = cf;
