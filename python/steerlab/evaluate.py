@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _args, _core, plots
+from steerlab._continuation import continuation_kl
 from steerlab._generations import GenerationReport, steered_generations
 from steerlab._progress import progress_bar
 from steerlab._stats import spearman
@@ -67,6 +68,7 @@ __all__ = [
     "answer_flips_sweep",
     "answer_logit_diff",
     "compare_prompt_types",
+    "continuation_kl",
     "reliability_table",
     "spearman",
     "steerability",
