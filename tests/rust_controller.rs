@@ -77,13 +77,10 @@ fn params(n: usize) -> GenParams {
     }
 }
 
-/// (new ids, their log-probabilities, gates) of a generation.
-fn run(
-    m: &Arc<Model>,
-    rows: &[Vec<u32>],
-    steering: Option<&[RowSteering]>,
-    n: usize,
-) -> (Vec<Vec<u32>>, Vec<Vec<f32>>, Option<Vec<Vec<f32>>>) {
+/// New ids, their log-probabilities, and the gates of a generation.
+type Run = (Vec<Vec<u32>>, Vec<Vec<f32>>, Option<Vec<Vec<f32>>>);
+
+fn run(m: &Arc<Model>, rows: &[Vec<u32>], steering: Option<&[RowSteering]>, n: usize) -> Run {
     let mut g = Generation::new(m.clone(), rows, steering, params(n))
         .unwrap()
         .with_logprobs();
@@ -151,7 +148,7 @@ fn firing_controller_patches_every_steered_layer() {
             "{family}: log-probabilities differ by {worst}"
         );
         // Dropping either layer's patch changes the result: both layers are patched.
-        for skip in 0..LAYERS.len() {
+        for (skip, layer) in LAYERS.iter().enumerate() {
             let mut part = plan.clone();
             part.remove(skip);
             let other = run(&m, &rows, Some(&vec![part; rows.len()]), 5);
@@ -161,11 +158,7 @@ fn firing_controller_patches_every_steered_layer() {
                 .zip(&other.1)
                 .map(|(a, b)| max_diff(a, b))
                 .fold(0.0, f32::max);
-            assert!(
-                diff > 1e-4,
-                "{family}: layer {} made no difference",
-                LAYERS[skip]
-            );
+            assert!(diff > 1e-4, "{family}: layer {layer} made no difference");
         }
         // And the residual at the first steered layer moved by exactly the patch at the
         // position that predicts the first token.

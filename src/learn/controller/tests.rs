@@ -29,7 +29,7 @@ fn bce_is_the_textbook_formula_and_stays_finite() {
         .iter()
         .zip(&y)
         .map(|(&z, &y)| {
-            let p = 1.0 / (1.0 + (-z as f64).exp());
+            let p = 1.0 / (1.0 + (-z).exp());
             -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
         })
         .sum::<f64>()
