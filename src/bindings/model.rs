@@ -556,7 +556,7 @@ impl PyModel {
     /// `logprobs`)). `forced` gives each row's first new tokens instead of sampling them;
     /// the row then ends, or goes on sampling with `then_sample`.
     #[pyo3(signature = (batch, steering = None, config = None, forced = None, logprobs = false, then_sample = false))]
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn generate_traced(
         &self,
         py: Python<'_>,
