@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 import steerlab as sl
 from steerlab import _chat
 
@@ -56,7 +55,7 @@ def test_the_gate_separates_held_out_requests(
     gh = ctrl.gate(model, held.harmful[:20])
     gb = ctrl.gate(model, held.benign[:20])
     assert gh.shape == (20,) and gh.dtype == np.float32
-    assert 0.0 <= gh.min() and gh.max() <= 1.0
+    assert gh.min() >= 0.0 and gh.max() <= 1.0
     assert gh.mean() > 0.6 > 0.4 > gb.mean(), (gh.mean(), gb.mean())
     stage1 = [h for h in ctrl.history if h["stage"] == 1.0]
     assert len(stage1) == 5
@@ -157,7 +156,7 @@ def test_save_load_and_refusals(
     tiny = sl.Model.load(tiny_llama_dir, dtype="f32")
     with pytest.raises((sl.InvalidArgumentError, sl.ShapeError), match="model"):
         sl.SteeringController.load(path, tiny)
-    with pytest.raises(sl.SteerlabError, match="another model|d_model"):
+    with pytest.raises(sl.SteerlabError, match=r"another model|d_model"):
         tiny.generate(["hello"], steering=ctrl, max_new_tokens=2)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(path.read_bytes()[:200])
