@@ -505,7 +505,8 @@ impl Generation {
             t: 1,
             mode: Mode::Inference,
         };
-        let h = self.forward(&ids.narrow(1, pos, 1)?, &ctx, cancel)?;
+        let last = ids.narrow(1, pos, 1)?.contiguous()?; // [b, 1]
+        let h = self.forward(&last, &ctx, cancel)?;
         let again = m
             .logits_last(&h, Mode::Inference)?
             .flatten_all()?

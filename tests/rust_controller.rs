@@ -506,3 +506,82 @@ fn stage_two_loss_and_gradient_match_the_generation_path() {
         }
     }
 }
+
+#[test]
+fn one_controller_on_several_rows_equals_each_row_alone() {
+    let (_d, m) = tiny("llama");
+    let rows = rows();
+    let mut p = reading();
+    p.strength = 40.0;
+    let c = ctrl(&m, p);
+    let batch = run(&m, &rows, Some(&every(&c, rows.len())), 5);
+    for (r, row) in rows.iter().enumerate() {
+        let alone = run(&m, std::slice::from_ref(row), Some(&every(&c, 1)), 5);
+        assert_eq!(alone.0[0], batch.0[r], "row {r}");
+        assert!(
+            max_diff(&alone.1[0], &batch.1[r]) < 1e-5,
+            "row {r}: {:?} vs {:?}",
+            alone.1[0],
+            batch.1[r]
+        );
+        let (ga, gb) = (alone.2.unwrap(), batch.2.clone().unwrap());
+        assert!(
+            max_diff(&ga[0], &gb[r]) < 1e-5,
+            "row {r} gates {:?} vs {:?}",
+            ga[0],
+            gb[r]
+        );
+    }
+}
+
+/// The inference form of the network (one dot product per output, row by row) equals
+/// the training form (`controller_logits`, candle ops) within float rounding.
+#[test]
+fn inference_and_training_forms_of_the_network_agree() {
+    use steerlab::intervene::controller::controller_logits;
+    let (_d, m) = tiny("llama");
+    let p = reading();
+    let c = ctrl(&m, p.clone());
+    let kd = K * D;
+    let n = 4;
+    let raw: Vec<f32> = (0..n * kd)
+        .map(|i| ((i as f32) * 0.13).cos() * 2.0)
+        .collect();
+    let got = c
+        .outputs(&Tensor::from_vec(raw.clone(), (n, kd), &Device::Cpu).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let x: Vec<f32> = raw
+        .chunks(kd)
+        .flat_map(|r| {
+            r.iter()
+                .zip(&p.mean)
+                .zip(&p.scale)
+                .map(|((v, m), s)| (v - m) / s)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(v, s, &Device::Cpu).unwrap();
+    let l = LAYERS.len();
+    let o = controller_logits(
+        &t(&x, &[n, kd]),
+        &t(&p.w1, &[kd, H]),
+        &t(&p.b1, &[H]),
+        &t(&p.w2, &[H, 1 + l]),
+        &t(&p.b2, &[1 + l]),
+    )
+    .unwrap();
+    let want = candle_nn::ops::sigmoid(&o)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(max_diff(&got, &want) < 1e-5, "{got:?} vs {want:?}");
+    // One row alone gives the same bits as in a batch.
+    let one = c.row_outputs(&raw[kd..2 * kd]).unwrap();
+    assert_eq!(one, got[(1 + l)..2 * (1 + l)].to_vec());
+}

@@ -76,12 +76,11 @@ pub struct Controller {
     layers: Vec<usize>,
     hidden: usize,
     d: usize,
-    mean: Tensor,
-    inv_scale: Tensor,
-    w1: Tensor,
-    b1: Tensor,
-    w2: Tensor,
-    b2: Tensor,
+    /// Row-major values for the inference form: W1 and W2 transposed ([H, k·d] and
+    /// [1 + L, H]) so each output is one contiguous dot product.
+    inv_scale: Vec<f32>,
+    w1t: Vec<f32>,
+    w2t: Vec<f32>,
     /// [L, d] on the model's device, and as values.
     directions: Tensor,
     strength: f32,
@@ -183,18 +182,23 @@ impl Controller {
         let t = |v: &[f32], shape: &[usize]| -> Result<Tensor> {
             Ok(Tensor::from_slice(v, shape, device)?)
         };
-        let inv: Vec<f32> = p.scale.iter().map(|s| 1.0 / s).collect();
+        let transpose = |v: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            let mut out = vec![0f32; rows * cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    out[c * rows + r] = v[r * cols + c];
+                }
+            }
+            out
+        };
         Ok(Controller {
             read_layers: p.read_layers.clone(),
             layers: p.layers.clone(),
             hidden: h,
             d,
-            mean: t(&p.mean, &[kd])?,
-            inv_scale: t(&inv, &[kd])?,
-            w1: t(&p.w1, &[kd, h])?,
-            b1: t(&p.b1, &[h])?,
-            w2: t(&p.w2, &[h, 1 + l])?,
-            b2: t(&p.b2, &[1 + l])?,
+            inv_scale: p.scale.iter().map(|s| 1.0 / s).collect(),
+            w1t: transpose(&p.w1, kd, h),
+            w2t: transpose(&p.w2, h, 1 + l),
             directions: t(&p.directions, &[l, d])?,
             strength: p.strength,
             params: p,
@@ -245,40 +249,64 @@ impl Controller {
         Ok(())
     }
 
-    /// Standardise raw read states `h` [b, k·d] (the k read layers' residuals, in
-    /// `read_layers` order, concatenated).
-    pub fn standardise(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(h.broadcast_sub(&self.mean)?
-            .broadcast_mul(&self.inv_scale)?)
-    }
-
     /// Gate and layer weights σ(o) [b, 1 + L] for raw read states `h` [b, k·d].
     pub fn outputs(&self, h: &Tensor) -> Result<Tensor> {
-        let (_, kd) = h.dims2()?;
-        if kd != self.read_layers.len() * self.d {
-            return Err(Error::shape(format!(
-                "the controller reads [n, {}] states ({} layers x d_model {}), got [n, {kd}]",
-                self.read_layers.len() * self.d,
-                self.read_layers.len(),
-                self.d
-            )));
-        }
-        let x = self.standardise(&h.to_dtype(DType::F32)?)?;
-        let o = controller_logits(&x, &self.w1, &self.b1, &self.w2, &self.b2)?;
-        Ok(candle_nn::ops::sigmoid(&o)?)
+        let (n, kd) = h.dims2()?;
+        let x = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let rows = x
+            .chunks(kd.max(1))
+            .map(|r| self.row_outputs(r))
+            .collect::<Result<Vec<_>>>()?;
+        let cols = 1 + self.layers.len();
+        Ok(Tensor::from_vec(rows.concat(), (n, cols), h.device())?)
     }
 
-    /// The patch coefficients `α·g·w_i` [L] and the gate g of each row of `h` [b, k·d].
-    fn coefficients(&self, h: &Tensor) -> Result<Vec<(f32, Vec<f32>)>> {
-        let out = self.outputs(h)?.to_vec2::<f32>()?; // [b, 1 + L]
-        Ok(out
-            .into_iter()
-            .map(|o| {
-                let g = o[0];
-                let c = o[1..].iter().map(|w| self.strength * g * w).collect();
-                (g, c)
+    /// σ(o) [1 + L] for one row of raw read states [k·d], computed the same way whatever
+    /// the batch (one dot product per output, in a fixed order): a row's gate does not
+    /// depend on which rows share its call. This is the network of `controller_logits`
+    /// (the training form); the tests hold the two equal.
+    pub fn row_outputs(&self, h: &[f32]) -> Result<Vec<f32>> {
+        let kd = self.read_layers.len() * self.d;
+        if h.len() != kd {
+            return Err(Error::shape(format!(
+                "the controller reads [n, {kd}] states ({} layers x d_model {}), got {} values \
+                 per row",
+                self.read_layers.len(),
+                self.d,
+                h.len()
+            )));
+        }
+        let isa = crate::kernels::Isa::detect();
+        let p = &self.params;
+        let x: Vec<f32> = h
+            .iter()
+            .zip(&p.mean)
+            .zip(&self.inv_scale)
+            .map(|((v, m), s)| (v - m) * s)
+            .collect();
+        let hid: Vec<f32> = self
+            .w1t
+            .chunks(kd)
+            .zip(&p.b1)
+            .map(|(w, b)| (crate::kernels::vecops::dot(isa, &x, w) + b).max(0.0))
+            .collect();
+        Ok(self
+            .w2t
+            .chunks(self.hidden)
+            .zip(&p.b2)
+            .map(|(w, b)| {
+                let o = crate::kernels::vecops::dot(isa, &hid, w) + b;
+                1.0 / (1.0 + (-o).exp())
             })
             .collect())
+    }
+
+    /// The gate g and the patch coefficients `α·g·w_i` [L] for one row of raw read
+    /// states.
+    fn coefficients(&self, h: &[f32]) -> Result<(f32, Vec<f32>)> {
+        let o = self.row_outputs(h)?;
+        let g = o[0];
+        Ok((g, o[1..].iter().map(|w| self.strength * g * w).collect()))
     }
 }
 
@@ -410,52 +438,40 @@ impl ControllerRun {
     /// Recompute the gate and coefficients of the rows in `rows` (all rows with a
     /// controller when None) from the states this step read.
     pub fn update(&mut self, rows: Option<&[bool]>) -> Result<()> {
-        let b = self.rows.len();
-        let mut done: Vec<bool> = vec![false; b];
-        for r in 0..b {
+        // The read states as values, [b, d] per read layer.
+        let mut states: Vec<(usize, Vec<f32>)> = Vec::with_capacity(self.reads.len());
+        for (l, st) in &self.reads {
+            if let Some(st) = st {
+                states.push((
+                    *l,
+                    st.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                ));
+            }
+        }
+        for r in 0..self.rows.len() {
             let Some(c) = self.rows[r].clone() else {
                 continue;
             };
-            if done[r] {
+            if !rows.is_none_or(|m| m.get(r).copied().unwrap_or(false)) {
                 continue;
             }
-            // Every row running this same controller, computed in one call.
-            let group: Vec<usize> = (r..b)
-                .filter(|&q| {
-                    self.rows[q].as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))
-                        && rows.is_none_or(|m| m.get(q).copied().unwrap_or(false))
-                })
-                .collect();
-            for &q in &group {
-                done[q] = true;
-            }
-            if group.is_empty() {
-                continue;
-            }
-            let idx = Tensor::from_vec(
-                group.iter().map(|&q| q as u32).collect::<Vec<u32>>(),
-                group.len(),
-                c.directions.device(),
-            )?;
-            let mut parts = Vec::with_capacity(c.read_layers.len());
+            let d = c.d;
+            let mut x = Vec::with_capacity(c.read_layers.len() * d);
             for l in &c.read_layers {
-                let st = self
-                    .reads
+                let st = states
                     .iter()
                     .find(|(rl, _)| rl == l)
-                    .and_then(|(_, s)| s.as_ref())
+                    .map(|(_, v)| v)
                     .ok_or_else(|| {
                         Error::invalid(format!(
                             "the controller reads layer {l}, which this step never reached"
                         ))
                     })?;
-                parts.push(st.index_select(&idx, 0)?.to_dtype(DType::F32)?); // [g, d]
+                x.extend_from_slice(&st[r * d..(r + 1) * d]);
             }
-            let x = Tensor::cat(&parts, 1)?.to_device(c.device())?; // [g, k·d]
-            for (&q, (g, cf)) in group.iter().zip(c.coefficients(&x)?) {
-                self.gate[q] = g;
-                self.coef[q] = cf;
-            }
+            let (g, cf) = c.coefficients(&x)?;
+            self.gate[r] = g;
+            self.coef[r] = cf;
         }
         Ok(())
     }
