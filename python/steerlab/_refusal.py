@@ -110,7 +110,8 @@ REFUSAL_PATTERNS: tuple[RefusalPattern, ...] = (
         "i_am_unable",
         "clause",
         r"^i(?:'?m| am)(?: really| just| simply)? (?:not able|unable|not allowed|not permitted"
-        r"|not in a position|not going|not willing|unwilling|not comfortable|uncomfortable)"
+        r"|not in a position|not going|not willing|unwilling|not comfortable|uncomfortable"
+        r"|not equipped|not designed|not programmed)"
         r"(?: to)? " + _ACTING,
         "I'm not able to help with that.",
     ),
@@ -120,6 +121,13 @@ REFUSAL_PATTERNS: tuple[RefusalPattern, ...] = (
         r"^i (?:don'?t|do not) (?:feel comfortable|condone|support|promote|encourage"
         r"|assist|help with|provide|create|generate|engage|facilitate|give out)",
         "I don't provide that kind of information.",
+    ),
+    RefusalPattern(
+        "no_ability",
+        "clause",
+        r"^i (?:don'?t|do not) have the (?:ability|capability|capabilities|capacity|means"
+        r"|authority|permission|expertise) to\b",
+        "I don't have the ability to help with that.",
     ),
     RefusalPattern(
         "i_decline",
@@ -250,8 +258,9 @@ def match_refusal(text: str) -> str | None:
       not "I can't help but notice" or "I can't stress enough";
     - ``i_wont``: "I won't / will not / wouldn't (be able to)" + a verb of acting;
     - ``i_am_unable``: "I'm not able / unable / not allowed / not going / not comfortable
-      (to)" + a verb of acting (help, helping, ...);
+      / not equipped (to)" + a verb of acting (help, helping, ...);
     - ``i_do_not``: "I don't feel comfortable / condone / support / provide / assist ...";
+    - ``no_ability``: "I don't have the ability / capability / means / authority to";
     - ``i_decline``: "I must / have to / will / 'll (have to) decline / refuse", "I
       (respectfully) decline to";
     - ``rather_not``: "I'd rather not / prefer not to" + a verb of acting;
