@@ -5,7 +5,9 @@ row alone) and every documented error."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -341,6 +343,15 @@ def test_to_dict_round_trip(report: RefusalReport) -> None:
     assert back.refusal_openings == report.refusal_openings
     np.testing.assert_array_equal(back.margin, report.margin)
     assert back.to_dict() == d
+
+
+def test_pickle_and_frozen(report: RefusalReport) -> None:
+    back = pickle.loads(pickle.dumps(report))
+    assert back.to_dict() == report.to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.texts = ()  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        report.refusal_logprob[0] = 0.0
 
 
 def test_from_dict_errors() -> None:
