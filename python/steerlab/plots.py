@@ -805,6 +805,7 @@ def plot_refusal(report: RefusalData, ax: Axes | None = None) -> Figure:
     Returns:
         The matplotlib Figure.
     """
+    own = ax is None
     fig, ax = _axes(ax, (max(4.0, min(12.0, 0.12 * len(report.margin) + 3.0)), 3.5))
     margin = np.asarray(report.margin, dtype=np.float64)
     matched = np.asarray(report.matched, dtype=bool)
@@ -831,4 +832,6 @@ def plot_refusal(report: RefusalData, ax: Axes | None = None) -> Figure:
         fontsize=10,
     )
     ax.legend(loc="best", fontsize=8)
+    if own:
+        fig.tight_layout()
     return fig
