@@ -191,6 +191,37 @@ impl Monitor {
         Ok(())
     }
 
+    /// What this step recorded so far, per site ([b, d] each).
+    pub(crate) fn pending(&self) -> HashMap<Site, Tensor> {
+        self.current.clone()
+    }
+
+    /// Put back `saved` (from [`Monitor::pending`]) for the rows flagged in `rows`.
+    pub(crate) fn restore_rows(
+        &mut self,
+        saved: HashMap<Site, Tensor>,
+        rows: &[bool],
+    ) -> Result<()> {
+        for (site, old) in saved {
+            let Some(cur) = self.current.get(&site) else {
+                continue;
+            };
+            let parts = (0..cur.dim(0)?)
+                .map(|r| {
+                    let src = if rows.get(r).copied().unwrap_or(false) {
+                        &old
+                    } else {
+                        cur
+                    };
+                    src.narrow(0, r, 1)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let merged = Tensor::cat(&parts, 0)?;
+            self.current.insert(site, merged);
+        }
+        Ok(())
+    }
+
     /// Close one forward step: keep what it recorded at every site.
     pub fn end_step(&mut self) -> Result<()> {
         let mut parts = Vec::with_capacity(self.sites.len());

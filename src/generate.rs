@@ -11,7 +11,7 @@ use crate::cancel::Cancel;
 use crate::capture::{Capture, Captured, Monitor};
 use crate::error::{Error, Result};
 use crate::hooks::Sites;
-use crate::intervene::{RowSteering, SteeringPlan};
+use crate::intervene::{ControllerRun, RowSteering, SteeringPlan};
 use crate::model::attention::LayerCache;
 use crate::model::{BatchLayout, Mode, Model, Site, StepCtx};
 pub use crate::pool::in_pool;
@@ -94,8 +94,42 @@ fn py_float(x: f64) -> String {
 }
 
 /// Check a steering list against the batch (`lens`: each row's prompt length; `extra`:
-/// generated tokens the model reads after each prompt) and build its plan.
+/// generated tokens the model reads after each prompt) and build its plan, for a call
+/// that reads the prompt only (no steering controller: it needs the generation loop).
 pub fn plan_steering(
+    model: &Model,
+    steering: Option<&[RowSteering]>,
+    lens: &[usize],
+    extra: usize,
+) -> Result<Option<SteeringPlan>> {
+    let plan = build_plan(model, steering, lens, extra)?;
+    if plan.as_ref().is_some_and(SteeringPlan::has_controllers) {
+        return Err(Error::invalid(
+            "a steering controller acts during generation (it recomputes its gate at each \
+             decoding step): use it with generate, generate_stream, generate_monitored or \
+             continuation_logprobs; this call reads the prompt only (for the gate on the \
+             prompts use SteeringController.gate)",
+        ));
+    }
+    Ok(plan)
+}
+
+/// [`plan_steering`] for a generation: the plan without its controllers, and the
+/// controllers' per-call state.
+fn plan_generation(
+    model: &Model,
+    steering: Option<&[RowSteering]>,
+    lens: &[usize],
+    extra: usize,
+) -> Result<(Option<SteeringPlan>, Option<ControllerRun>)> {
+    let Some(mut plan) = build_plan(model, steering, lens, extra)? else {
+        return Ok((None, None));
+    };
+    let ctrl = ControllerRun::new(plan.take_controllers());
+    Ok(((!plan.is_empty()).then_some(plan), ctrl))
+}
+
+fn build_plan(
     model: &Model,
     steering: Option<&[RowSteering]>,
     lens: &[usize],
@@ -175,6 +209,7 @@ fn prefill(
         capture,
         monitor: None,
         cancel: Some(cancel),
+        controller: None,
     };
     let h = model.forward(&ids, &ctx, &mut cache, &mut hooks)?;
     Ok((h, layout))
@@ -236,6 +271,14 @@ pub struct Generation {
     finished: Vec<bool>,
     steps: usize,
     monitor: Option<Monitor>,
+    /// The rows' steering controllers (see [`crate::intervene::controller`]).
+    ctrl: Option<ControllerRun>,
+    /// Tokens fed instead of sampled, per row (the row ends after its last one).
+    forced: Option<Vec<Vec<u32>>>,
+    /// The log-probability of each new token, per row, when asked for.
+    logprobs: Option<Vec<Vec<f32>>>,
+    /// The last step's logits [b, vocab], row-major.
+    last_logits: Vec<f32>,
 }
 
 impl Generation {
@@ -265,7 +308,7 @@ impl Generation {
         }
         // The last new token is sampled but never fed: max_new_tokens - 1 are read.
         let extra = params.max_new_tokens.saturating_sub(1);
-        let plan = plan_steering(&model, steering, &layout.lens, extra)?;
+        let (plan, ctrl) = plan_generation(&model, steering, &layout.lens, extra)?;
         let base = params.seed.unwrap_or_else(|| rand::rng().random());
         let rngs = (0..rows.len())
             .map(|r| StdRng::seed_from_u64(base.wrapping_add(r as u64)))
@@ -285,7 +328,79 @@ impl Generation {
             finished,
             steps: 0,
             monitor: None,
+            ctrl,
+            forced: None,
+            logprobs: None,
+            last_logits: Vec::new(),
         })
+    }
+
+    /// Feed `forced[r]` as row r's new tokens instead of sampling them (teacher forcing
+    /// with generation semantics: steering positions and controllers act as in
+    /// generation); a row ends after its last forced token, and eos tokens among them do
+    /// not end it. Errors: `InvalidArgument` for a count of rows that is not the batch's,
+    /// or a row with more tokens than `max_new_tokens`; `OutOfRange` for a token id
+    /// outside the vocabulary.
+    pub fn with_forced(mut self, forced: Vec<Vec<u32>>) -> Result<Self> {
+        let b = self.layout.rows();
+        if forced.len() != b {
+            return Err(Error::invalid(format!(
+                "{} forced continuations for {b} prompts; expected one per prompt",
+                forced.len()
+            )));
+        }
+        let vocab = self.model.cfg.vocab_size;
+        for (r, f) in forced.iter().enumerate() {
+            if let Some(&t) = f.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::out_of_range(format!(
+                    "forced continuation {r}: token id {t} is out of range for a vocabulary \
+                     of {vocab}"
+                )));
+            }
+            if f.len() > self.params.max_new_tokens {
+                return Err(Error::invalid(format!(
+                    "forced continuation {r} has {} tokens, more than max_new_tokens = {}",
+                    f.len(),
+                    self.params.max_new_tokens
+                )));
+            }
+            if f.is_empty() {
+                self.finished[r] = true;
+            }
+        }
+        self.forced = Some(forced);
+        Ok(self)
+    }
+
+    /// Also record the log-probability (natural log) of each new token under the
+    /// distribution it was drawn from (or forced into); read with
+    /// [`Generation::logprobs`].
+    pub fn with_logprobs(mut self) -> Self {
+        self.logprobs = Some(vec![Vec::new(); self.layout.rows()]);
+        self
+    }
+
+    /// Each row's new-token log-probabilities (None unless asked for).
+    pub fn logprobs(&self) -> Option<&[Vec<f32>]> {
+        self.logprobs.as_deref()
+    }
+
+    /// Each row's controller gate at the position that predicted each new token (None
+    /// without a controller; empty for a row without one).
+    pub fn gates(&self) -> Option<Vec<Vec<f32>>> {
+        let c = self.ctrl.as_ref()?;
+        Some(
+            c.gates_used()
+                .iter()
+                .zip(&self.generated)
+                .map(|(g, toks)| g.iter().take(toks.len()).copied().collect())
+                .collect(),
+        )
+    }
+
+    /// The last step's logits, row-major [b, vocab] (empty before the first step).
+    pub fn last_logits(&self) -> &[f32] {
+        &self.last_logits
     }
 
     /// Also record, at `sites`, the activation that produced each generated token (see
@@ -323,6 +438,90 @@ impl Generation {
         in_pool(|| self.step_inner(None))
     }
 
+    /// One forward of `input` on this generation's cache with its hooks (steering,
+    /// monitor, controllers, cancellation).
+    fn forward(
+        &mut self,
+        input: &Tensor,
+        ctx: &StepCtx,
+        cancel: Option<&Cancel>,
+    ) -> Result<Tensor> {
+        let mut hooks = Sites {
+            steering: self.plan.as_ref(),
+            capture: None,
+            monitor: self.monitor.as_mut(),
+            cancel,
+            controller: self.ctrl.as_mut(),
+        };
+        self.model.forward(input, ctx, &mut self.cache, &mut hooks)
+    }
+
+    /// The prefill. With controllers: it only reads (the first gate comes from the
+    /// prompt's unpatched last token); then, when some row's patch is not zero, the last
+    /// prompt position runs again with the patch on the cache of the positions before it
+    /// (which the patch does not change), and the rows whose patch is zero keep the
+    /// prefill's logits, cache and monitored states exactly.
+    fn prefill_step(&mut self, cancel: Option<&Cancel>) -> Result<Vec<f32>> {
+        let m = self.model.clone();
+        let layout = self.layout.clone();
+        let ids = self.ids.clone();
+        if let Some(c) = self.ctrl.as_mut() {
+            c.patching = false;
+        }
+        let h = self.forward(&ids, &StepCtx::prefill(&layout), cancel)?;
+        let mut flat = m
+            .logits_last(&h, Mode::Inference)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let Some(c) = self.ctrl.as_mut() else {
+            return Ok(flat);
+        };
+        c.update(None)?;
+        c.patching = true;
+        let b = layout.rows();
+        let active: Vec<bool> = (0..b).map(|r| c.active(r)).collect();
+        c.record_use(&vec![true; b]);
+        if !active.iter().any(|&a| a) {
+            return Ok(flat);
+        }
+        let pos = layout.width - 1;
+        let cols = self
+            .cache
+            .iter()
+            .map(|lc| lc.column(pos))
+            .collect::<Result<Vec<_>>>()?;
+        for lc in self.cache.iter_mut() {
+            lc.truncate(pos)?;
+        }
+        let saved = self.monitor.as_ref().map(Monitor::pending);
+        let ctx = StepCtx {
+            layout: &layout,
+            start: pos,
+            t: 1,
+            mode: Mode::Inference,
+        };
+        let h = self.forward(&ids.narrow(1, pos, 1)?, &ctx, cancel)?;
+        let again = m
+            .logits_last(&h, Mode::Inference)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let vocab = flat.len() / b.max(1);
+        let keep: Vec<bool> = active.iter().map(|a| !a).collect();
+        for r in (0..b).filter(|&r| active[r]) {
+            flat[r * vocab..(r + 1) * vocab].copy_from_slice(&again[r * vocab..(r + 1) * vocab]);
+        }
+        for (lc, col) in self.cache.iter_mut().zip(&cols) {
+            lc.restore_rows(col, pos, &keep)?;
+        }
+        if let (Some(mon), Some(saved)) = (self.monitor.as_mut(), saved) {
+            mon.restore_rows(saved, &keep)?;
+        }
+        if let Some(c) = self.ctrl.as_mut() {
+            c.update(Some(&active))?;
+        }
+        Ok(flat)
+    }
+
     /// One step, on the engine's pool; a set `cancel` stops the prefill between blocks
     /// (the generation is then unusable: its KV cache is partly written).
     fn step_inner(&mut self, cancel: Option<&Cancel>) -> Result<Option<Vec<Option<u32>>>> {
@@ -330,8 +529,8 @@ impl Generation {
             return Ok(None);
         }
         let m = self.model.clone();
-        let (input, ctx) = if self.steps == 0 {
-            (self.ids.clone(), StepCtx::prefill(&self.layout))
+        let flat = if self.steps == 0 {
+            self.prefill_step(cancel)?
         } else {
             let last: Vec<u32> = self
                 .generated
@@ -339,29 +538,31 @@ impl Generation {
                 .map(|g| g.last().copied().unwrap_or(0))
                 .collect();
             let b = last.len();
-            (
-                Tensor::from_vec(last, (b, 1), &m.device)?,
-                StepCtx {
-                    layout: &self.layout,
-                    start: self.layout.width + self.steps - 1,
-                    t: 1,
-                    mode: Mode::Inference,
-                },
-            )
+            let input = Tensor::from_vec(last, (b, 1), &m.device)?;
+            let layout = self.layout.clone();
+            let ctx = StepCtx {
+                layout: &layout,
+                start: layout.width + self.steps - 1,
+                t: 1,
+                mode: Mode::Inference,
+            };
+            if let Some(c) = self.ctrl.as_mut() {
+                let live: Vec<bool> = self.finished.iter().map(|f| !f).collect();
+                c.record_use(&live);
+            }
+            let h = self.forward(&input, &ctx, cancel)?;
+            if let Some(c) = self.ctrl.as_mut() {
+                c.update(None)?;
+            }
+            m.logits_last(&h, Mode::Inference)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
         };
-        let mut hooks = Sites {
-            steering: self.plan.as_ref(),
-            capture: None,
-            monitor: self.monitor.as_mut(),
-            cancel,
-        };
-        let h = m.forward(&input, &ctx, &mut self.cache, &mut hooks)?;
         if let Some(mon) = self.monitor.as_mut() {
             mon.end_step()?;
         }
-        let logits = m.logits_last(&h, Mode::Inference)?; // [b, vocab]
-        let (b, vocab) = logits.dims2()?;
-        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+        let b = self.layout.rows();
+        let vocab = flat.len() / b.max(1);
         self.steps += 1;
         let mut out = Vec::with_capacity(b);
         for r in 0..b {
@@ -370,8 +571,15 @@ impl Generation {
                 continue;
             }
             let row = &flat[r * vocab..(r + 1) * vocab];
-            let tok = sample(row, &self.params, &mut self.rngs[r]);
-            if !self.params.ignore_eos && m.tokenizer.eos_ids.contains(&tok) {
+            let forced = self.forced.as_ref().map(|f| &f[r]);
+            let tok = match forced.and_then(|f| f.get(self.generated[r].len())) {
+                Some(&t) => t,
+                None => sample(row, &self.params, &mut self.rngs[r]),
+            };
+            if let Some(lp) = self.logprobs.as_mut() {
+                lp[r].push(token_logprob(row, tok));
+            }
+            if forced.is_none() && !self.params.ignore_eos && m.tokenizer.eos_ids.contains(&tok) {
                 self.finished[r] = true;
                 out.push(None);
                 continue;
@@ -379,15 +587,20 @@ impl Generation {
             self.generated[r].push(tok);
             out.push(Some(tok));
             let len = self.layout.lens[r] + self.generated[r].len();
-            if self.generated[r].len() >= self.params.max_new_tokens || len >= m.cfg.max_context {
+            let n = self.generated[r].len();
+            if forced.is_some_and(|f| n >= f.len())
+                || n >= self.params.max_new_tokens
+                || len >= m.cfg.max_context
+            {
                 self.finished[r] = true;
-            } else if !self.params.stop.is_empty() {
+            } else if !self.params.stop.is_empty() && forced.is_none() {
                 let text = m.tokenizer.decode(&self.generated[r], true)?;
                 if self.params.stop.iter().any(|s| text.contains(s.as_str())) {
                     self.finished[r] = true;
                 }
             }
         }
+        self.last_logits = flat;
         Ok(Some(out))
     }
 
@@ -408,6 +621,86 @@ impl Generation {
             Ok(())
         })
     }
+}
+
+/// `log softmax(logits)[tok]` in f64 (the max subtracted first), as f32.
+fn token_logprob(logits: &[f32], tok: u32) -> f32 {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = f64::from(mx)
+        + logits
+            .iter()
+            .map(|&x| (f64::from(x) - f64::from(mx)).exp())
+            .sum::<f64>()
+            .ln();
+    let x = logits
+        .get(tok as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
+    (f64::from(x) - lse) as f32
+}
+
+/// `KL(softmax(p) || softmax(q))` in nats, in f64, for two rows of logits.
+fn kl_logits(p: &[f32], q: &[f32]) -> f64 {
+    let lse = |x: &[f32]| {
+        let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        mx + x.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln()
+    };
+    let (lp, lq) = (lse(p), lse(q));
+    p.iter()
+        .zip(q)
+        .map(|(&a, &b)| {
+            let la = a as f64 - lp;
+            let pa = la.exp();
+            if pa == 0.0 {
+                0.0
+            } else {
+                pa * (la - (b as f64 - lq))
+            }
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// Teacher-forced continuations under two steerings at once: for each row, at each
+/// position that predicts a token of `forced[r]` (the prompt's last token, then each
+/// forced token but the last), `KL(p_reference || p_steered)` in nats, the reference
+/// being the unsteered model. Both runs take the generation path (controllers recompute
+/// their gate each step). Stops with `Error::Interrupted` within one step of `cancel`.
+pub fn forced_kl(
+    model: Arc<Model>,
+    rows: &[Vec<u32>],
+    forced: Vec<Vec<u32>>,
+    steering: Option<&[RowSteering]>,
+    cancel: &Cancel,
+) -> Result<Vec<Vec<f32>>> {
+    let params = GenParams {
+        max_new_tokens: forced.iter().map(Vec::len).max().unwrap_or(0),
+        ..Default::default()
+    };
+    let mut base =
+        Generation::new(model.clone(), rows, None, params.clone())?.with_forced(forced.clone())?;
+    let mut steered = Generation::new(model, rows, steering, params)?.with_forced(forced)?;
+    let mut out = vec![Vec::new(); rows.len()];
+    in_pool(|| -> Result<()> {
+        loop {
+            cancel.check()?;
+            let (Some(a), Some(_)) = (
+                base.step_inner(Some(cancel))?,
+                steered.step_inner(Some(cancel))?,
+            ) else {
+                return Ok(());
+            };
+            let (p, q) = (base.last_logits(), steered.last_logits());
+            let v = p.len() / rows.len().max(1);
+            for (r, tok) in a.iter().enumerate() {
+                if tok.is_some() {
+                    let kl = kl_logits(&p[r * v..(r + 1) * v], &q[r * v..(r + 1) * v]);
+                    out[r].push(kl as f32);
+                }
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// Pick a token from one row of logits.

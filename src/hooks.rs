@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use crate::cancel::Cancel;
 use crate::capture::{Capture, Monitor};
 use crate::error::Result;
-use crate::intervene::SteeringPlan;
+use crate::intervene::{ControllerRun, SteeringPlan};
 use crate::model::{Hooks, Site, StepCtx};
 
 /// Steering, then capture, at every site; cancellation checked before each block, so a
@@ -18,12 +18,18 @@ pub struct Sites<'a> {
     /// Records the positions that predict each generated token (generation only).
     pub monitor: Option<&'a mut Monitor>,
     pub cancel: Option<&'a Cancel>,
+    /// Steering controllers of a generation (patch, then read the last position).
+    pub controller: Option<&'a mut ControllerRun>,
 }
 
 impl Hooks for Sites<'_> {
     fn at(&mut self, site: Site, h: Tensor, ctx: &StepCtx) -> Result<Tensor> {
         let h = match self.steering {
             Some(plan) => plan.apply(site, h, ctx)?,
+            None => h,
+        };
+        let h = match self.controller.as_deref_mut() {
+            Some(c) => c.at(site, h, ctx)?,
             None => h,
         };
         if let Some(cap) = self.capture.as_deref_mut() {

@@ -23,6 +23,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 use crate::model::{Mode, Site, StepCtx};
 
+pub mod controller;
+pub use controller::{Controller, ControllerParams, ControllerRun};
+
 /// Which positions of a row an intervention touches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Positions {
@@ -154,6 +157,10 @@ pub enum Op {
     Clamp { dir: Tensor, value: f32 },
     /// A learned module.
     Module(Arc<dyn SiteModule>),
+    /// The weighted steering controller: it acts on several layers at once and needs the
+    /// generation loop (it is taken out of the plan into a [`ControllerRun`]); its
+    /// intervention's site and positions are not used.
+    Controller(Arc<Controller>),
 }
 
 impl Op {
@@ -164,6 +171,7 @@ impl Op {
             Op::ProjectOut(_) => "project_out",
             Op::Clamp { .. } => "clamp",
             Op::Module(_) => "module",
+            Op::Controller(_) => "controller",
         }
     }
 }
@@ -187,6 +195,16 @@ pub struct Intervention {
 }
 
 impl Intervention {
+    /// Run `controller` on this row (during generation; see [`controller`]).
+    pub fn controller(controller: Arc<Controller>) -> Self {
+        let site = Site::ResidPost(controller.layers().first().copied().unwrap_or(0));
+        Intervention {
+            site,
+            positions: Positions::Last,
+            op: Op::Controller(controller),
+        }
+    }
+
     /// Add `vector` [d_model] to the residual stream after block `layer` (the classic
     /// steering vector).
     pub fn add(layer: usize, vector: Tensor, positions: Positions) -> Self {
@@ -221,6 +239,8 @@ pub struct SteeringPlan {
     /// training sequence is prompt + completion fed at once; the completion plays the
     /// generated tokens).
     prompt_lens: Option<Vec<usize>>,
+    /// Each row's steering controller (at most one per row), for the generation loop.
+    controllers: Vec<Option<Arc<Controller>>>,
 }
 
 impl fmt::Debug for SteeringPlan {
@@ -269,9 +289,20 @@ impl SteeringPlan {
             )));
         }
         let mut checked: Vec<Vec<(Site, RowOp)>> = Vec::with_capacity(b);
+        let mut controllers: Vec<Option<Arc<Controller>>> = vec![None; b];
         for (r, row) in rows.iter().enumerate() {
             let mut ops = Vec::with_capacity(row.len());
             for iv in row {
+                if let Op::Controller(c) = &iv.op {
+                    c.check_model(n_layers, d_model)?;
+                    if controllers[r].replace(c.clone()).is_some() {
+                        return Err(Error::invalid(format!(
+                            "row {r} has two steering controllers; expected at most one per \
+                             row"
+                        )));
+                    }
+                    continue;
+                }
                 ops.push((
                     iv.site,
                     check(iv, r, lens[r], extra, n_layers, d_model, device)?,
@@ -308,11 +339,24 @@ impl SteeringPlan {
         Ok(SteeringPlan {
             per_site,
             prompt_lens: None,
+            controllers,
         })
     }
 
+    /// No operation at any site and no controller.
     pub fn is_empty(&self) -> bool {
-        self.per_site.is_empty()
+        self.per_site.is_empty() && !self.has_controllers()
+    }
+
+    pub fn has_controllers(&self) -> bool {
+        self.controllers.iter().any(Option::is_some)
+    }
+
+    /// Move the rows' controllers out of the plan (for the generation loop's
+    /// [`ControllerRun`]).
+    pub fn take_controllers(&mut self) -> Vec<Option<Arc<Controller>>> {
+        let b = self.controllers.len();
+        std::mem::replace(&mut self.controllers, vec![None; b])
     }
 
     /// Apply this plan's operations at `site` to h [b, t, d] on this step.
@@ -404,6 +448,7 @@ fn check(
             m.check(r, len, d)?;
             Vec::new()
         }
+        Op::Controller(_) => Vec::new(),
     };
     let op = match &iv.op {
         Op::Add(v) => Op::Add(v.to_device(device)?),
@@ -414,6 +459,7 @@ fn check(
             value: *value,
         },
         Op::Module(m) => Op::Module(m.clone()),
+        Op::Controller(c) => Op::Controller(c.clone()),
     };
     Ok(RowOp {
         op,
@@ -508,7 +554,7 @@ impl Slot {
                             .zip(v)
                             .for_each(|(h, u)| *h += (value - p) * u);
                     }
-                    Op::Module(_) => {}
+                    Op::Module(_) | Op::Controller(_) => {}
                 }
                 let bad = row.iter().copied().find(|v| !v.is_finite());
                 let sq: f32 = row.iter().map(|v| v * v).sum();
@@ -607,6 +653,7 @@ impl Slot {
                     };
                     module.apply(&hr, &mask, &sctx)?
                 }
+                Op::Controller(_) => hr,
             };
             out.push(e);
         }

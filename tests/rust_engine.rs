@@ -278,6 +278,7 @@ fn gradient_reaches_steering_vector() {
             capture: None,
             monitor: None,
             cancel: None,
+            controller: None,
         };
         let h = m
             .forward_embeds(m.embed(&ids).unwrap(), &ctx, &mut cache, &mut sites)

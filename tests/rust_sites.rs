@@ -160,6 +160,7 @@ fn run(m: &Model, mode: Mode, steps: usize, steer: bool) -> (Vec<f32>, Vec<Vec<f
             capture: (k == 0).then_some(&mut cap),
             monitor: None,
             cancel: None,
+            controller: None,
         };
         let h = m.forward(&input, &ctx, &mut cache, &mut hooks).unwrap();
         out.extend(h.flatten_all().unwrap().to_vec1::<f32>().unwrap());
@@ -570,6 +571,7 @@ fn modes_agree_on_smollm2_f32() {
                 capture: None,
                 monitor: None,
                 cancel: None,
+                controller: None,
             };
             let h = m.forward(&input, &ctx, &mut cache, &mut hooks).unwrap();
             let lg = m.logits_last(&h, mode).unwrap();

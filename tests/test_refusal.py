@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -160,40 +159,6 @@ def test_matcher_rejects_non_str() -> None:
 # ------------------------------------------------------------------ on the model
 
 
-def _shim(
-    self: Any,
-    prompts: Any,
-    continuations: Any,
-    steering: Any = None,
-    *,
-    batch_size: int = 8,
-    progress: Any = None,
-) -> list[np.ndarray]:
-    """TEMPORARY: `Model.continuation_logprobs` through `token_logprobs` on prompt +
-    continuation, until the real one lands on main."""
-    lps = self.token_logprobs(
-        [p + c for p, c in zip(prompts, continuations, strict=True)],
-        steering,
-        batch_size,
-        progress=progress,
-    )
-    out = []
-    for c, lp in zip(continuations, lps, strict=True):
-        n = len(self.encode(c, add_special_tokens=False))
-        out.append(np.asarray(lp[-n:], dtype=np.float32))
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _continuation_logprobs() -> Iterator[None]:
-    if hasattr(sl.Model, "continuation_logprobs"):
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sl.Model, "continuation_logprobs", _shim, raising=False)
-        yield
-
-
 N_NEW = 12
 K = 2
 
@@ -304,6 +269,73 @@ def test_steering_changes_the_result(
     assert steered.texts != report.texts
     assert not np.allclose(steered.margin, report.margin, atol=0.1)
     assert steered.refusal_openings == report.refusal_openings
+
+
+def test_judge_scores_with_generation_semantics(
+    model: Any, report: RefusalReport, requests4: list[str], big_steering: Any
+) -> None:
+    # A steering on generated positions only leaves the prompt alone; the openings the
+    # judge forces are generated positions, so their log-probabilities must move.
+    vector = big_steering.vectors[10]
+    later = sl.Steering({10: vector}, positions="generated")
+    steered = refusal_rate(model, requests4, later, max_new_tokens=N_NEW, judge_openings=K)
+    assert steered.texts != report.texts
+    assert np.abs(steered.refusal_logprob - report.refusal_logprob).min() > 0.1
+
+
+@pytest.fixture(scope="module")
+def controller(model: Any) -> Any:
+    train = sl.datasets.load_requests().split("train")
+    return sl.SteeringController.fit(
+        model,
+        train.harmful[:6],
+        train.benign[:6],
+        hidden=16,
+        epochs=2,
+        strength=40.0,
+        progress=False,
+    )
+
+
+def test_controller_steering(
+    model: Any, report: RefusalReport, requests4: list[str], controller: Any
+) -> None:
+    r = refusal_rate(model, requests4, controller, max_new_tokens=N_NEW, judge_openings=K)
+    rendered = request_prompts(model._core, requests4)
+    assert list(r.texts) == model.generate(rendered, steering=controller, max_new_tokens=N_NEW)
+    assert r.texts != report.texts
+    # The same call layout as refusal_rate's (all prompts in one batch, one opening).
+    rows = np.array(
+        [
+            [
+                float(lp.astype(np.float64).sum())
+                for lp in model.continuation_logprobs(rendered, [o] * len(rendered), controller)
+            ]
+            for o in r.compliance_openings
+        ]
+    )
+    np.testing.assert_allclose(r.compliance_logprob, np.logaddexp.reduce(rows, axis=0), atol=1e-4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the controller's forced log-probs of a row depend on the batch it runs in "
+    "(0.05-0.27 nats per token at strength 40; the plain Steering is bit-exact): engine "
+    "issue, reported to the lead",
+)
+def test_controller_rows_equal_each_row_alone(
+    model: Any, requests4: list[str], controller: Any
+) -> None:
+    mixed = refusal_rate(
+        model,
+        requests4,
+        [controller, None, controller, None],
+        max_new_tokens=N_NEW,
+        judge_openings=1,
+    )
+    alone = refusal_rate(model, requests4[2], controller, max_new_tokens=N_NEW, judge_openings=1)
+    assert mixed.texts[2] == alone.texts[0]
+    np.testing.assert_allclose(mixed.margin[2], alone.margin[0], atol=2e-3)
 
 
 def test_with_block_applies_like_generate(

@@ -20,6 +20,7 @@ from steerlab._batches import MonitoredGeneration
 from steerlab._core import __version__
 from steerlab._progress import set_progress
 from steerlab.contrast import PROMPT_TYPES, ContrastPair, ContrastPairs
+from steerlab.controller import SteeringController
 from steerlab.diagnostics import DiagnosisReport, diagnose
 from steerlab.errors import (
     BackendError,
@@ -61,6 +62,7 @@ __all__ = [
     "OutOfRangeError",
     "ShapeError",
     "Steering",
+    "SteeringController",
     "SteeringVector",
     "SteerlabError",
     "TemplateError",

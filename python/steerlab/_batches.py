@@ -196,6 +196,41 @@ def generate(
     return new_ids
 
 
+def traced(
+    core: _core.Model,
+    ids: list[list[int]],
+    rows: list[Row] | None,
+    config: _core.GenConfig,
+    forced: list[list[int]] | None,
+    logprobs: bool,
+    batch_size: int,
+    progress: bool | None,
+    desc: str = "generate",
+) -> tuple[list[list[int]], list[list[float]] | None, list[list[float]] | None]:
+    """`_core.Model.generate_traced` over checked ids in batches: new ids, controller
+    gates (None when no batch ran a controller) and new-token log-probabilities."""
+    new_ids: list[list[int]] = []
+    gates: list[list[float]] = []
+    lps: list[list[float]] = []
+    any_gate = False
+    with Batches(len(ids), batch_size, progress, desc, "prompt") as batches:
+        for start, stop in batches:
+            with batches.errors(start, stop):
+                out, g, lp = core.generate_traced(
+                    ids[start:stop],
+                    batch_rows(rows, start, stop),
+                    config,
+                    None if forced is None else forced[start:stop],
+                    logprobs,
+                )
+            new_ids.extend(list(r) for r in out)
+            any_gate = any_gate or g is not None
+            gates.extend([list(x) for x in g] if g is not None else [[] for _ in out])
+            if lp is not None:
+                lps.extend(list(x) for x in lp)
+    return new_ids, (gates if any_gate else None), (lps if logprobs else None)
+
+
 @dataclass(frozen=True)
 class MonitoredGeneration:
     """One prompt's generation with the activations that produced it.

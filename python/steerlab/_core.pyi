@@ -7,7 +7,7 @@ them again and raises the exceptions below.
 
 import os
 from collections.abc import Sequence
-from typing import Literal, final
+from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +15,8 @@ import numpy.typing as npt
 __all__ = [
     "BackendError",
     "ContextLengthError",
+    "Controller",
+    "ControllerTrainer",
     "GenConfig",
     "Generation",
     "InvalidArgumentError",
@@ -70,10 +72,12 @@ _Positions = Literal["all", "prompt", "generated", "last"] | list[int]
 # the end); or (site, layer, op, array, value, positions): op "add" (array = v),
 # "scale" (h * (1 + alpha), array = alpha [1] or one per position), "project_out"
 # (array = unit u) or "clamp" (projection on unit u set to value) at site
-# "resid_post" / "resid_mid" / "attn_out" / "mlp_out" / "embed" of block `layer`.
+# "resid_post" / "resid_mid" / "attn_out" / "mlp_out" / "embed" of block `layer`; or a
+# `Controller`, which steers generations only (at most one per row).
 _Intervention = (
     tuple[int, npt.NDArray[np.float32], _Positions]
     | tuple[str, int, str, npt.NDArray[np.float32], float, _Positions]
+    | "Controller"
 )
 # One list of interventions per batch row (an empty list: that row is not steered).
 _RowSteering = Sequence[_Intervention]
@@ -163,6 +167,27 @@ class Model:
     ) -> tuple[list[list[int]], list[npt.NDArray[np.float32]]]:
         """`generate`, also recording at `layers` (site `site`) the activation that
         produced each new token: one [len(layers), n_new_r, d_model] array per row."""
+
+    def generate_traced(
+        self,
+        batch: list[list[int]],
+        steering: Sequence[_RowSteering] | None = None,
+        config: GenConfig | None = None,
+        forced: list[list[int]] | None = None,
+        logprobs: bool = False,
+    ) -> tuple[list[list[int]], list[list[float]] | None, list[list[float]] | None]:
+        """`generate` with traces: (new ids, the controller gate at the position that
+        predicted each new token (None without a controller), each new token's
+        log-probability (None unless `logprobs`)); `forced` feeds given tokens."""
+
+    def forced_kl(
+        self,
+        batch: list[list[int]],
+        forced: list[list[int]],
+        steering: Sequence[_RowSteering] | None = None,
+    ) -> list[npt.NDArray[np.float32]]:
+        """Per row, KL(unsteered || steered) in nats at each position predicting a token
+        of the forced continuation."""
 
     def start_generation(
         self,
@@ -257,6 +282,86 @@ class ScalarTrainer:
     @property
     def layout(self) -> int | None: ...
     def params(self, best: bool = True) -> list[tuple[str, int, list[npt.NDArray[np.float32]]]]: ...
+
+@final
+class Controller:
+    """A steering controller checked against one model (see `steerlab.controller`)."""
+
+    def __new__(
+        cls,
+        read_layers: list[int],
+        layers: list[int],
+        hidden: int,
+        mean: npt.NDArray[np.float32],
+        scale: npt.NDArray[np.float32],
+        w1: npt.NDArray[np.float32],
+        b1: npt.NDArray[np.float32],
+        w2: npt.NDArray[np.float32],
+        b2: npt.NDArray[np.float32],
+        directions: npt.NDArray[np.float32],
+        strength: float,
+        *,
+        d_model: int,
+        n_layers: int,
+    ) -> Controller: ...
+    def outputs(self, states: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """sigma(outputs) [n, 1 + L] for raw read states [n, k*d]: gate, then weights."""
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def read_layers(self) -> list[int]: ...
+    @property
+    def layers(self) -> list[int]: ...
+    @property
+    def hidden(self) -> int: ...
+    @property
+    def strength(self) -> float: ...
+
+_Stage2Example = tuple[list[int], int, npt.NDArray[np.float32]]
+
+@final
+class ControllerTrainer:
+    """A controller training run: stage 1 (gate, on cached states) by epochs, stage 2
+    (end to end through the model) by steps."""
+
+    def __new__(
+        cls,
+        model: Model,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.float32],
+        xv: npt.NDArray[np.float32],
+        yv: npt.NDArray[np.float32],
+        read_layers: list[int],
+        layers: list[int],
+        directions: npt.NDArray[np.float32],
+        *,
+        hidden: int = 1024,
+        strength: float = 4.0,
+        weight_reg: float = 0.01,
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        max_grad_norm: float | None = ...,  # 1.0
+        batch_size: int = 8,
+        seed: int = 0,
+    ) -> ControllerTrainer: ...
+    def epoch(self) -> dict[str, float]: ...
+    def restore_best(self) -> None: ...
+    def start_stage2(
+        self,
+        harmful: list[_Stage2Example],
+        benign: list[_Stage2Example],
+        val_harmful: list[_Stage2Example],
+        val_benign: list[_Stage2Example],
+        *,
+        kl_weight: float = 1.0,
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        max_grad_norm: float | None = ...,  # 1.0
+    ) -> None: ...
+    def stage2_step(self) -> dict[str, float]: ...
+    def stage2_validate(self) -> dict[str, float]: ...
+    def keep(self) -> None: ...
+    def restore_kept(self) -> None: ...
+    def params(self) -> dict[str, Any]: ...
 
 def save_learned(
     path: str | os.PathLike[str],

@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, overload
 
+import numpy as np
+import numpy.typing as npt
+
 from steerlab import _active, _args, _batches, _core
 from steerlab._batches import MonitoredGeneration
 from steerlab._checks import check_layers
 from steerlab._layers import SiteName, check_site
 from steerlab._sampling import Sampling, cut_at_stop, stream
-from steerlab.errors import InvalidTypeError
+from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["Generating"]
 
@@ -178,6 +181,60 @@ class Generating:
                 cut_at_stop(self._core.decode(row, True), sampling.stop)[0] for row in new_ids
             ]
         return results[0] if single else results
+
+    def continuation_logprobs(
+        self,
+        prompts: str | Sequence[str],
+        continuations: str | Sequence[str],
+        steering: Any = None,
+        *,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> list[npt.NDArray[np.float32]]:
+        """Log-probability of each token of a given continuation of each prompt, computed
+        by the generation loop with the continuation forced (teacher forcing with
+        generation semantics): steering positions ('last', 'generated', indices past the
+        prompt) and steering controllers (whose gate is recomputed at every step) act
+        exactly as they would while generating that continuation.
+
+        Args:
+            prompts: a str or a list of str (used as given).
+            continuations: one str per prompt, encoded without special tokens and fed
+                after the prompt; each must encode to at least one token.
+            steering: as in `generate` (a list gives each prompt its own).
+            batch_size: prompts per batch.
+            progress: show a progress bar (None: when there is more than one batch).
+
+        Returns:
+            One float32 array ``[n_i]`` per prompt: ``log p(c_j | prompt, c_<j)`` in nats
+            for each token ``c_j`` of continuation i.
+
+        Raises:
+            InvalidTypeError: a prompt or continuation that is not a str.
+            InvalidArgumentError: no prompts, a count of continuations that is not the
+                count of prompts, a continuation that encodes to no token, a bad steering.
+            OutOfRangeError, ShapeError, ContextLengthError: as in `generate`.
+        """
+        items, _ = _args.texts(prompts, "prompts")
+        conts, _ = _args.texts(continuations, "continuations")
+        if len(conts) != len(items):
+            raise InvalidArgumentError(
+                f"{len(conts)} continuations for {len(items)} prompts; expected one per prompt"
+            )
+        batch_size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+        rows = _active.rows(self, steering, len(items))
+        ids = _batches.encode(self._core, items, "prompts")
+        forced = [self._core.encode(t, False) for t in conts]
+        if empty := [i for i, f in enumerate(forced) if not f]:
+            raise InvalidArgumentError(
+                f"continuation {empty[0]} ({conts[empty[0]]!r}) encodes to no token; expected "
+                "a non-empty continuation"
+            )
+        config = _core.GenConfig(max_new_tokens=max(len(f) for f in forced), ignore_eos=True)
+        _, _, lps = _batches.traced(
+            self._core, ids, rows, config, forced, True, batch_size, progress, "score"
+        )
+        return [np.asarray(lp, dtype=np.float32) for lp in (lps or [])]
 
     def generate_monitored(
         self,

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeAlias, cast, get_args
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _args
+from steerlab import _args, _core
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, ShapeError
 
 #: Named position sets an operation can apply to (or pass a list of indices).
@@ -37,7 +37,8 @@ OPERATIONS: tuple[str, ...] = get_args(OpName)
 #: The learned operations: their ``value`` is a strength beta that `*` scales.
 LEARNED_OPERATIONS = OPERATIONS[4:]
 Intervention: TypeAlias = tuple[str, int, str, npt.NDArray[np.float32], float, Positions]
-Row: TypeAlias = list[Intervention]
+#: One batch row: operations, or the engine's steering controller (generation only).
+Row: TypeAlias = list["Intervention | _core.Controller"]
 
 
 def check_positions(positions: Any) -> Positions:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -426,8 +426,7 @@ def _opening_logprobs(
     per-prompt steering list passes through unchanged."""
     out = np.empty((len(rendered), len(openings)), dtype=np.float64)
     for j, opening in enumerate(openings):
-        # cast: Model.continuation_logprobs is landing on main in parallel (drop it then).
-        rows = cast(Any, model).continuation_logprobs(
+        rows = model.continuation_logprobs(
             rendered,
             [_after(p, opening) for p in rendered],
             steering,

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _args, _core, plots
+from steerlab._continuation import continuation_kl
 from steerlab._generations import GenerationReport, steered_generations
 from steerlab._progress import progress_bar
 from steerlab._refusal import RefusalReport, refusal_rate
@@ -72,6 +73,7 @@ __all__ = [
     "answer_flips_sweep",
     "answer_logit_diff",
     "compare_prompt_types",
+    "continuation_kl",
     "refusal_rate",
     "reliability_table",
     "spearman",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnswerFlipsData",
+    "ControllerData",
     "DiagnosisData",
     "GenerationData",
     "LayerData",
@@ -36,6 +37,7 @@ __all__ = [
     "SteerabilityData",
     "plot_answer_flips",
     "plot_beta_sweep",
+    "plot_controller",
     "plot_correlation",
     "plot_cosine_histogram",
     "plot_diagnosis",
@@ -773,6 +775,73 @@ def plot_beta_sweep(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+class ControllerData(Protocol):
+    """What `plot_controller` reads (a `steerlab.SteeringController`)."""
+
+    layers: list[int]
+    history: list[dict[str, float]]
+    training: dict[str, Any]
+
+
+def plot_controller(ctrl: ControllerData, ax: Any = None) -> Figure:
+    """A steering controller's training and per-layer weights: left, the stage-1 train and
+    validation BCE per epoch (and the validation accuracy), then the stage-2 loss per step
+    when there was a stage 2; right, the mean layer weight ``w_l`` over the validation
+    harmful and benign prompts (``training["layer_weights"]``), with the mean gates in the
+    title.
+
+    Args:
+        ctrl: the controller.
+        ax: None (a new figure with two panels) or a sequence of two Axes.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    plt = _plt()
+    if ax is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.5))
+    else:
+        axes = list(ax)
+        if len(axes) != 2:
+            raise InvalidArgumentError(f"ax must hold 2 Axes, got {len(axes)}")
+        fig = axes[0].figure
+    left, right = axes
+    s1 = [h for h in ctrl.history if h.get("stage") == 1.0]
+    s2 = [h for h in ctrl.history if h.get("stage") == 2.0]
+    if s1:
+        ep = [int(h["epoch"]) + 1 for h in s1]
+        left.plot(ep, [h["bce"] for h in s1], "o-", color=POS_COLOR, label="train BCE")
+        left.plot(ep, [h["val_bce"] for h in s1], "s--", color=NEG_COLOR, label="val BCE")
+        left.plot(ep, [h["val_acc"] for h in s1], "^:", color="#555555", label="val accuracy")
+        left.set_xlabel("stage-1 epoch")
+    if s2:
+        twin = left.twiny()
+        steps = [int(h["step"]) + 1 for h in s2]
+        twin.plot(steps, [h["loss"] for h in s2], color="#7a5195", alpha=0.7, label="stage-2 loss")
+        val = [(st, h["val_loss"]) for st, h in zip(steps, s2, strict=True) if "val_loss" in h]
+        if val:
+            twin.plot(*zip(*val, strict=True), "D", color="#7a5195", label="stage-2 val loss")
+        twin.set_xlabel("stage-2 step")
+        twin.legend(loc="upper center", fontsize=7)
+    left.set_title("training")
+    left.legend(fontsize=7)
+    lw = ctrl.training.get("layer_weights") or {}
+    x = np.asarray(ctrl.layers)
+    if lw:
+        right.plot(x, lw.get("harmful", []), "o-", color=NEG_COLOR, label="harmful (validation)")
+        right.plot(x, lw.get("benign", []), "s-", color=POS_COLOR, label="benign (validation)")
+        right.set_ylim(-0.02, 1.02)
+        right.legend(fontsize=7)
+    gates = ctrl.training.get("validation_gate") or {}
+    title = "per-layer weight w_l"
+    if gates:
+        title += f" (mean gate: harmful {gates['harmful']:.2f}, benign {gates['benign']:.2f})"
+    right.set_title(title, fontsize=9)
+    right.set_xlabel("steered layer")
+    fig.tight_layout()
+    return cast("Figure", fig)
 
 
 class RefusalData(Protocol):

@@ -549,6 +549,10 @@ def _one_row(item: Any) -> Row:
         return []
     if isinstance(item, Steering):
         return item.to_rows()
+    row_item = getattr(item, "_row_item", None)
+    if callable(row_item):
+        # An engine module that is not a per-site operation (a steering controller).
+        return [row_item()]
     to_steering = getattr(item, "to_steering", None)
     if callable(to_steering):
         item = to_steering()

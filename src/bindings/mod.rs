@@ -2,6 +2,7 @@
 
 mod arrays;
 mod cancel;
+mod controller;
 mod errors;
 mod learn;
 mod model;
@@ -26,6 +27,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyGenConfig>()?;
     m.add_class::<learn::PyVectorTrainer>()?;
     m.add_class::<learn::PyScalarTrainer>()?;
+    m.add_class::<controller::PyController>()?;
+    m.add_class::<controller::PyControllerTrainer>()?;
     m.add_function(wrap_pyfunction!(learn::save_learned, m)?)?;
     m.add_function(wrap_pyfunction!(learn::load_learned, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::fit_direction, m)?)?;

@@ -138,6 +138,9 @@ fn extract_intervention(
              layer, op, array, value, positions) tuple"
         ))
     };
+    if let Ok(c) = item.cast::<super::controller::PyController>() {
+        return Ok(Intervention::controller(c.get().inner.clone()));
+    }
     if let Ok((layer, vec, pos)) = item.extract::<(i64, Bound<'_, PyAny>, Bound<'_, PyAny>)>() {
         let layer = model.resolve_layer(layer)?;
         let vector = vector_from_numpy(
@@ -545,6 +548,58 @@ impl PyModel {
             .map(|(data, shape)| Ok(to_numpy(py, data, &shape)?.into_any()))
             .collect::<PyResult<Vec<_>>>()?;
         Ok((g.into_generated(), arrays))
+    }
+
+    /// Generate with the traces a controller evaluation needs: (new ids per row, the
+    /// controller gate at the position that predicted each new token per row (None
+    /// without a controller), the log-probability of each new token per row (None unless
+    /// `logprobs`)). `forced` gives each row's new tokens instead of sampling them.
+    #[pyo3(signature = (batch, steering = None, config = None, forced = None, logprobs = false))]
+    #[allow(clippy::type_complexity)]
+    fn generate_traced(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        steering: Option<&Bound<'_, PyAny>>,
+        config: Option<&PyGenConfig>,
+        forced: Option<Vec<Vec<u32>>>,
+        logprobs: bool,
+    ) -> PyResult<(Vec<Vec<u32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>)> {
+        let mut g = self.start(py, batch, steering, config)?;
+        if let Some(f) = forced {
+            g = g.with_forced(f)?;
+        }
+        if logprobs {
+            g = g.with_logprobs();
+        }
+        interruptible(py, |cancel| g.run_all(cancel))?;
+        let gates = g.gates();
+        let lps = g.logprobs().map(<[Vec<f32>]>::to_vec);
+        Ok((g.into_generated(), gates, lps))
+    }
+
+    /// Per row, `KL(p_unsteered || p_steered)` in nats at each position that predicts a
+    /// token of `forced[r]` (teacher-forced, generation semantics).
+    #[pyo3(signature = (batch, forced, steering = None))]
+    fn forced_kl<'py>(
+        &self,
+        py: Python<'py>,
+        batch: &Bound<'py, PyAny>,
+        forced: Vec<Vec<u32>>,
+        steering: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let rows = extract_batch(batch)?;
+        let steering = extract_steering(&self.inner, steering)?;
+        let m = self.inner.clone();
+        let out = interruptible(py, |cancel| {
+            crate::generate::forced_kl(m, &rows, forced, steering.as_deref(), cancel)
+        })?;
+        out.into_iter()
+            .map(|r| {
+                let n = r.len();
+                Ok(to_numpy(py, r, &[n])?.into_any())
+            })
+            .collect()
     }
 
     #[pyo3(signature = (batch, steering = None, config = None))]

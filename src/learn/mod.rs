@@ -15,6 +15,7 @@
 
 pub mod artifact;
 pub mod batches;
+pub mod controller;
 mod fused;
 pub mod losses;
 mod prefix;

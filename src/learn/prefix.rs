@@ -34,7 +34,7 @@ pub(crate) fn frozen_prefix(
     Ok(out)
 }
 
-/// Blocks `start..` of the model in `Mode::Gradient` on frozen-prefix rows `hs` (each
+/// Blocks `start..` of the model in `mode` (`Mode::Gradient` to train) on frozen-prefix rows `hs` (each
 /// `[len_r, d]`, the output of blocks `0..start`), left-padded into one batch, with
 /// `hooks` at the sites: the output `[b, width, d]` and the batch layout.
 pub(crate) fn forward_from_prefix(
@@ -42,6 +42,7 @@ pub(crate) fn forward_from_prefix(
     hs: &[&Tensor],
     start: usize,
     hooks: &mut dyn Hooks,
+    mode: Mode,
 ) -> Result<(Tensor, BatchLayout)> {
     let layout = BatchLayout::new(
         hs.iter()
@@ -53,7 +54,7 @@ pub(crate) fn forward_from_prefix(
         layout: &layout,
         start: 0,
         t: layout.width,
-        mode: Mode::Gradient,
+        mode,
     };
     let mut cache = model.new_cache();
     let out = model.forward_blocks(h, start..model.n_layers(), &ctx, &mut cache, hooks)?;

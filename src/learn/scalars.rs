@@ -560,7 +560,7 @@ impl ScalarTraining {
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
-        let (out, layout) = forward_from_prefix(model, &hs, start, hooks)?; // [b, w, d]
+        let (out, layout) = forward_from_prefix(model, &hs, start, hooks, Mode::Gradient)?; // [b, w, d]
         let w = layout.width;
         let last = out.narrow(1, w - 1, 1)?.squeeze(1)?; // [b, d]: left padding ends every row at w - 1
         model.logits_all(&last, Mode::Gradient) // [b, V]
@@ -655,6 +655,7 @@ impl ScalarTraining {
             capture: None,
             monitor: None,
             cancel: Some(cancel),
+            controller: None,
         };
         let logits = Self::last_logits(m, &self.data, idx, self.start, &mut hooks)?;
         let pairs: Vec<(u32, u32)> = idx

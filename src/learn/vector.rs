@@ -264,9 +264,10 @@ impl VectorTraining {
             capture: None,
             monitor: None,
             cancel: Some(cancel),
+            controller: None,
         };
         let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
-        let (out, layout) = forward_from_prefix(m, &hs, self.start, &mut hooks)?; // [b, w, d]
+        let (out, layout) = forward_from_prefix(m, &hs, self.start, &mut hooks, Mode::Gradient)?; // [b, w, d]
         let w = layout.width;
         // Columns that predict a completion token, their targets and their row.
         let (mut pick, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());

@@ -57,6 +57,141 @@ struct KvBuffers {
     cap: usize,
 }
 
+/// The keys and values of one cache column for every row (see
+/// [`LayerCache::column`]).
+#[derive(Debug, Clone)]
+pub struct KvColumn {
+    /// Buffers: [b, n_kv, hd] each; tensors: [b, n_kv, 1, hd] each.
+    k: ColumnData,
+    v: ColumnData,
+}
+
+#[derive(Debug, Clone)]
+enum ColumnData {
+    Values(Vec<f32>),
+    Tensor(Tensor),
+}
+
+impl LayerCache {
+    /// The number of cached positions.
+    pub fn len(&self) -> Result<usize> {
+        Ok(match &self.kv {
+            None => 0,
+            Some(Kv::Buffers(c)) => c.len,
+            Some(Kv::Tensors(k, _)) => k.dim(2)?,
+            Some(Kv::Unrotated { k, .. }) => k.dim(1)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A copy of the keys and values at cached position `pos` of every row, to put back
+    /// with [`LayerCache::restore_rows`]. Errors: `OutOfRange` for a position not cached;
+    /// `InvalidArgument` for the gradient-mode cache (generation never holds one).
+    pub fn column(&self, pos: usize) -> Result<KvColumn> {
+        let n = self.len()?;
+        if pos >= n {
+            return Err(Error::out_of_range(format!(
+                "KV cache position {pos} is not cached ({n} positions)"
+            )));
+        }
+        match &self.kv {
+            Some(Kv::Buffers(c)) => {
+                let take = |src: &Vec<f32>| {
+                    let mut out = Vec::with_capacity(c.b * c.n_kv * c.hd);
+                    for bg in 0..c.b * c.n_kv {
+                        let at = (bg * c.cap + pos) * c.hd;
+                        out.extend_from_slice(&src[at..at + c.hd]);
+                    }
+                    out
+                };
+                Ok(KvColumn {
+                    k: ColumnData::Values(take(&c.k)),
+                    v: ColumnData::Values(take(&c.v)),
+                })
+            }
+            Some(Kv::Tensors(k, v)) => Ok(KvColumn {
+                k: ColumnData::Tensor(k.narrow(2, pos, 1)?.contiguous()?),
+                v: ColumnData::Tensor(v.narrow(2, pos, 1)?.contiguous()?),
+            }),
+            _ => Err(Error::invalid(
+                "this KV cache holds a gradient-mode step; expected a generation's cache",
+            )),
+        }
+    }
+
+    /// Forget every cached position from `len` on.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        match &mut self.kv {
+            None => {}
+            Some(Kv::Buffers(c)) => c.len = c.len.min(len),
+            Some(Kv::Tensors(k, v)) => {
+                let n = k.dim(2)?.min(len);
+                *k = k.narrow(2, 0, n)?;
+                *v = v.narrow(2, 0, n)?;
+            }
+            Some(Kv::Unrotated { .. }) => {
+                return Err(Error::invalid(
+                    "this KV cache holds a gradient-mode step; expected a generation's cache",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Put `col` (taken by [`LayerCache::column`] at `pos`) back at `pos` for the rows
+    /// flagged in `rows`.
+    pub fn restore_rows(&mut self, col: &KvColumn, pos: usize, rows: &[bool]) -> Result<()> {
+        if pos >= self.len()? {
+            return Err(Error::out_of_range(format!(
+                "KV cache position {pos} is not cached"
+            )));
+        }
+        match (&mut self.kv, &col.k, &col.v) {
+            (Some(Kv::Buffers(c)), ColumnData::Values(ck), ColumnData::Values(cv)) => {
+                for r in (0..c.b).filter(|&r| rows.get(r).copied().unwrap_or(false)) {
+                    for g in 0..c.n_kv {
+                        let bg = r * c.n_kv + g;
+                        let at = (bg * c.cap + pos) * c.hd;
+                        c.k[at..at + c.hd].copy_from_slice(&ck[bg * c.hd..(bg + 1) * c.hd]);
+                        c.v[at..at + c.hd].copy_from_slice(&cv[bg * c.hd..(bg + 1) * c.hd]);
+                    }
+                }
+            }
+            (Some(Kv::Tensors(k, v)), ColumnData::Tensor(ck), ColumnData::Tensor(cv)) => {
+                let put = |cur: &Tensor, col: &Tensor| -> Result<Tensor> {
+                    let b = cur.dim(0)?;
+                    let n = cur.dim(2)?;
+                    let mut parts = Vec::with_capacity(b);
+                    for r in 0..b {
+                        let row = cur.narrow(0, r, 1)?;
+                        if !rows.get(r).copied().unwrap_or(false) {
+                            parts.push(row);
+                            continue;
+                        }
+                        let mut seg = vec![row.narrow(2, 0, pos)?, col.narrow(0, r, 1)?];
+                        if pos + 1 < n {
+                            seg.push(row.narrow(2, pos + 1, n - pos - 1)?);
+                        }
+                        parts.push(Tensor::cat(&seg, 2)?);
+                    }
+                    Ok(Tensor::cat(&parts, 0)?)
+                };
+                *k = put(k, ck)?;
+                *v = put(v, cv)?;
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "a KV cache column does not match the cache it is put back into",
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
 impl KvBuffers {
     fn new(b: usize, n_kv: usize, hd: usize) -> Self {
         KvBuffers {
