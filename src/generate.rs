@@ -273,8 +273,10 @@ pub struct Generation {
     monitor: Option<Monitor>,
     /// The rows' steering controllers (see [`crate::intervene::controller`]).
     ctrl: Option<ControllerRun>,
-    /// Tokens fed instead of sampled, per row (the row ends after its last one).
+    /// Tokens fed instead of sampled, per row, and whether a row goes on sampling after
+    /// them (else it ends after its last one).
     forced: Option<Vec<Vec<u32>>>,
+    then_sample: bool,
     /// The log-probability of each new token, per row, when asked for.
     logprobs: Option<Vec<Vec<f32>>>,
     /// The last step's logits [b, vocab], row-major.
@@ -330,18 +332,20 @@ impl Generation {
             monitor: None,
             ctrl,
             forced: None,
+            then_sample: false,
             logprobs: None,
             last_logits: Vec::new(),
         })
     }
 
-    /// Feed `forced[r]` as row r's new tokens instead of sampling them (teacher forcing
-    /// with generation semantics: steering positions and controllers act as in
-    /// generation); a row ends after its last forced token, and eos tokens among them do
-    /// not end it. Errors: `InvalidArgument` for a count of rows that is not the batch's,
-    /// or a row with more tokens than `max_new_tokens`; `OutOfRange` for a token id
-    /// outside the vocabulary.
-    pub fn with_forced(mut self, forced: Vec<Vec<u32>>) -> Result<Self> {
+    /// Feed `forced[r]` as row r's first new tokens instead of sampling them (teacher
+    /// forcing with generation semantics: steering positions and controllers act as in
+    /// generation); eos tokens among them do not end the row. With `then_sample` false a
+    /// row ends after its last forced token; with true it goes on sampling up to
+    /// `max_new_tokens` (counting the forced ones). Errors: `InvalidArgument` for a
+    /// count of rows that is not the batch's, or a row with more tokens than
+    /// `max_new_tokens`; `OutOfRange` for a token id outside the vocabulary.
+    pub fn with_forced(mut self, forced: Vec<Vec<u32>>, then_sample: bool) -> Result<Self> {
         let b = self.layout.rows();
         if forced.len() != b {
             return Err(Error::invalid(format!(
@@ -364,11 +368,12 @@ impl Generation {
                     self.params.max_new_tokens
                 )));
             }
-            if f.is_empty() {
+            if f.is_empty() && !then_sample {
                 self.finished[r] = true;
             }
         }
         self.forced = Some(forced);
+        self.then_sample = then_sample;
         Ok(self)
     }
 
@@ -571,15 +576,26 @@ impl Generation {
                 continue;
             }
             let row = &flat[r * vocab..(r + 1) * vocab];
-            let forced = self.forced.as_ref().map(|f| &f[r]);
-            let tok = match forced.and_then(|f| f.get(self.generated[r].len())) {
-                Some(&t) => t,
+            let forced_tok = self
+                .forced
+                .as_ref()
+                .and_then(|f| f[r].get(self.generated[r].len()))
+                .copied();
+            // Rows that end with their forced tokens (teacher forcing only).
+            let forced = self
+                .forced
+                .as_ref()
+                .filter(|_| !self.then_sample)
+                .map(|f| &f[r]);
+            let tok = match forced_tok {
+                Some(t) => t,
                 None => sample(row, &self.params, &mut self.rngs[r]),
             };
             if let Some(lp) = self.logprobs.as_mut() {
                 lp[r].push(token_logprob(row, tok));
             }
-            if forced.is_none() && !self.params.ignore_eos && m.tokenizer.eos_ids.contains(&tok) {
+            if forced_tok.is_none() && !self.params.ignore_eos && m.tokenizer.eos_ids.contains(&tok)
+            {
                 self.finished[r] = true;
                 out.push(None);
                 continue;
@@ -593,7 +609,7 @@ impl Generation {
                 || len >= m.cfg.max_context
             {
                 self.finished[r] = true;
-            } else if !self.params.stop.is_empty() && forced.is_none() {
+            } else if !self.params.stop.is_empty() && forced_tok.is_none() {
                 let text = m.tokenizer.decode(&self.generated[r], true)?;
                 if self.params.stop.iter().any(|s| text.contains(s.as_str())) {
                     self.finished[r] = true;
@@ -677,9 +693,9 @@ pub fn forced_kl(
         max_new_tokens: forced.iter().map(Vec::len).max().unwrap_or(0),
         ..Default::default()
     };
-    let mut base =
-        Generation::new(model.clone(), rows, None, params.clone())?.with_forced(forced.clone())?;
-    let mut steered = Generation::new(model, rows, steering, params)?.with_forced(forced)?;
+    let mut base = Generation::new(model.clone(), rows, None, params.clone())?
+        .with_forced(forced.clone(), false)?;
+    let mut steered = Generation::new(model, rows, steering, params)?.with_forced(forced, false)?;
     let mut out = vec![Vec::new(); rows.len()];
     in_pool(|| -> Result<()> {
         loop {

@@ -266,7 +266,7 @@ fn forced_tokens_give_the_prefill_log_probabilities() {
     let (ids, lps, _) = run(&m, &rows, None, 4);
     let mut g = Generation::new(m.clone(), &rows, None, params(4))
         .unwrap()
-        .with_forced(ids.clone())
+        .with_forced(ids.clone(), false)
         .unwrap()
         .with_logprobs();
     g.run_all(&Cancel::new()).unwrap();
@@ -463,7 +463,7 @@ fn stage_two_loss_and_gradient_match_the_generation_path() {
                 params(harmful.1.len()),
             )
             .unwrap()
-            .with_forced(vec![harmful.1.clone()])
+            .with_forced(vec![harmful.1.clone()], false)
             .unwrap()
             .with_logprobs();
             g.run_all(&Cancel::new()).unwrap();

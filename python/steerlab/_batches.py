@@ -206,6 +206,7 @@ def traced(
     batch_size: int,
     progress: bool | None,
     desc: str = "generate",
+    then_sample: bool = False,
 ) -> tuple[list[list[int]], list[list[float]] | None, list[list[float]] | None]:
     """`_core.Model.generate_traced` over checked ids in batches: new ids, controller
     gates (None when no batch ran a controller) and new-token log-probabilities."""
@@ -222,6 +223,7 @@ def traced(
                     config,
                     None if forced is None else forced[start:stop],
                     logprobs,
+                    then_sample,
                 )
             new_ids.extend(list(r) for r in out)
             any_gate = any_gate or g is not None

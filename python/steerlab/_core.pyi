@@ -175,10 +175,12 @@ class Model:
         config: GenConfig | None = None,
         forced: list[list[int]] | None = None,
         logprobs: bool = False,
+        then_sample: bool = False,
     ) -> tuple[list[list[int]], list[list[float]] | None, list[list[float]] | None]:
         """`generate` with traces: (new ids, the controller gate at the position that
         predicted each new token (None without a controller), each new token's
-        log-probability (None unless `logprobs`)); `forced` feeds given tokens."""
+        log-probability (None unless `logprobs`)); `forced` feeds given first tokens,
+        then the row ends (or goes on sampling with `then_sample`)."""
 
     def forced_kl(
         self,

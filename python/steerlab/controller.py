@@ -31,12 +31,13 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from steerlab import _args, _core
+from steerlab import _args, _batches, _core
 from steerlab._chat import request_prompts
 from steerlab._progress import progress_bar
 from steerlab.errors import (
@@ -51,7 +52,7 @@ from steerlab.optimize import TrainingInterrupted
 if TYPE_CHECKING:
     from steerlab.model import Model
 
-__all__ = ["SteeringController"]
+__all__ = ["GateTrace", "SteeringController", "default_layers"]
 
 FloatArray = npt.NDArray[np.float32]
 _ARTIFACT_KIND = "steering_controller"
@@ -112,6 +113,25 @@ def _unit_rows(vectors: Mapping[int, Any], layers: list[int], d: int) -> FloatAr
             )
         rows.append(v / norm)
     return np.asarray(rows, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class GateTrace:
+    """One prompt's generation under a controller, with the gate of every step.
+
+    Attributes:
+        prompt: the prompt as the model read it (chat-formatted).
+        ids: the new token ids (forced ones first, when given).
+        text: their text (special tokens skipped).
+        gates: float32 ``[len(ids)]`` in [0, 1]: the gate in force at the position that
+            predicted each new token (``gates[0]`` at the prompt's last token, read from
+            its unpatched state; ``gates[k]`` from the states of step ``k - 1``).
+    """
+
+    prompt: str
+    ids: list[int]
+    text: str
+    gates: FloatArray
 
 
 class SteeringController:
@@ -610,6 +630,75 @@ class SteeringController:
         """The per-layer weights ``w_l`` at each prompt's last token: float32 ``[n, L]``
         in [0, 1] (columns in `layers` order). Errors as `gate`."""
         return self._core.outputs(self._states(model, prompts, chat, batch_size))[:, 1:]
+
+    def trace(
+        self,
+        model: Model,
+        prompts: str | Sequence[str],
+        *,
+        continuations: str | Sequence[str] | None = None,
+        max_new_tokens: int = 32,
+        chat: Any = "auto",
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> list[GateTrace]:
+        """Generate greedily with this controller and record the gate in force at every
+        position that predicted a token (the prompt's last token, then each new token):
+        the gate is recomputed at every step from the previous step's states.
+
+        Args:
+            model: the model it was trained on.
+            prompts: requests or rendered prompts (`chat` as in `fit`).
+            continuations: optional text per prompt fed as its first new tokens (teacher
+                forcing, e.g. a conversation that turns harmful) before the generation
+                goes on greedily; encoded without special tokens.
+            max_new_tokens: new tokens per prompt after any continuation (>= 1).
+            batch_size: prompts per batch; progress: tqdm bars (None: automatic).
+
+        Returns:
+            One `GateTrace` per prompt.
+
+        Raises:
+            InvalidArgumentError / ShapeError / OutOfRangeError: another model, no prompts,
+                a count of continuations that is not the count of prompts.
+            InvalidTypeError: prompts not str.
+        """
+        from steerlab.model import Model
+
+        if not isinstance(model, Model):
+            raise InvalidTypeError(f"model must be a steerlab.Model, got {type(model).__name__}")
+        self.check_model(model)
+        items, _ = _args.texts(prompts, "prompts")
+        n_new = _args.integer(max_new_tokens, "max_new_tokens", minimum=1, maximum=1 << 20)
+        size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+        core = model._core
+        ps = request_prompts(core, items, chat)
+        ids = _batches.encode(core, ps, "prompts")
+        if continuations is None:
+            forced = None
+            total = n_new
+        else:
+            conts, _ = _args.texts(continuations, "continuations")
+            if len(conts) != len(ps):
+                raise InvalidArgumentError(
+                    f"{len(conts)} continuations for {len(ps)} prompts; expected one per prompt"
+                )
+            forced = [core.encode(c, False) for c in conts]
+            total = n_new + max(len(f) for f in forced)
+        config = _core.GenConfig(max_new_tokens=total)
+        rows: list[Any] = [[self._core]] * len(ps)
+        new, gates, _ = _batches.traced(
+            core, ids, rows, config, forced, False, size, progress, "trace", then_sample=True
+        )
+        out = []
+        for i, p in enumerate(ps):
+            row = new[i]
+            if forced is not None:
+                # The forced tokens, then at most max_new_tokens generated ones.
+                row = row[: len(forced[i]) + n_new]
+            g = np.asarray((gates or [[]] * len(ps))[i][: len(row)], dtype=np.float32)
+            out.append(GateTrace(p, list(row), model.decode(row, True), _readonly(g)))
+        return out
 
     def with_strength(self, strength: float) -> SteeringController:
         """The same controller with another alpha (0 is exactly the unsteered model)."""

@@ -553,9 +553,10 @@ impl PyModel {
     /// Generate with the traces a controller evaluation needs: (new ids per row, the
     /// controller gate at the position that predicted each new token per row (None
     /// without a controller), the log-probability of each new token per row (None unless
-    /// `logprobs`)). `forced` gives each row's new tokens instead of sampling them.
-    #[pyo3(signature = (batch, steering = None, config = None, forced = None, logprobs = false))]
-    #[allow(clippy::type_complexity)]
+    /// `logprobs`)). `forced` gives each row's first new tokens instead of sampling them;
+    /// the row then ends, or goes on sampling with `then_sample`.
+    #[pyo3(signature = (batch, steering = None, config = None, forced = None, logprobs = false, then_sample = false))]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn generate_traced(
         &self,
         py: Python<'_>,
@@ -564,10 +565,11 @@ impl PyModel {
         config: Option<&PyGenConfig>,
         forced: Option<Vec<Vec<u32>>>,
         logprobs: bool,
+        then_sample: bool,
     ) -> PyResult<(Vec<Vec<u32>>, Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>)> {
         let mut g = self.start(py, batch, steering, config)?;
         if let Some(f) = forced {
-            g = g.with_forced(f)?;
+            g = g.with_forced(f, then_sample)?;
         }
         if logprobs {
             g = g.with_logprobs();
