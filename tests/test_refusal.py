@@ -317,12 +317,6 @@ def test_controller_steering(
     np.testing.assert_allclose(r.compliance_logprob, np.logaddexp.reduce(rows, axis=0), atol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the controller's forced log-probs of a row depend on the batch it runs in "
-    "(0.05-0.27 nats per token at strength 40; the plain Steering is bit-exact): engine "
-    "issue, reported to the lead",
-)
 def test_controller_rows_equal_each_row_alone(
     model: Any, requests4: list[str], controller: Any
 ) -> None:
