@@ -25,6 +25,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{Site, StepCtx};
@@ -284,10 +285,13 @@ impl Controller {
             .zip(&self.inv_scale)
             .map(|((v, m), s)| (v - m) * s)
             .collect();
+        // The hidden layer is the cost (k·d x H multiply-adds): its outputs are split over
+        // the engine's threads (each is still one dot product, so the bits do not change).
         let hid: Vec<f32> = self
             .w1t
-            .chunks(kd)
-            .zip(&p.b1)
+            .par_chunks(kd)
+            .with_min_len(32)
+            .zip(p.b1.par_iter())
             .map(|(w, b)| (crate::kernels::vecops::dot(isa, &x, w) + b).max(0.0))
             .collect();
         Ok(self
