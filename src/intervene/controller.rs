@@ -254,21 +254,27 @@ impl Controller {
     pub fn outputs(&self, h: &Tensor) -> Result<Tensor> {
         let (n, kd) = h.dims2()?;
         let x = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let rows = x
-            .chunks(kd.max(1))
-            .map(|r| self.row_outputs(r))
-            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<&[f32]> = x.chunks(kd.max(1)).collect();
+        let out = self.rows_outputs(&rows)?;
         let cols = 1 + self.layers.len();
-        Ok(Tensor::from_vec(rows.concat(), (n, cols), h.device())?)
+        Ok(Tensor::from_vec(out.concat(), (n, cols), h.device())?)
     }
 
-    /// σ(o) [1 + L] for one row of raw read states [k·d], computed the same way whatever
-    /// the batch (one dot product per output, in a fixed order): a row's gate does not
-    /// depend on which rows share its call. This is the network of `controller_logits`
-    /// (the training form); the tests hold the two equal.
+    /// σ(o) [1 + L] for one row of raw read states [k·d] (see [`Self::rows_outputs`]).
     pub fn row_outputs(&self, h: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.rows_outputs(&[h])?.remove(0))
+    }
+
+    /// σ(o) [1 + L] for each row of raw read states [k·d]. Each output of each row is one
+    /// dot product computed the same way whatever the batch, so a row's gate does not
+    /// depend on which rows share its call (a batched matmul's rounding does, and the
+    /// quantized model amplifies such differences at large strengths). Each hidden unit's
+    /// weights are read once for all the rows, and the hidden units are split over the
+    /// engine's threads. This is the network of `controller_logits` (the training form);
+    /// the tests hold the two equal.
+    pub fn rows_outputs(&self, rows: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
         let kd = self.read_layers.len() * self.d;
-        if h.len() != kd {
+        if let Some(h) = rows.iter().find(|h| h.len() != kd) {
             return Err(Error::shape(format!(
                 "the controller reads [n, {kd}] states ({} layers x d_model {}), got {} values \
                  per row",
@@ -279,38 +285,42 @@ impl Controller {
         }
         let isa = crate::kernels::Isa::detect();
         let p = &self.params;
-        let x: Vec<f32> = h
+        let xs: Vec<Vec<f32>> = rows
             .iter()
-            .zip(&p.mean)
-            .zip(&self.inv_scale)
-            .map(|((v, m), s)| (v - m) * s)
+            .map(|h| {
+                h.iter()
+                    .zip(&p.mean)
+                    .zip(&self.inv_scale)
+                    .map(|((v, m), s)| (v - m) * s)
+                    .collect()
+            })
             .collect();
-        // The hidden layer is the cost (k·d x H multiply-adds): its outputs are split over
-        // the engine's threads (each is still one dot product, so the bits do not change).
-        let hid: Vec<f32> = self
+        let n = rows.len();
+        // hid[j][r]: hidden unit j of row r.
+        let hid: Vec<Vec<f32>> = self
             .w1t
             .par_chunks(kd)
-            .with_min_len(32)
+            .with_min_len(16)
             .zip(p.b1.par_iter())
-            .map(|(w, b)| (crate::kernels::vecops::dot(isa, &x, w) + b).max(0.0))
-            .collect();
-        Ok(self
-            .w2t
-            .chunks(self.hidden)
-            .zip(&p.b2)
             .map(|(w, b)| {
-                let o = crate::kernels::vecops::dot(isa, &hid, w) + b;
-                1.0 / (1.0 + (-o).exp())
+                xs.iter()
+                    .map(|x| (crate::kernels::vecops::dot(isa, x, w) + b).max(0.0))
+                    .collect()
+            })
+            .collect();
+        Ok((0..n)
+            .map(|r| {
+                let h: Vec<f32> = hid.iter().map(|col| col[r]).collect();
+                self.w2t
+                    .chunks(self.hidden)
+                    .zip(&p.b2)
+                    .map(|(w, b)| {
+                        let o = crate::kernels::vecops::dot(isa, &h, w) + b;
+                        1.0 / (1.0 + (-o).exp())
+                    })
+                    .collect()
             })
             .collect())
-    }
-
-    /// The gate g and the patch coefficients `α·g·w_i` [L] for one row of raw read
-    /// states.
-    fn coefficients(&self, h: &[f32]) -> Result<(f32, Vec<f32>)> {
-        let o = self.row_outputs(h)?;
-        let g = o[0];
-        Ok((g, o[1..].iter().map(|w| self.strength * g * w).collect()))
     }
 }
 
@@ -452,30 +462,47 @@ impl ControllerRun {
                 ));
             }
         }
-        for r in 0..self.rows.len() {
+        let b = self.rows.len();
+        let mut done = vec![false; b];
+        for r in 0..b {
             let Some(c) = self.rows[r].clone() else {
                 continue;
             };
-            if !rows.is_none_or(|m| m.get(r).copied().unwrap_or(false)) {
+            if done[r] {
                 continue;
             }
+            // Every row that runs this controller (one pass over its weights for all).
+            let group: Vec<usize> = (r..b)
+                .filter(|&q| {
+                    self.rows[q].as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))
+                        && rows.is_none_or(|m| m.get(q).copied().unwrap_or(false))
+                })
+                .collect();
             let d = c.d;
-            let mut x = Vec::with_capacity(c.read_layers.len() * d);
-            for l in &c.read_layers {
-                let st = states
-                    .iter()
-                    .find(|(rl, _)| rl == l)
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "the controller reads layer {l}, which this step never reached"
-                        ))
-                    })?;
-                x.extend_from_slice(&st[r * d..(r + 1) * d]);
+            let mut xs = Vec::with_capacity(group.len());
+            for &q in &group {
+                done[q] = true;
+                let mut x = Vec::with_capacity(c.read_layers.len() * d);
+                for l in &c.read_layers {
+                    let st = states
+                        .iter()
+                        .find(|(rl, _)| rl == l)
+                        .map(|(_, v)| v)
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "the controller reads layer {l}, which this step never reached"
+                            ))
+                        })?;
+                    x.extend_from_slice(&st[q * d..(q + 1) * d]);
+                }
+                xs.push(x);
             }
-            let (g, cf) = c.coefficients(&x)?;
-            self.gate[r] = g;
-            self.coef[r] = cf;
+            let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            for (&q, o) in group.iter().zip(c.rows_outputs(&refs)?) {
+                let g = o[0];
+                self.gate[q] = g;
+                self.coef[q] = o[1..].iter().map(|w| c.strength * g * w).collect();
+            }
         }
         Ok(())
     }
