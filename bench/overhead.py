@@ -246,8 +246,8 @@ def table(result: dict[str, Any]) -> list[str]:
 
 
 def breakdown(rounds: int, quick: bool) -> None:
-    """Where the controller's cost goes (prints, writes nothing): ms per decode step of
-    W5c and W6c without a controller, with a quiet / firing one of hidden width 8 (the
+    """Where the controller's cost goes (prints, writes nothing): ms per new token (the
+    whole call, prefill included, over the new tokens) of W5c and W6c without a controller, with a quiet / firing one of hidden width 8 (the
     reads, the gate's bookkeeping, the patch and the re-run, almost no network) and of
     the default width (plus the network's two matmuls), the fastest of `rounds`
     interleaved runs each."""
@@ -277,7 +277,7 @@ def breakdown(rounds: int, quick: bool) -> None:
         for k, ts in times.items():
             step = min(ts) / new
             print(
-                f"   batch {len(ids):>2} x {new} tokens, {k:<20} {step * 1e3:6.2f} ms/step "
+                f"   batch {len(ids):>2} x {new} tokens, {k:<20} {step * 1e3:6.2f} ms/token "
                 f"({(step - base) * 1e3:+.3f} ms, {(step / base - 1) * 100:+5.1f}%)",
                 flush=True,
             )
