@@ -101,7 +101,7 @@ def _unit_rows(vectors: Mapping[int, Any], layers: list[int], d: int) -> FloatAr
                 f"direction has no vector for steered layer {layer} (it has layers "
                 f"{sorted(vectors)}); pass layers= within them"
             )
-        v = np.asarray(vectors[layer], dtype=np.float64).reshape(-1)
+        v = np.asarray(vectors[layer], dtype=np.float64)
         if v.shape != (d,):
             raise InvalidArgumentError(
                 f"direction for layer {layer} has shape {v.shape}; expected ({d},)"
@@ -167,15 +167,54 @@ class SteeringController:
         history: list[dict[str, float]] | None = None,
         training: dict[str, Any] | None = None,
     ) -> None:
-        self._params = {k: _readonly(params[k]) for k in _TENSORS}
-        self.read_layers = [int(x) for x in read_layers]
-        self.layers = [int(x) for x in layers]
-        self.hidden = int(hidden)
+        if not isinstance(params, Mapping):
+            raise InvalidTypeError(
+                f"params must be a mapping of {list(_TENSORS)} to arrays, got "
+                f"{type(params).__name__}"
+            )
+        if missing := [k for k in _TENSORS if k not in params]:
+            raise InvalidArgumentError(f"params lacks {missing}; expected {list(_TENSORS)}")
+        if extra := [k for k in params if k not in _TENSORS]:
+            raise InvalidArgumentError(
+                f"params has unknown entries {extra}; expected exactly {list(_TENSORS)}"
+            )
+        self.read_layers = [_args.index(x, "a read layer") for x in read_layers]
+        self.layers = [_args.index(x, "a steered layer") for x in layers]
+        self.hidden = _args.integer(hidden, "hidden", minimum=1, maximum=1 << 20)
         self.strength = _args.real(strength, "strength")
-        self._d_model = int(d_model)
-        self._n_layers = int(n_layers)
+        self._d_model = _args.integer(d_model, "d_model", minimum=1, maximum=1 << 20)
+        self._n_layers = _args.integer(n_layers, "n_layers", minimum=1, maximum=1 << 16)
         self._fingerprint = str(fingerprint)
-        self.history = list(history or [])
+        kd = len(self.read_layers) * self._d_model
+        n_out = 1 + len(self.layers)
+        shapes = {
+            "mean": (kd,),
+            "scale": (kd,),
+            "w1": (kd, self.hidden),
+            "b1": (self.hidden,),
+            "w2": (self.hidden, n_out),
+            "b2": (n_out,),
+            "directions": (n_out - 1, self._d_model),
+        }
+        self._params = {}
+        for name, shape in shapes.items():
+            arr = _readonly(params[name])
+            if arr.shape != shape:
+                raise ShapeError(
+                    f"params[{name!r}] has shape {arr.shape}; expected {shape} ({len(self.read_layers)} "
+                    f"read layers x d_model {self._d_model}, hidden {self.hidden}, "
+                    f"{len(self.layers)} steered layers)"
+                )
+            self._params[name] = arr
+        if history is not None and not (
+            isinstance(history, list) and all(isinstance(h, Mapping) for h in history)
+        ):
+            raise InvalidTypeError("history must be a list of records (dicts) or None")
+        if training is not None and not isinstance(training, Mapping):
+            raise InvalidTypeError(
+                f"training must be a mapping or None, got {type(training).__name__}"
+            )
+        self.history = [dict(h) for h in history or []]
         self.training = dict(training or {})
         # Checked once here; the same object is every row's item (one engine module).
         self._core = _core.Controller(
@@ -754,7 +793,8 @@ class SteeringController:
         fingerprint, width and depth, training settings and history).
 
         Raises:
-            IoError: the file cannot be written.
+            ModelNotFoundError: the folder to write into does not exist.
+            ModelFormatError: the file cannot be written (e.g. the path is a folder).
         """
         stage1 = [h for h in self.history if h.get("stage") == 1.0]
         meta = {
@@ -795,9 +835,9 @@ class SteeringController:
         """Read a controller saved by `save`, for `model`.
 
         Raises:
-            NotFoundError / IoError: the file cannot be read.
+            ModelNotFoundError: no file at the path.
             ModelFormatError: not a steerlab learned-module file, corrupt, another kind
-                of module, or tensors that disagree with the metadata.
+                of module, or tensors or metadata that do not hold together.
             InvalidArgumentError: trained on another model (fingerprint differs).
             ShapeError: trained on a model of another width.
         """
@@ -855,9 +895,9 @@ class SteeringController:
                 history=history,
                 training=hyper.get("training", {}),
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ModelFormatError(f"{p}: the controller metadata is invalid ({exc})") from None
-        except (InvalidArgumentError, ShapeError, OutOfRangeError) as exc:
+        except (InvalidArgumentError, InvalidTypeError, ShapeError, OutOfRangeError) as exc:
             raise ModelFormatError(f"{p}: the controller does not hold together ({exc})") from None
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:

@@ -324,6 +324,12 @@ impl ControllerTraining {
                 gn += rec.grad_norm;
             }
             let (val_bce, val_acc) = self.validate()?;
+            if !val_bce.is_finite() {
+                return Err(Error::invalid(format!(
+                    "stage 1 diverged in epoch {e}: the validation BCE is {val_bce} (expected \
+                     a finite loss; lower lr)"
+                )));
+            }
             let rec = EpochRecord {
                 epoch: e,
                 loss: tot / nb,
