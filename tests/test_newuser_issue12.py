@@ -633,3 +633,108 @@ def test_ctrl_c_during_the_capture_pass_raises_keyboard_interrupt(
         signal.signal(signal.SIGINT, old)
     assert stopped - sent["at"] < 2.0
     assert model.generate(rendered[:1], max_new_tokens=2)  # the model stays usable
+
+
+# ------------------------------------------------------------- the public constructor
+
+
+def _parts_of(ctrl: Any, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    params = {k: np.array(v) for k, v in ctrl.params.items()}
+    meta = {
+        "read_layers": ctrl.read_layers,
+        "layers": ctrl.layers,
+        "hidden": ctrl.hidden,
+        "strength": ctrl.strength,
+        "d_model": model.d_model,
+        "n_layers": model.n_layers,
+        "fingerprint": model.fingerprint,
+    }
+    return params, meta
+
+
+def test_constructor_rebuilds_the_controller_and_checks_values(
+    model: Any, ctrl: Any, rendered: list[str]
+) -> None:
+    params, meta = _parts_of(ctrl, model)
+    same = sl.SteeringController(params, **meta)
+    assert np.array_equal(same.gate(model, rendered), ctrl.gate(model, rendered))
+    cases: list[tuple[dict[str, Any], dict[str, Any], Any, str]] = [
+        ({"w1": params["w1"][:, :4]}, {}, sl.ShapeError, r"W1 has \d+ values; expected \d+"),
+        ({"w1": params["w1"].ravel()}, {}, sl.ShapeError, r"w1 must be 2-D"),
+        (
+            {"w1": np.full_like(params["w1"], np.nan)},
+            {},
+            sl.InvalidArgumentError,
+            r"W1 has a non-finite value \(NaN\)",
+        ),
+        (
+            {"scale": np.zeros_like(params["scale"])},
+            {},
+            sl.InvalidArgumentError,
+            r"input scale is 0",
+        ),
+        (
+            {"directions": params["directions"] * 1000},
+            {},
+            sl.InvalidArgumentError,
+            r"expected a unit direction",
+        ),
+        ({}, {"layers": [99] * len(ctrl.layers)}, sl.OutOfRangeError, r"include layer 99"),
+        ({}, {"strength": math.nan}, sl.InvalidArgumentError, r"strength must be a finite number"),
+        ({}, {"n_layers": 31}, sl.OutOfRangeError, r"trained on a model with 31 layers"),
+        ({}, {"fingerprint": "deadbeef"}, sl.InvalidArgumentError, r"trained on model deadbeef"),
+    ]
+    for p, m, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            c = sl.SteeringController({**params, **p}, **{**meta, **m})
+            c.gate(model, rendered)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a transposed w1 ([hidden, k*d]) has the right count and is silently reinterpreted",
+)
+def test_constructor_refuses_a_transposed_w1(model: Any, ctrl: Any, rendered: list[str]) -> None:
+    params, meta = _parts_of(ctrl, model)
+    params["w1"] = params["w1"].T.copy()
+    with pytest.raises(sl.ShapeError, match=r"w1"):
+        sl.SteeringController(params, **meta).gate(model, rendered)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a params mapping without w1, params=None or training='x': KeyError/TypeError/ValueError",
+)
+def test_constructor_bad_arguments_raise_steerlab_errors(model: Any, ctrl: Any) -> None:
+    params, meta = _parts_of(ctrl, model)
+    del params["w1"]
+    with pytest.raises(sl.SteerlabError, match="w1"):
+        sl.SteeringController(params, **meta)
+    with pytest.raises(sl.SteerlabError, match="params"):
+        sl.SteeringController(None, **meta)
+    full, _ = _parts_of(ctrl, model)
+    with pytest.raises(sl.SteerlabError, match="training"):
+        sl.SteeringController(full, **meta, training="x")
+
+
+@pytest.mark.xfail(strict=True, reason="an unknown entry in params is silently ignored")
+def test_constructor_refuses_unknown_params(model: Any, ctrl: Any) -> None:
+    params, meta = _parts_of(ctrl, model)
+    params["zzz"] = np.ones(3, np.float32)
+    with pytest.raises(sl.InvalidArgumentError, match="zzz"):
+        sl.SteeringController(params, **meta)
+
+
+def test_threads_share_a_model_and_a_controller(model: Any, loud: Any, rendered: list[str]) -> None:
+    want = model.generate(rendered, steering=loud, max_new_tokens=4)
+    got: list[Any] = [None] * 3
+
+    def run(i: int) -> None:
+        got[i] = model.generate(rendered, steering=loud, max_new_tokens=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [want] * 3
