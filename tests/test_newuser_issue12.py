@@ -738,3 +738,31 @@ def test_threads_share_a_model_and_a_controller(model: Any, loud: Any, rendered:
     for t in threads:
         t.join()
     assert got == [want] * 3
+
+
+def test_gate_weights_and_trace_agree(model: Any, ctrl: Any, rendered: list[str]) -> None:
+    """`gate` is the gate at the prompt's last token, the first entry of `trace`; `weights`
+    is ``[n, L]`` in [0, 1]; forced continuations are traced token by token."""
+    g = ctrl.gate(model, rendered)
+    traces = ctrl.trace(model, rendered, max_new_tokens=2)
+    assert np.allclose([t.gates[0] for t in traces], g, atol=1e-6)
+    w = ctrl.weights(model, rendered)
+    assert w.dtype == np.float32 and w.shape == (2, len(ctrl.layers))
+    assert ((w >= 0) & (w <= 1)).all()
+    forced = ctrl.trace(
+        model, rendered, continuations=[" Sure", " I cannot do that"], max_new_tokens=2
+    )
+    for t in forced:
+        assert len(t.gates) == len(t.ids)
+    assert len(forced[1].ids) > len(forced[0].ids)
+
+
+def test_per_row_lists_reach_the_evaluations(model: Any, loud: Any, rendered: list[str]) -> None:
+    kl = sl.evaluate.continuation_kl(model, rendered, steering=[loud, None], max_new_tokens=3)
+    assert kl[0] > 0 and kl[1] == 0.0
+
+
+def test_fit_takes_any_sequence_of_requests(model: Any, req: Any) -> None:
+    a = sl.SteeringController.fit(model, tuple(req.harmful[:4]), iter(req.benign[:4]), **SMALL)
+    b = sl.SteeringController.fit(model, req.harmful[:4], req.benign[:4], **SMALL)
+    assert a.history == b.history
