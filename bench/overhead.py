@@ -92,7 +92,6 @@ def make_controller(model: Any, gate_bias: float, hidden: int, seed: int = 0) ->
     b2 = np.zeros(n_out)
     b2[0] = gate_bias
     return _core.Controller(
-        model._core,
         read,
         layers,
         hidden,
@@ -104,6 +103,8 @@ def make_controller(model: Any, gate_bias: float, hidden: int, seed: int = 0) ->
         f32(b2),
         f32(dirs),
         CTRL_STRENGTH,
+        d_model=d,
+        n_layers=n,
     )
 
 

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -403,12 +403,11 @@ class SteeringController:
         wanted = sorted(set(reads) | (set(steered) if given is None else set()))
         col = {layer: i for i, layer in enumerate(wanted)}
         kw: dict[str, Any] = {"position": "last", "batch_size": size, "progress": progress}
-        ah = model.capture(th, layers=wanted, **kw)  # [n, len(wanted), d]
-        ab = model.capture(tb, layers=wanted, **kw)
-        avh = model.capture(vh, layers=reads, **kw)
-        avb = model.capture(vb, layers=reads, **kw)
-        assert isinstance(ah, np.ndarray) and isinstance(ab, np.ndarray)
-        assert isinstance(avh, np.ndarray) and isinstance(avb, np.ndarray)
+        # A reduced capture is one array [n, len(layers), d].
+        ah = cast("FloatArray", model.capture(th, layers=wanted, **kw))
+        ab = cast("FloatArray", model.capture(tb, layers=wanted, **kw))
+        avh = cast("FloatArray", model.capture(vh, layers=reads, **kw))
+        avb = cast("FloatArray", model.capture(vb, layers=reads, **kw))
         d = model.d_model
         if given is None:
             diff = {
@@ -631,8 +630,10 @@ class SteeringController:
         self.check_model(model)
         items, _ = _args.texts(prompts, "prompts")
         ps = request_prompts(model._core, items, chat)
-        a = model.capture(ps, layers=self.read_layers, position="last", batch_size=batch_size)
-        assert isinstance(a, np.ndarray)
+        a = cast(
+            "FloatArray",
+            model.capture(ps, layers=self.read_layers, position="last", batch_size=batch_size),
+        )
         return np.ascontiguousarray(a.reshape(len(ps), -1), dtype=np.float32)
 
     def gate(
@@ -879,9 +880,12 @@ class SteeringController:
                         f"tensor {name!r} has {flat[name].size} values; expected {shape}"
                     )
                 arrays[name] = flat[name].reshape(shape)
+            stored = hyper.get("history", [])
+            if not (isinstance(stored, list) and all(isinstance(h, dict) for h in stored)):
+                raise ValueError("its history is not a list of records")
             history = [
                 {k: (float("nan") if v is None else float(v)) for k, v in h.items()}
-                for h in hyper.get("history", [])
+                for h in stored
             ]
             return cls(
                 arrays,
