@@ -884,8 +884,7 @@ class SteeringController:
             if not (isinstance(stored, list) and all(isinstance(h, dict) for h in stored)):
                 raise ValueError("its history is not a list of records")
             history = [
-                {k: (float("nan") if v is None else float(v)) for k, v in h.items()}
-                for h in stored
+                {k: (float("nan") if v is None else float(v)) for k, v in h.items()} for h in stored
             ]
             return cls(
                 arrays,
