@@ -585,3 +585,46 @@ fn inference_and_training_forms_of_the_network_agree() {
     let one = c.row_outputs(&raw[kd..2 * kd]).unwrap();
     assert_eq!(one, got[(1 + l)..2 * (1 + l)].to_vec());
 }
+
+/// A row's outputs have the same bits whatever the batch (sizes 1 to 40, any place), at
+/// the default sizes (4 read layers of width 576, hidden 1024).
+#[test]
+fn a_rows_outputs_do_not_depend_on_its_batch() {
+    let (d, k, h, l) = (576, 4, 1024, 15);
+    let kd = k * d;
+    let dirs: Vec<f32> = (0..l)
+        .flat_map(|i| {
+            let mut v = vec![0f32; d];
+            v[i] = 1.0;
+            v
+        })
+        .collect();
+    let wave = |n: usize, a: f32, s: f32| -> Vec<f32> {
+        (0..n).map(|i| ((i as f32) * a).sin() * s).collect()
+    };
+    let p = ControllerParams {
+        read_layers: vec![26, 27, 28, 29],
+        layers: (7..7 + l).collect(),
+        hidden: h,
+        mean: wave(kd, 0.11, 0.3),
+        scale: vec![1.5; kd],
+        w1: wave(kd * h, 0.0137, 0.05),
+        b1: wave(h, 0.7, 0.1),
+        w2: wave(h * (1 + l), 0.31, 0.1),
+        b2: wave(1 + l, 0.9, 0.5),
+        directions: dirs,
+        strength: 4.0,
+    };
+    let c = Controller::new(p, 30, d, &Device::Cpu).unwrap();
+    let rows: Vec<Vec<f32>> = (0..40)
+        .map(|r| wave(kd, 0.05 + r as f32 * 0.001, 40.0))
+        .collect();
+    let alone: Vec<Vec<f32>> = rows.iter().map(|x| c.row_outputs(x).unwrap()).collect();
+    for n in [1usize, 2, 3, 7, 16, 40] {
+        let refs: Vec<&[f32]> = rows[40 - n..].iter().map(Vec::as_slice).collect();
+        let got = c.rows_outputs(&refs).unwrap();
+        for (i, o) in got.iter().enumerate() {
+            assert_eq!(o, &alone[40 - n + i], "batch of {n}, row {i}");
+        }
+    }
+}

@@ -25,7 +25,6 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{Site, StepCtx};
@@ -265,13 +264,11 @@ impl Controller {
         Ok(self.rows_outputs(&[h])?.remove(0))
     }
 
-    /// σ(o) [1 + L] for each row of raw read states [k·d]. Each output of each row is one
-    /// dot product computed the same way whatever the batch, so a row's gate does not
-    /// depend on which rows share its call (a batched matmul's rounding does, and the
-    /// quantized model amplifies such differences at large strengths). Each hidden unit's
-    /// weights are read once for all the rows, and the hidden units are split over the
-    /// engine's threads. This is the network of `controller_logits` (the training form);
-    /// the tests hold the two equal.
+    /// σ(o) [1 + L] for each row of raw read states [k·d], each row's bits the same
+    /// whatever rows share the call (a row's gate must not depend on its batch: the
+    /// quantized model amplifies rounding differences into different tokens at large
+    /// strengths). This is the network of `controller_logits` (the training form); the
+    /// tests hold the two equal.
     pub fn rows_outputs(&self, rows: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
         let kd = self.read_layers.len() * self.d;
         if let Some(h) = rows.iter().find(|h| h.len() != kd) {
@@ -296,21 +293,22 @@ impl Controller {
             })
             .collect();
         let n = rows.len();
-        // hid[j][r]: hidden unit j of row r.
-        let hid: Vec<Vec<f32>> = self
-            .w1t
-            .par_chunks(kd)
-            .with_min_len(16)
-            .zip(p.b1.par_iter())
-            .map(|(w, b)| {
-                xs.iter()
-                    .map(|x| (crate::kernels::vecops::dot(isa, x, w) + b).max(0.0))
-                    .collect()
-            })
-            .collect();
+        // The hidden layer [n, H] as one GEMM over the rows (W1 read once). A lone row is
+        // padded with a zero row: the GEMM's result for a row then does not depend on
+        // how many rows share the call (a single row would take another code path);
+        // the tests hold a row's bits equal across batch sizes.
+        let m = n.max(2);
+        let mut flat = Vec::with_capacity(m * kd);
+        xs.iter().for_each(|x| flat.extend_from_slice(x));
+        flat.resize(m * kd, 0.0);
+        let hid = crate::kernels::dense::matmul_t(&flat, &self.w1t, m, self.hidden, kd)?;
         Ok((0..n)
             .map(|r| {
-                let h: Vec<f32> = hid.iter().map(|col| col[r]).collect();
+                let h: Vec<f32> = hid[r * self.hidden..(r + 1) * self.hidden]
+                    .iter()
+                    .zip(&p.b1)
+                    .map(|(v, b)| (v + b).max(0.0))
+                    .collect();
                 self.w2t
                     .chunks(self.hidden)
                     .zip(&p.b2)
