@@ -21,6 +21,9 @@
   measures of activation scaling (Stoehr et al. 2024). `answer_flips_sweep` does it
   at several strengths sharing one unsteered pass; `answer_logit_diff` is the logit
   difference alone.
+- `refusal_rate`: does the (steered) model refuse? A phrase matcher over the replies and
+  the model's own log-probability of refusal against compliance openings, with where they
+  disagree; defined in ``steerlab._refusal``, re-exported here.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from steerlab import _args, _core, plots
 from steerlab._continuation import continuation_kl
 from steerlab._generations import GenerationReport, steered_generations
 from steerlab._progress import progress_bar
+from steerlab._refusal import RefusalReport, refusal_rate
 from steerlab._stats import spearman
 from steerlab.contrast import (
     PROMPT_TYPES,
@@ -62,6 +66,7 @@ __all__ = [
     "BehaviourReliability",
     "GenerationReport",
     "PromptTypeComparison",
+    "RefusalReport",
     "ReliabilityTable",
     "SteerabilityResult",
     "answer_flips",
@@ -69,6 +74,7 @@ __all__ = [
     "answer_logit_diff",
     "compare_prompt_types",
     "continuation_kl",
+    "refusal_rate",
     "reliability_table",
     "spearman",
     "steerability",

@@ -33,6 +33,7 @@ __all__ = [
     "GenerationData",
     "LayerData",
     "PromptTypesData",
+    "RefusalData",
     "SteerabilityData",
     "plot_answer_flips",
     "plot_beta_sweep",
@@ -45,6 +46,7 @@ __all__ = [
     "plot_loss",
     "plot_projections",
     "plot_prompt_types",
+    "plot_refusal",
     "plot_scalars",
     "plot_steerability",
 ]
@@ -840,3 +842,65 @@ def plot_controller(ctrl: ControllerData, ax: Any = None) -> Figure:
     right.set_xlabel("steered layer")
     fig.tight_layout()
     return cast("Figure", fig)
+
+
+class RefusalData(Protocol):
+    """Per-prompt refusal verdicts and margins (`steerlab.evaluate.RefusalReport`)."""
+
+    @property
+    def margin(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def matched(self) -> npt.NDArray[np.bool_]: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def judge_rate(self) -> float: ...
+    @property
+    def agreement(self) -> float: ...
+    @property
+    def name(self) -> str | None: ...
+
+
+def plot_refusal(report: RefusalData, ax: Axes | None = None) -> Figure:
+    """The log-probability judge's margin (refusal minus compliance openings, nats) per
+    prompt, coloured by the matcher's verdict (red: a refusal phrase in the reply, blue:
+    none); a prompt where the two judges disagree (the margin's sign against the colour)
+    is ringed in black.
+
+    Args:
+        report: a `steerlab.evaluate.RefusalReport` (or anything with its attributes).
+        ax: draw into these axes (default: a new figure).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    own = ax is None
+    fig, ax = _axes(ax, (max(4.0, min(12.0, 0.12 * len(report.margin) + 3.0)), 3.5))
+    margin = np.asarray(report.margin, dtype=np.float64)
+    matched = np.asarray(report.matched, dtype=bool)
+    x = np.arange(margin.size)
+    ax.scatter(x[matched], margin[matched], s=22, color=NEG_COLOR, label="matcher: refusal")
+    ax.scatter(x[~matched], margin[~matched], s=22, color=POS_COLOR, label="matcher: answer")
+    differ = matched != (margin > 0)
+    if differ.any():
+        ax.scatter(
+            x[differ],
+            margin[differ],
+            s=70,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.9,
+            label="judges disagree",
+        )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("prompt")
+    ax.set_ylabel("log p(refusal) - log p(compliance), nats")
+    ax.set_title(
+        f"{report.name or 'refusals'}: matcher {report.rate:.0%}, judge "
+        f"{report.judge_rate:.0%}, agreement {report.agreement:.0%}",
+        fontsize=10,
+    )
+    ax.legend(loc="best", fontsize=8)
+    if own:
+        fig.tight_layout()
+    return fig
