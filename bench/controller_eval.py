@@ -610,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    commit = _commit()  # the code measured, before anything else is committed
     model = load_model(args.model, args.dtype)
     print(f"{model} loaded", flush=True)
     extra = {} if args.stage2_lr is None else {"stage2_lr": args.stage2_lr}
@@ -649,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "n_harmful": len(figures["data"]["harmful"]),
         "n_benign": len(figures["data"]["benign"]),
         "n_alarming": int(sum(figures["data"]["alarming"])),
-        "commit": _commit(),
+        "commit": commit,
         "started": started,
         "wall_seconds": wall,
         "steerlab": sl.__version__,

@@ -1203,9 +1203,10 @@ alternatives on held-out requests. The numbers below are computed by this run; t
 sentences that interpret them are derived from the numbers, not written in advance.
 
 **Size.** The test suite runs this notebook with `STEERLAB_NOTEBOOK_FAST=1`: 16 training
-requests per class, a controller of hidden width 64 trained 2 epochs and 2 stage-2 steps,
-6 held-out requests per class, 12-token replies (a couple of minutes on two cores): a
-smoke test, not a measurement. Without the variable it uses the contract's defaults
+requests per class, a controller of hidden width 64 trained 2 epochs and 2 stage-2 steps
+at learning rate 1e-3, 6 held-out requests per class, 10-token replies, a refusal judge
+with one opening per kind (a couple of minutes on two cores): a smoke test, not a
+measurement. Without the variable it uses the contract's defaults
 (hidden 1024, 10 epochs at lr 5e-5, batch 8, strength 4), 40 stage-2 steps, every train
 and held-out request and 48-token replies. The full-size table, with the settings and
 reading, is in `bench/RESULTS.md` ("Issue 12"); the script that makes it is
@@ -1235,8 +1236,9 @@ FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
 N_TRAIN = 16 if FAST else None  # train requests per class (None: all)
 N_TEST = 6 if FAST else None  # held-out requests per class (None: all 60)
 HIDDEN, EPOCHS, STAGE2_STEPS = (64, 2, 2) if FAST else (1024, 10, 40)
-NEW_TOKENS = 12 if FAST else 48
-JUDGE_OPENINGS = 2 if FAST else 8  # openings per kind the refusal judge scores
+LR = 1e-3 if FAST else 5e-5  # FAST: a larger step, so that 2 epochs and 2 steps move something
+NEW_TOKENS = 10 if FAST else 48
+JUDGE_OPENINGS = 1 if FAST else 8  # openings per kind the refusal judge scores
 PROGRESS = False if FAST else None
 t0 = time.perf_counter()
 model = sl.Model.load()
@@ -1281,7 +1283,7 @@ lr=..., stage2_steps=..., validation=(val.harmful, val.benign))`.""",
     (
         "code",
         """\
-fit_args = dict(hidden=HIDDEN, epochs=EPOCHS, n_train=N_TRAIN, progress=PROGRESS)
+fit_args = dict(hidden=HIDDEN, epochs=EPOCHS, lr=LR, n_train=N_TRAIN, progress=PROGRESS)
 ctrl1 = controller_eval.fit_controller(model, stage2_steps=0, **fit_args)
 ctrl2 = controller_eval.fit_controller(model, stage2_steps=STAGE2_STEPS, **fit_args)
 print(ctrl2)
