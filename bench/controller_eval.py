@@ -117,12 +117,15 @@ def constant_steering(ctrl: sl.SteeringController) -> sl.Steering:
 
 
 def projections(
-    model: sl.Model, ctrl: sl.SteeringController, requests: Sequence[str]
+    model: sl.Model,
+    ctrl: sl.SteeringController,
+    requests: Sequence[str],
+    progress: bool | None = None,
 ) -> np.ndarray:
     """float64 ``[n, L]``: each request's last-token residual (chat-formatted, as the
     model reads it) projected on the unit direction at each steered layer."""
     ps = request_prompts(model._core, list(requests))
-    acts = model.capture(ps, layers=ctrl.layers, position="last")  # [n, L, d]
+    acts = model.capture(ps, layers=ctrl.layers, position="last", progress=progress)  # [n, L, d]
     d = ctrl.params["directions"].astype(np.float64)  # [L, d], unit rows
     return np.einsum("nld,ld->nl", np.asarray(acts, dtype=np.float64), d)
 
@@ -140,11 +143,16 @@ def best_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
 
 
 def fit_cast(
-    model: sl.Model, ctrl: sl.SteeringController, harmful: Sequence[str], benign: Sequence[str]
+    model: sl.Model,
+    ctrl: sl.SteeringController,
+    harmful: Sequence[str],
+    benign: Sequence[str],
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """CAST's condition: the steered layer and threshold with the best balanced accuracy
     on these (validation) requests."""
-    ph, pb = projections(model, ctrl, harmful), projections(model, ctrl, benign)
+    ph = projections(model, ctrl, harmful, progress)
+    pb = projections(model, ctrl, benign, progress)
     per_layer = []
     for j, layer in enumerate(ctrl.layers):
         t, bal = best_threshold(ph[:, j], pb[:, j])
@@ -159,11 +167,15 @@ def fit_cast(
 
 
 def cast_fires(
-    model: sl.Model, ctrl: sl.SteeringController, cast: dict[str, Any], requests: Sequence[str]
+    model: sl.Model,
+    ctrl: sl.SteeringController,
+    cast: dict[str, Any],
+    requests: Sequence[str],
+    progress: bool | None = None,
 ) -> np.ndarray:
     """bool ``[n]``: CAST's condition on each request."""
     j = ctrl.layers.index(cast["layer"])
-    return projections(model, ctrl, requests)[:, j] > cast["threshold"]
+    return projections(model, ctrl, requests, progress)[:, j] > cast["threshold"]
 
 
 # ------------------------------------------------------------------------ measuring
@@ -396,7 +408,7 @@ def run(
                 )
     base = next(iter(ctrls.values()))  # the directions and alpha of constant and CAST
     const = constant_steering(base)
-    cast = fit_cast(model, base, *validation(n_train, seed))
+    cast = fit_cast(model, base, *validation(n_train, seed), progress=progress)
     log(
         f"CAST: layer {cast['layer']}, threshold {cast['threshold']:.3f}, validation "
         f"balanced accuracy {cast['val_balanced_accuracy']:.3f}"
@@ -424,8 +436,8 @@ def run(
         }
         log(row_line("constant", results["constant"]))
     if "cast" in configs:
-        fh = cast_fires(model, base, cast, data["harmful"])
-        fb = cast_fires(model, base, cast, data["benign"])
+        fh = cast_fires(model, base, cast, data["harmful"], progress)
+        fb = cast_fires(model, base, cast, data["benign"], progress)
         results["cast"] = measure(
             model,
             data,
