@@ -347,6 +347,7 @@ def run(
     configs: Sequence[str] = CONFIGS,
     controllers: dict[str, sl.SteeringController] | None = None,
     judge_openings: int = 8,
+    strengths: Sequence[float] = (),
     measure_none_kl: bool = False,
     progress: bool | None = None,
     log: Any = print,
@@ -362,6 +363,8 @@ def run(
             ``cast``.
         judge_openings: openings per kind the log-probability judge scores
             (`sl.evaluate.refusal_rate`).
+        strengths: extra rows: constant steering and the last controller fitted (same
+            gate) at each of these strengths alpha (rows ``constant*16``, ``stage2*16``).
         the rest: see the command-line options.
 
     Returns:
@@ -461,6 +464,24 @@ def run(
             "gates": {"harmful": np.round(gh, 5).tolist(), "benign": np.round(gb, 5).tolist()},
         }
         log(row_line(name, results[name]))
+    last = list(ctrls)[-1]  # the last controller fitted (stage 2 when there is one)
+    for alpha in strengths:
+        tag = f"*{alpha:g}"
+        c_alpha = constant_steering(base.with_strength(alpha))
+        results["constant" + tag] = measure(model, data, c_alpha, c_alpha, **common) | {
+            "gate_harmful": ones,
+            "gate_benign": ones,
+            "strength": alpha,
+        }
+        log(row_line("constant" + tag, results["constant" + tag]))
+        k_alpha = ctrls[last].with_strength(alpha)
+        gh, gb = k_alpha.gate(model, data["harmful"]), k_alpha.gate(model, data["benign"])
+        results[last + tag] = measure(model, data, k_alpha, k_alpha, **common) | {
+            "gate_harmful": gate_stats(gh),
+            "gate_benign": gate_stats(gb),
+            "strength": alpha,
+        }
+        log(row_line(last + tag, results[last + tag]))
     figures = {
         "results": results,
         "cast": cast,
@@ -508,8 +529,10 @@ def table(figures: dict[str, Any], title: str | None = None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in figures["results"].items():
-        stage = name.split("@")[0]
-        label = LABELS.get(stage, stage) + (f" (lr {name.split('@')[1]})" if "@" in name else "")
+        base_name, _, alpha = name.partition("*")
+        stage, _, lr = base_name.partition("@")
+        label = LABELS.get(stage, stage) + (f" (lr {lr})" if lr else "")
+        label += f", alpha {alpha}" if alpha else ""
         if stage == "cast":
             c = figures["cast"]
             label += f", layer {c['layer']}, t = {c['threshold']:.2f}"
@@ -604,6 +627,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="print the table(s) from saved JSON files and exit",
     )
     ap.add_argument(
+        "--strengths",
+        type=float,
+        nargs="+",
+        default=[],
+        help="extra rows: constant steering and the last controller at these strengths",
+    )
+    ap.add_argument(
         "--judge-openings",
         type=int,
         default=8,
@@ -641,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         configs=args.configs,
         judge_openings=args.judge_openings,
+        strengths=args.strengths,
         progress=progress,
         log=lambda s: print(s, flush=True),
         **extra,

@@ -80,6 +80,7 @@ def _figures() -> dict[str, Any]:
             "constant": row(0.1, 0.25, {"mean": 1.0, "p10": 1.0, "p90": 1.0}),
             "cast": row(0.2, 0.125, {"fired": 0.75}),
             "stage1@0.001": row(0.3, 0.0625, {"mean": 0.5, "p10": 0.25, "p90": 0.75}),
+            "stage2*16": row(0.5, 0.5, {"mean": 0.5, "p10": 0.25, "p90": 0.75}),
         },
         "cast": {"layer": 12, "threshold": -3.5, "val_balanced_accuracy": 0.9},
     }
@@ -87,7 +88,7 @@ def _figures() -> dict[str, Any]:
 
 def test_table(ce: Any) -> None:
     lines = ce.table(_figures()).splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6
     assert lines[2] == (
         "| constant steering | 10% / 50% | 25% / 0% | - | 0.2500 | 1.00 [1.00, 1.00] | "
         "1.00 [1.00, 1.00] |"
@@ -96,6 +97,7 @@ def test_table(ce: Any) -> None:
     assert lines[3].endswith("| 0.1250 | fired 75% | fired 75% |")
     assert lines[4].startswith("| controller, stage 1 (lr 0.001) | 30% / 50% |")
     assert lines[4].endswith("| 0.0625 | 0.50 [0.25, 0.75] | 0.50 [0.25, 0.75] |")
+    assert lines[5].startswith("| controller, stage 2, alpha 16 | 50% / 50% |")
 
 
 def test_command_line_run_and_table(
