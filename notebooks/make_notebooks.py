@@ -1210,8 +1210,8 @@ measurement. Without the variable it uses the contract's defaults
 (hidden 1024, 10 epochs at lr 5e-5, batch 8, strength 4), 40 stage-2 steps, every train
 and held-out request and 48-token replies. The full-size table, with the settings and
 reading, is in `bench/RESULTS.md` ("Issue 12"); the script that makes it is
-`bench/controller_eval.py`, whose functions this notebook reuses (section 6 gives the
-command).""",
+`bench/controller_eval.py`, whose functions this notebook reuses (the last section gives
+the command).""",
     ),
     (
         "code",
