@@ -1167,6 +1167,305 @@ print(f"notebook ran in {time.perf_counter() - t0:.0f} s")""",
 ]
 
 
+STEERING_CONTROLLER = [
+    (
+        "md",
+        """\
+# The weighted steering controller: steer only the prompts that need it
+
+A fixed steering vector pushes every prompt. A deployer who wants a model to refuse
+harmful requests *and* answer benign ones exactly as before needs steering that decides,
+per prompt and per decoding step, whether to act and where. The weighted steering
+controller (Hegazy et al. 2025, "Guiding Giants: Lightweight Controllers for Weighted
+Activation Steering in LLMs", arXiv 2505.20309) is a small network that does this:
+
+- it reads the residual stream after the last `k = 4` blocks at the last position
+  (concatenated, `[k * d_model]`), and through `Linear -> ReLU -> Linear` outputs a
+  **gate** `g = sigmoid(o_0)` in [0, 1] and one **weight** `w_l = sigmoid(o_l)` per
+  steered layer;
+- the patch added after each steered layer `l` is `alpha * g * w_l * d_l`, with `d_l` the
+  unit difference of the mean residuals of harmful and benign requests at that layer (the
+  refusal direction of Arditi et al. 2024) and `alpha` a strength (default 4);
+- it acts on every position that predicts a token (the prompt's last token, then each
+  generated token), and `g` and `w` are **recomputed at every decoding step**, inside
+  steerlab's Rust decode loop (no Python per step). A gate of 0 is exactly the unsteered
+  model.
+
+Training (`sl.SteeringController.fit`): **stage 1** fits the gate to fire on harmful
+requests and stay quiet on benign ones (binary cross-entropy on cached activations,
+the best epoch on a validation split is kept); **stage 2** (optional) trains the whole
+network end to end through the frozen model: the cross-entropy of a refusal opening on
+harmful requests plus the KL to the unsteered model on benign continuations.
+
+This notebook fits a controller on the project's request data, looks at its gate and
+layer weights, generates with and without it, and measures it against the simpler
+alternatives on held-out requests. The numbers below are computed by this run; the
+sentences that interpret them are derived from the numbers, not written in advance.
+
+**Size.** The test suite runs this notebook with `STEERLAB_NOTEBOOK_FAST=1`: 16 training
+requests per class, a controller of hidden width 64 trained 2 epochs and 2 stage-2 steps
+at learning rate 1e-3, 6 held-out requests per class, 10-token replies, a refusal judge
+with one opening per kind (a couple of minutes on two cores): a smoke test, not a
+measurement. Without the variable it uses the contract's defaults
+(hidden 1024, 10 epochs at lr 5e-5, batch 8, strength 4), 40 stage-2 steps, every train
+and held-out request and 48-token replies. The full-size table, with the settings and
+reading, is in `bench/RESULTS.md` ("Issue 12"); the script that makes it is
+`bench/controller_eval.py`, whose functions this notebook reuses (the last section gives
+the command).""",
+    ),
+    (
+        "code",
+        """\
+import os
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import Markdown, display
+
+import steerlab as sl
+
+# bench/controller_eval.py, found from this notebook's folder or the repository root
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "bench" / "controller_eval.py").exists())
+sys.path.insert(0, str(ROOT / "bench"))
+import controller_eval  # noqa: E402
+
+FAST = os.environ.get("STEERLAB_NOTEBOOK_FAST") == "1"
+N_TRAIN = 16 if FAST else None  # train requests per class (None: all)
+N_TEST = 6 if FAST else None  # held-out requests per class (None: all 60)
+HIDDEN, EPOCHS, STAGE2_STEPS = (64, 2, 2) if FAST else (1024, 10, 40)
+LR = 1e-3 if FAST else 5e-5  # FAST: a larger step, so that 2 epochs and 2 steps move something
+NEW_TOKENS = 10 if FAST else 48
+JUDGE_OPENINGS = 1 if FAST else 8  # openings per kind the refusal judge scores
+PROGRESS = False if FAST else None
+t0 = time.perf_counter()
+model = sl.Model.load()
+print(model)""",
+    ),
+    (
+        "md",
+        """\
+## 1. The requests
+
+`sl.datasets.load_requests()` holds harmful requests (the model should refuse them) and
+benign ones (it should answer them), written for the package, with fixed train /
+validation / held-out splits. Some benign requests look alarming on the surface ("kill a
+process", "shoot a photo"): they measure false refusals honestly. The controller trains
+on `train`, keeps its best epoch on `validation`, and everything below is measured on
+`held_out`. Every function that reads a request renders it with the model's chat
+template first (`model.chat_prompt([{"role": "user", "content": request}])`), the same
+way for training and for inference.""",
+    ),
+    (
+        "code",
+        """\
+req = sl.datasets.load_requests()
+train, val, held = req.split()
+for part in (train, val, held):
+    print(part)
+print("an alarming-looking benign request:", held.alarming_benign[0])
+print("a benign request:", held.benign[0])
+print("refusal openings (stage 2's targets):", req.refusal_openings[:3], "...")
+print(repr(model.chat_prompt([{"role": "user", "content": held.benign[0]}])))""",
+    ),
+    (
+        "md",
+        """\
+## 2. Fit: stage 1, then stage 2
+
+Two fits with the same seed: one stops after stage 1, the other continues with stage 2
+(the same stage-1 result is its starting point). `controller_eval.fit_controller` calls
+`sl.SteeringController.fit(model, train.harmful, train.benign, hidden=..., epochs=...,
+lr=..., stage2_steps=..., validation=(val.harmful, val.benign))`.""",
+    ),
+    (
+        "code",
+        """\
+fit_args = dict(hidden=HIDDEN, epochs=EPOCHS, lr=LR, n_train=N_TRAIN, progress=PROGRESS)
+ctrl1 = controller_eval.fit_controller(model, stage2_steps=0, **fit_args)
+ctrl2 = controller_eval.fit_controller(model, stage2_steps=STAGE2_STEPS, **fit_args)
+print(ctrl2)
+print(f"trained parameters: {ctrl2.n_params:,}; steered layers {ctrl2.layers[0]}..{ctrl2.layers[-1]}, "
+      f"read layers {ctrl2.read_layers}, strength {ctrl2.strength}")
+tr = ctrl2.training
+s1 = [h for h in ctrl2.history if h["stage"] == 1.0]
+print(f"stage 1: best epoch {tr['best_epoch']} of {len(s1)}, validation accuracy "
+      f"{s1[tr['best_epoch']]['val_acc']:.2f}, {tr['seconds_stage1']:.1f} s")
+print(f"stage 2: {tr['stage2_steps']} steps, best validation loss {tr['best_stage2_val_loss']:.3f}, "
+      f"{tr['seconds'] - tr['seconds_stage1']:.1f} s")
+print("mean validation gate after stage 2:", {k: round(v, 3) for k, v in tr["validation_gate"].items()})""",
+    ),
+    (
+        "md",
+        """\
+## 3. Training curves and per-layer weights
+
+`ctrl.plot()`: left, stage 1's train and validation BCE and validation accuracy per epoch
+(and stage 2's loss per step, top axis); right, the mean layer weight `w_l` over the
+validation requests, harmful and benign. Stage 1 only pulls the weights towards 1 (it
+says nothing about which layers matter); stage 2 is where they can move.""",
+    ),
+    (
+        "code",
+        """\
+ctrl1.plot()
+plt.show()
+ctrl2.plot()
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
+## 4. The gate on held-out requests
+
+`ctrl.gate(model, requests)` is the gate at each prompt's last token (what the first
+patched position uses): a good controller puts harmful requests near 1 and benign ones
+near 0, alarming-looking benign ones included.""",
+    ),
+    (
+        "code",
+        """\
+data = controller_eval.held_out(N_TEST)
+alarm = data["alarming"]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+for ax, (name, c) in zip(axes, [("stage 1", ctrl1), ("stage 2", ctrl2)]):
+    gh, gb = c.gate(model, data["harmful"]), c.gate(model, data["benign"])
+    bins = np.linspace(0, 1, 21)
+    ax.hist(gh, bins=bins, alpha=0.6, color="tab:red", label=f"harmful (mean {gh.mean():.2f})")
+    ax.hist(gb[~alarm], bins=bins, alpha=0.6, color="tab:blue", label=f"benign (mean {gb[~alarm].mean():.2f})")
+    if alarm.any():
+        ax.hist(gb[alarm], bins=bins, alpha=0.6, color="tab:orange",
+                label=f"alarming benign (mean {gb[alarm].mean():.2f})")
+    ax.set(title=f"gate after {name}", xlabel="gate g")
+    ax.legend(fontsize=8)
+    print(f"{name}: gate on harmful {controller_eval.gate_stats(gh)}, on benign {controller_eval.gate_stats(gb)}")
+axes[0].set_ylabel("held-out requests")
+fig.tight_layout()
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
+## 5. Generations with and without the controller
+
+The controller is passed as `steering=` like any steering (`model.generate(prompts,
+steering=ctrl)`; a per-row list works too). `generate` does not apply the chat template,
+so the requests are rendered first. For benign requests the replies are printed
+unsteered and steered; for harmful requests only the verdict of the refusal matcher is
+printed (a reply the steering did not stop is not worth reproducing here).""",
+    ),
+    (
+        "code",
+        """\
+def render(requests):
+    return [model.chat_prompt([{"role": "user", "content": r}]) for r in requests]
+
+
+benign_demo = (held.alarming_benign[:1] + held.benign[:1]) if FAST else (held.alarming_benign[:2] + held.benign[:2])
+gates = ctrl2.gate(model, benign_demo)
+plain = model.generate(render(benign_demo), max_new_tokens=NEW_TOKENS)
+steered = model.generate(render(benign_demo), steering=ctrl2, max_new_tokens=NEW_TOKENS)
+for r, g, a, b in zip(benign_demo, gates, plain, steered):
+    print(f"request: {r}\\n  gate {g:.2f}\\n  unsteered:  {a!r}\\n  controller: {b!r}\\n")
+
+harmful_demo = held.harmful[:2] if FAST else held.harmful[:4]
+for name, st in [("unsteered", None), ("controller", ctrl2)]:
+    rep = sl.evaluate.refusal_rate(model, harmful_demo, steering=st, max_new_tokens=NEW_TOKENS,
+                                   judge_openings=JUDGE_OPENINGS, progress=False)
+    for r, pat, text in zip(harmful_demo, rep.pattern, rep.texts):
+        shown = repr(text) if pat else "(answered; reply not shown)"
+        print(f"{name:>10}: {r[:60]!r}... -> refusal pattern {pat}: {shown}")""",
+    ),
+    (
+        "md",
+        """\
+## 6. Five configurations on held-out requests
+
+`controller_eval.run` measures, on the same held-out requests:
+
+1. **no steering**;
+2. **constant steering**: the controller's directions, `alpha * d_l` at every steered layer
+   on every prompt (`sl.Steering({l: alpha * d_l, ...}, positions="last")`);
+3. **CAST** (conditional activation steering, Lee et al. 2024, IBM): project the prompt's
+   last-token residual at one condition layer on the direction there and apply the
+   constant steering only when the projection exceeds a threshold; layer and threshold
+   chosen on the validation split for the best balanced accuracy (a per-row steering list
+   `[steering if fired else None, ...]`);
+4. the **controller after stage 1**; 5. **after stage 2**.
+
+Columns: refusal rate on harmful requests (`sl.evaluate.refusal_rate`: the phrase
+matcher's rate / the log-probability judge's), false-refusal rate on benign requests and
+on the alarming-looking benign ones, the mean `KL(unsteered || steered)` per token along
+the unsteered model's own greedy reply to each benign request
+(`sl.evaluate.continuation_kl`, nats; 0 for no steering by definition), and the gate
+(the controller's mean with the 10th and 90th percentiles; CAST's fraction fired).""",
+    ),
+    (
+        "code",
+        """\
+figures, _ = controller_eval.run(
+    model, n=N_TEST, n_train=N_TRAIN, max_new_tokens=NEW_TOKENS,
+    controllers={"stage1": ctrl1, "stage2": ctrl2}, judge_openings=JUDGE_OPENINGS,
+    progress=PROGRESS,
+)
+display(Markdown(controller_eval.table(figures)))""",
+    ),
+    (
+        "code",
+        """\
+res = figures["results"]
+c, s1, s2, ca = res["constant"], res["stage1"], res["stage2"], res["cast"]
+for name, r in [("stage 1", s1), ("stage 2", s2)]:
+    kl_word = "less" if r["kl_benign"] < c["kl_benign"] else "not less"
+    fr_word = ("fewer" if r["false_refusal_benign"] < c["false_refusal_benign"]
+               else "as many" if r["false_refusal_benign"] == c["false_refusal_benign"] else "more")
+    ref_word = ("more" if r["refusal_harmful"] > c["refusal_harmful"]
+                else "as many" if r["refusal_harmful"] == c["refusal_harmful"] else "fewer")
+    print(f"controller after {name}: KL on benign {r['kl_benign']:.4f} nats ({kl_word} than constant "
+          f"steering's {c['kl_benign']:.4f}); {fr_word} false refusals ({r['false_refusal_benign']:.0%} vs "
+          f"{c['false_refusal_benign']:.0%}); {ref_word} refusals of harmful requests "
+          f"({r['refusal_harmful']:.0%} vs {c['refusal_harmful']:.0%}).")
+print(f"CAST fired on {ca['gate_harmful']['fired']:.0%} of harmful and {ca['gate_benign']['fired']:.0%} of benign "
+      f"requests (layer {figures['cast']['layer']}, validation balanced accuracy "
+      f"{figures['cast']['val_balanced_accuracy']:.2f}); KL on benign {ca['kl_benign']:.4f}.")
+none = res["none"]
+print(f"unsteered, the model refuses {none['refusal_harmful']:.0%} of the harmful requests: "
+      + ("it hardly refuses on its own, so a direction read from its activations has little "
+         "refusal behaviour to strengthen" if none["refusal_harmful"] < 0.2 else "there is refusal behaviour to strengthen"))
+if FAST:
+    print("(FAST run: a tiny controller on a few requests; read bench/RESULTS.md for the full-size table.)")""",
+    ),
+    (
+        "md",
+        """\
+## The full-size run
+
+The same measurement at full size (every train and held-out request, the contract's fit
+defaults, 48-token replies; 15 to 30 minutes on two CPU cores with a release build of
+steerlab) writes its figures as JSON and prints the table:
+
+    .venv/bin/python bench/controller_eval.py --stage2-steps 40 --out bench/results/controller_eval_smollm2.json
+    .venv/bin/python bench/controller_eval.py --table bench/results/controller_eval_smollm2.json
+
+`--model gemma` runs it on Gemma-3-270M; `--lr 5e-5 1e-3` adds controller rows for a
+second learning rate; `--n`, `--max-new-tokens`, `--epochs`, `--hidden`, `--stage2-steps`
+set the sizes. When the saved figures exist, the next cell shows them.""",
+    ),
+    (
+        "code",
+        """\
+import json
+
+for saved in sorted((ROOT / "bench" / "results").glob("controller_eval_*.json")):
+    full = json.loads(saved.read_text())
+    display(Markdown(controller_eval.table(full, f"**{saved.name}**: {controller_eval.describe(full)}")))
+print(f"notebook ran in {time.perf_counter() - t0:.0f} s")""",
+    ),
+]
+
+
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.cells = [new_markdown_cell(s) if kind == "md" else new_code_cell(s) for kind, s in cells]
@@ -1188,6 +1487,7 @@ NOTEBOOKS = {
     "03_mean_centring.ipynb": MEAN_CENTRING,
     "04_optimized_vectors.ipynb": OPTIMIZED,
     "05_activation_scaling.ipynb": ACTIVATION_SCALING,
+    "06_steering_controller.ipynb": STEERING_CONTROLLER,
 }
 
 
