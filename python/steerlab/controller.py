@@ -290,7 +290,10 @@ class SteeringController:
                 when one is given, else `default_layers` (the middle half).
             read_layers: an int k (the last k layers, default 4) or a list of layers.
             hidden: the MLP's hidden width (default 1024).
-            strength: alpha, in residual-stream units (default 4.0).
+            strength: alpha, in residual-stream units (default 4.0): an absolute size, so
+                its effect depends on the model's residual norms (about 100-200 in
+                SmolLM2-135M's middle layers, some 60 times more in Gemma-3-270M's);
+                `with_strength` changes it after training.
             epochs, lr, batch_size: stage 1 (defaults 10, 5e-5, 8).
             stage2_steps: optimiser steps of stage 2 (default 0: stage 1 only).
             seed: fixes the initialisation, the validation split and the batch order.
@@ -469,6 +472,8 @@ class SteeringController:
         t1 = time.perf_counter()
 
         best_val: float | None = None
+        start_val: float | None = None
+        best_step: int | None = None
         if n2 > 0 and not interrupted:
             refusals = _requests_openings()
             opening_ids = [core.encode(o, False) for o in refusals]
@@ -512,7 +517,8 @@ class SteeringController:
             )
             every = max(1, n2 // 10)
             v0 = trainer.stage2_validate()
-            best_val = float(v0["loss"])
+            best_val = start_val = float(v0["loss"])
+            best_step = -1
             trainer.keep()
             bar = progress_bar(progress, n2, 1, "controller stage 2", "step")
             try:
@@ -523,7 +529,7 @@ class SteeringController:
                         val = float(trainer.stage2_validate()["loss"])
                         entry["val_loss"] = val
                         if val < best_val:
-                            best_val = val
+                            best_val, best_step = val, s
                             trainer.keep()
                     history.append(entry)
                     bar.update(1)
@@ -560,6 +566,10 @@ class SteeringController:
             "n_validation": [len(vh), len(vb)],
             "best_epoch": int(np.argmin([h["val_bce"] for h in history if h["stage"] == 1.0])),
             "best_stage2_val_loss": best_val,
+            # The stage-2 validation loss before its first step, and the step whose
+            # parameters were kept (-1: none beat the start, stage 1's are kept).
+            "stage2_val_loss_start": start_val,
+            "best_stage2_step": best_step,
             "interrupted": interrupted,
             "dataset_sha256": _data_hash(hs, bs),
             "model_dtype": model.dtype,
@@ -621,7 +631,12 @@ class SteeringController:
             )
 
     def _states(
-        self, model: Model, prompts: str | Sequence[str], chat: Any, batch_size: int
+        self,
+        model: Model,
+        prompts: str | Sequence[str],
+        chat: Any,
+        batch_size: int,
+        progress: bool | None = None,
     ) -> FloatArray:
         from steerlab.model import Model
 
@@ -632,7 +647,13 @@ class SteeringController:
         ps = request_prompts(model._core, items, chat)
         a = cast(
             "FloatArray",
-            model.capture(ps, layers=self.read_layers, position="last", batch_size=batch_size),
+            model.capture(
+                ps,
+                layers=self.read_layers,
+                position="last",
+                batch_size=batch_size,
+                progress=progress,
+            ),
         )
         return np.ascontiguousarray(a.reshape(len(ps), -1), dtype=np.float32)
 
@@ -643,12 +664,14 @@ class SteeringController:
         *,
         chat: Any = "auto",
         batch_size: int = 8,
+        progress: bool | None = None,
     ) -> npt.NDArray[np.float32]:
         """The gate at each prompt's last token (what the first patched position uses).
 
         Args:
             model: the model it was trained on.
             prompts: requests or rendered prompts (`chat` as in `fit`).
+            batch_size: prompts per capture batch; progress: tqdm bars (None: automatic).
 
         Returns:
             float32 ``[n]`` in [0, 1].
@@ -657,7 +680,7 @@ class SteeringController:
             InvalidArgumentError / ShapeError / OutOfRangeError: another model;
             InvalidTypeError: prompts not str.
         """
-        return self._core.outputs(self._states(model, prompts, chat, batch_size))[:, 0]
+        return self._core.outputs(self._states(model, prompts, chat, batch_size, progress))[:, 0]
 
     def weights(
         self,
@@ -666,10 +689,11 @@ class SteeringController:
         *,
         chat: Any = "auto",
         batch_size: int = 8,
+        progress: bool | None = None,
     ) -> npt.NDArray[np.float32]:
         """The per-layer weights ``w_l`` at each prompt's last token: float32 ``[n, L]``
         in [0, 1] (columns in `layers` order). Errors as `gate`."""
-        return self._core.outputs(self._states(model, prompts, chat, batch_size))[:, 1:]
+        return self._core.outputs(self._states(model, prompts, chat, batch_size, progress))[:, 1:]
 
     def trace(
         self,
