@@ -76,10 +76,9 @@ pub struct Controller {
     layers: Vec<usize>,
     hidden: usize,
     d: usize,
-    /// Row-major values for the inference form: W1 and W2 transposed ([H, k·d] and
-    /// [1 + L, H]) so each output is one contiguous dot product.
+    /// Row-major values for the inference form: 1 / scale, and W2 transposed
+    /// ([1 + L, H]) so each output is one contiguous dot product.
     inv_scale: Vec<f32>,
-    w1t: Vec<f32>,
     w2t: Vec<f32>,
     /// [L, d] on the model's device, and as values.
     directions: Tensor,
@@ -197,7 +196,6 @@ impl Controller {
             hidden: h,
             d,
             inv_scale: p.scale.iter().map(|s| 1.0 / s).collect(),
-            w1t: transpose(&p.w1, kd, h),
             w2t: transpose(&p.w2, h, 1 + l),
             directions: t(&p.directions, &[l, d])?,
             strength: p.strength,
@@ -301,7 +299,7 @@ impl Controller {
         let mut flat = Vec::with_capacity(m * kd);
         xs.iter().for_each(|x| flat.extend_from_slice(x));
         flat.resize(m * kd, 0.0);
-        let hid = crate::kernels::dense::matmul_t(&flat, &self.w1t, m, self.hidden, kd)?;
+        let hid = crate::kernels::dense::matmul_serial(&flat, &p.w1, m, self.hidden, kd)?;
         Ok((0..n)
             .map(|r| {
                 let h: Vec<f32> = hid[r * self.hidden..(r + 1) * self.hidden]

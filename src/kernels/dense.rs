@@ -68,6 +68,43 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Ve
     Ok(y)
 }
 
+/// y [m, n] = x [m, k] · W, W [k, n] row-major, on the calling thread (for small products
+/// inside a step that already keeps the engine's threads busy). Same arguments for every
+/// `m`, so each row's bits depend only on that row once `m >= 2`.
+pub fn matmul_serial(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    check("dense matmul: activations", x.len(), m * k)?;
+    check("dense matmul: weight", w.len(), k * n)?;
+    let mut y = vec![0f32; m * n];
+    if m > 0 && n > 0 && k > 0 {
+        // SAFETY: dst is m x n (row stride n), lhs m x k (row stride k), rhs k x n
+        // (row stride n); lengths checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                n as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+    Ok(y)
+}
+
 /// gx [m, k] (+)= g[:, c0..c0 + r] · W_blk, where g is [m, ld] row-major and W_blk [r, k]
 /// row-major (`accumulate`: add to gx, else overwrite it).
 #[allow(clippy::too_many_arguments)]
