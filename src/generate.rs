@@ -640,38 +640,37 @@ impl Generation {
     }
 }
 
-/// `log softmax(logits)[tok]` in f64 (the max subtracted first), as f32.
+/// `log Σ exp(x)` over a row of logits, in f64 (the max subtracted first).
+fn log_sum_exp(x: &[f32]) -> f64 {
+    let mx = f64::from(x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    mx + x
+        .iter()
+        .map(|&v| (f64::from(v) - mx).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// `log softmax(logits)[tok]` in f64, as f32.
 fn token_logprob(logits: &[f32], tok: u32) -> f32 {
-    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = f64::from(mx)
-        + logits
-            .iter()
-            .map(|&x| (f64::from(x) - f64::from(mx)).exp())
-            .sum::<f64>()
-            .ln();
     let x = logits
         .get(tok as usize)
         .copied()
         .unwrap_or(f32::NEG_INFINITY);
-    (f64::from(x) - lse) as f32
+    (f64::from(x) - log_sum_exp(logits)) as f32
 }
 
 /// `KL(softmax(p) || softmax(q))` in nats, in f64, for two rows of logits.
 fn kl_logits(p: &[f32], q: &[f32]) -> f64 {
-    let lse = |x: &[f32]| {
-        let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        mx + x.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln()
-    };
-    let (lp, lq) = (lse(p), lse(q));
+    let (lp, lq) = (log_sum_exp(p), log_sum_exp(q));
     p.iter()
         .zip(q)
         .map(|(&a, &b)| {
-            let la = a as f64 - lp;
+            let la = f64::from(a) - lp;
             let pa = la.exp();
             if pa == 0.0 {
                 0.0
             } else {
-                pa * (la - (b as f64 - lq))
+                pa * (la - (f64::from(b) - lq))
             }
         })
         .sum::<f64>()

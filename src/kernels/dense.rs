@@ -35,49 +35,35 @@ fn check(what: &str, got: usize, want: usize) -> Result<()> {
 /// y [m, n] = x [m, k] · Wᵀ, W [n, k] row-major: the arguments candle's CPU matmul
 /// passes `gemm` for this product (so the same bits as candle's matmul of x and Wᵀ).
 pub fn matmul_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
-    check("dense matmul: activations", x.len(), m * k)?;
-    check("dense matmul: weight", w.len(), n * k)?;
-    let mut y = vec![0f32; m * n];
-    if m > 0 && n > 0 && k > 0 {
-        // SAFETY: dst is m x n (row stride n), lhs m x k (row stride k), rhs is Wᵀ read
-        // from the n x k row-major W (column stride k, row stride 1); lengths checked.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                parallelism(),
-            )
-        }
-    }
-    Ok(y)
+    // Wᵀ read from the n x k row-major W: column stride k, row stride 1.
+    product(x, w, m, n, k, (k as isize, 1), parallelism())
 }
 
 /// y [m, n] = x [m, k] · W, W [k, n] row-major, on the calling thread (for small products
 /// inside a step that already keeps the engine's threads busy). Same arguments for every
 /// `m`, so each row's bits depend only on that row once `m >= 2`.
 pub fn matmul_serial(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    product(x, w, m, n, k, (1, n as isize), gemm::Parallelism::None)
+}
+
+/// y [m, n] = x [m, k] · B with B the k x n matrix read from `w` (n·k values) with
+/// (column stride, row stride) `rhs`.
+fn product(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    rhs: (isize, isize),
+    par: gemm::Parallelism,
+) -> Result<Vec<f32>> {
     check("dense matmul: activations", x.len(), m * k)?;
-    check("dense matmul: weight", w.len(), k * n)?;
+    check("dense matmul: weight", w.len(), n * k)?;
     let mut y = vec![0f32; m * n];
     if m > 0 && n > 0 && k > 0 {
-        // SAFETY: dst is m x n (row stride n), lhs m x k (row stride k), rhs k x n
-        // (row stride n); lengths checked above.
+        // SAFETY: dst is m x n (row stride n), lhs m x k (row stride k), rhs k x n read
+        // with the given strides from n·k values (both layouts the callers pass stay
+        // inside them); lengths checked above.
         unsafe {
             gemm::gemm(
                 m,
@@ -91,14 +77,14 @@ pub fn matmul_serial(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Resu
                 1,
                 k as isize,
                 w.as_ptr(),
-                1,
-                n as isize,
+                rhs.0,
+                rhs.1,
                 0f32,
                 1f32,
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                par,
             )
         }
     }

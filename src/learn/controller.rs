@@ -377,10 +377,6 @@ impl ControllerTraining {
         Ok(())
     }
 
-    pub fn epochs(&self) -> &[EpochRecord] {
-        &self.epochs
-    }
-
     /// Set up stage 2 (see the module docs) on harmful examples (continuation: a refusal
     /// opening) and benign ones (continuation: the unsteered model's own), computing the
     /// frozen prefix of each. `kl_weight` weighs the benign KL against the harmful CE.
@@ -557,12 +553,6 @@ impl ControllerTraining {
         })
     }
 
-    pub fn stage2_sizes(&self) -> Option<(usize, usize)> {
-        self.stage2
-            .as_ref()
-            .map(|s| (s.harmful.len(), s.benign.len()))
-    }
-
     /// Stage 2's loss on `rows` (the first `nh` harmful, the rest benign).
     fn stage2_loss(
         &self,
@@ -679,10 +669,6 @@ impl ControllerTraining {
             rec.push(("gate_benign".into(), mean(&gv[nh..])));
         }
         Ok((loss, rec))
-    }
-
-    pub fn stage2_history(&self) -> &[StepRecord] {
-        self.stage2.as_ref().map_or(&[], |s| s.trainer.history())
     }
 
     /// The controller's parameters now (the trained values, the standardisation, the
