@@ -10,6 +10,7 @@ use pyo3::types::PyDict;
 
 use super::arrays::{matrix_f32, to_numpy, vec_f32};
 use super::cancel::interruptible;
+use super::learn::with_locked;
 use super::model::PyModel;
 use crate::error::Error;
 use crate::intervene::{Controller, ControllerParams};
@@ -204,11 +205,7 @@ impl PyControllerTrainer {
         &self,
         f: impl FnOnce(&mut ControllerTraining) -> crate::Result<R>,
     ) -> crate::Result<R> {
-        let mut g = self
-            .inner
-            .lock()
-            .map_err(|_| Error::invalid("the trainer is poisoned by an earlier failure"))?;
-        f(&mut g)
+        with_locked(&self.inner, f)
     }
 }
 
@@ -332,19 +329,14 @@ impl PyControllerTrainer {
     /// Keep a copy of the current parameters (put back with `restore_kept`).
     fn keep(&self) -> PyResult<()> {
         let snap = self.with(|t| t.snapshot())?;
-        *self
-            .kept
-            .lock()
-            .map_err(|_| Error::invalid("the trainer is poisoned"))? = Some(snap);
-        Ok(())
+        Ok(with_locked(&self.kept, |k| {
+            *k = Some(snap);
+            Ok(())
+        })?)
     }
 
     fn restore_kept(&self) -> PyResult<()> {
-        let kept = self
-            .kept
-            .lock()
-            .map_err(|_| Error::invalid("the trainer is poisoned"))?
-            .clone();
+        let kept = with_locked(&self.kept, |k| Ok(k.clone()))?;
         if let Some(s) = kept {
             self.with(|t| t.set_params(&s))?;
         }

@@ -27,6 +27,18 @@ fn examples(v: Vec<(Vec<u32>, usize)>) -> Vec<Example> {
         .collect()
 }
 
+/// Run `f` on the value behind a trainer's lock (a lock poisoned by an earlier panic is
+/// an error, not a second panic).
+pub(super) fn with_locked<T, R>(
+    m: &Mutex<T>,
+    f: impl FnOnce(&mut T) -> crate::Result<R>,
+) -> crate::Result<R> {
+    let mut g = m
+        .lock()
+        .map_err(|_| Error::invalid("the trainer is poisoned by an earlier failure"))?;
+    f(&mut g)
+}
+
 fn record<'py>(py: Python<'py>, r: &StepRecord) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("step", r.step)?;
@@ -46,11 +58,7 @@ pub struct PyVectorTrainer {
 
 impl PyVectorTrainer {
     fn with<R>(&self, f: impl FnOnce(&mut VectorTraining) -> crate::Result<R>) -> crate::Result<R> {
-        let mut g = self
-            .inner
-            .lock()
-            .map_err(|_| Error::invalid("the trainer is poisoned by an earlier failure"))?;
-        f(&mut g)
+        with_locked(&self.inner, f)
     }
 }
 
@@ -147,11 +155,7 @@ pub struct PyScalarTrainer {
 
 impl PyScalarTrainer {
     fn with<R>(&self, f: impl FnOnce(&mut ScalarTraining) -> crate::Result<R>) -> crate::Result<R> {
-        let mut g = self
-            .inner
-            .lock()
-            .map_err(|_| Error::invalid("the trainer is poisoned by an earlier failure"))?;
-        f(&mut g)
+        with_locked(&self.inner, f)
     }
 }
 
