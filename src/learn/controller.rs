@@ -27,12 +27,11 @@ use candle_core::{DType, Tensor, Var, D};
 
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
-use crate::hooks::Sites;
 use crate::intervene::controller::controller_logits;
-use crate::intervene::{ControllerParams, Intervention, Positions, SteeringPlan};
+use crate::intervene::{ControllerParams, Intervention, Positions};
 use crate::learn::batches::{Batches, SplitMix64};
 use crate::learn::losses;
-use crate::learn::prefix::{forward_from_prefix, frozen_prefix};
+use crate::learn::prefix::{forward_from_prefix, frozen_prefix, steered_from_prefix};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
 use crate::model::{Mode, Model, NoHooks};
 use crate::pool::in_pool;
@@ -590,22 +589,8 @@ impl ControllerTraining {
             })
             .collect::<Result<_>>()?;
         let splits: Vec<usize> = rows.iter().map(|c| c.split).collect();
-        let extra = rows
-            .iter()
-            .map(|c| c.ids.len() - c.split)
-            .max()
-            .unwrap_or(0);
-        let plan = SteeringPlan::new(&steer, &splits, extra, m.n_layers(), d, dev)?
-            .with_prompt_lens(splits);
-        let mut hooks = Sites {
-            steering: Some(&plan),
-            capture: None,
-            monitor: None,
-            cancel: Some(cancel),
-            controller: None,
-        };
         let hs: Vec<&Tensor> = rows.iter().map(|c| &c.h).collect();
-        let (out, layout) = forward_from_prefix(m, &hs, s2.start, &mut hooks, Mode::Gradient)?;
+        let (out, layout) = steered_from_prefix(m, &hs, splits, &steer, s2.start, cancel)?;
         let w_ = layout.width;
         // The positions that predict continuation tokens, per part.
         let pick = |range: std::ops::Range<usize>| -> (Vec<u32>, Vec<u32>) {

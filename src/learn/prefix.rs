@@ -6,6 +6,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::cancel::Cancel;
 use crate::error::Result;
+use crate::hooks::Sites;
+use crate::intervene::{RowSteering, SteeringPlan};
 use crate::model::{BatchLayout, Hooks, Mode, Model, NoHooks, StepCtx};
 
 /// The output of blocks `0..start` (the embeddings when `start` is 0) for each token id
@@ -59,6 +61,45 @@ pub(crate) fn forward_from_prefix(
     let mut cache = model.new_cache();
     let out = model.forward_blocks(h, start..model.n_layers(), &ctx, &mut cache, hooks)?;
     Ok((out, layout))
+}
+
+/// [`forward_from_prefix`] in `Mode::Gradient` with per-row steering `steer` on training
+/// sequences: row r is a prompt of `splits[r]` tokens followed by its continuation
+/// (`hs[r]` holds the whole sequence), and the steering's positions resolve as in
+/// generation, the continuation playing the generated tokens.
+pub(crate) fn steered_from_prefix(
+    model: &Model,
+    hs: &[&Tensor],
+    splits: Vec<usize>,
+    steer: &[RowSteering],
+    start: usize,
+    cancel: &Cancel,
+) -> Result<(Tensor, BatchLayout)> {
+    let extra = hs
+        .iter()
+        .zip(&splits)
+        .map(|(h, &s)| Ok(h.dim(0)?.saturating_sub(s)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let plan = SteeringPlan::new(
+        steer,
+        &splits,
+        extra,
+        model.n_layers(),
+        model.d_model(),
+        &model.device,
+    )?
+    .with_prompt_lens(splits);
+    let mut hooks = Sites {
+        steering: Some(&plan),
+        capture: None,
+        monitor: None,
+        cancel: Some(cancel),
+        controller: None,
+    };
+    forward_from_prefix(model, hs, start, &mut hooks, Mode::Gradient)
 }
 
 /// Rows `hs` (each `[len_r, d]`) left-padded with zeros into one batch `[b, width, d]`

@@ -22,10 +22,9 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
-use crate::hooks::Sites;
-use crate::intervene::{Intervention, Positions, SteeringPlan};
+use crate::intervene::{Intervention, Positions};
 use crate::learn::batches::Batches;
-use crate::learn::prefix::{forward_from_prefix, frozen_prefix};
+use crate::learn::prefix::{frozen_prefix, steered_from_prefix};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
 use crate::learn::{fused, losses};
 use crate::model::{Mode, Model};
@@ -252,22 +251,8 @@ impl VectorTraining {
             })
             .collect();
         let splits: Vec<usize> = rows.iter().map(|&i| data[i].split).collect();
-        let extra = rows
-            .iter()
-            .map(|&i| data[i].ids.len() - data[i].split)
-            .max()
-            .unwrap_or(0);
-        let plan = SteeringPlan::new(&steer, &splits, extra, m.n_layers(), d, dev)?
-            .with_prompt_lens(splits);
-        let mut hooks = Sites {
-            steering: Some(&plan),
-            capture: None,
-            monitor: None,
-            cancel: Some(cancel),
-            controller: None,
-        };
         let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
-        let (out, layout) = forward_from_prefix(m, &hs, self.start, &mut hooks, Mode::Gradient)?; // [b, w, d]
+        let (out, layout) = steered_from_prefix(m, &hs, splits, &steer, self.start, cancel)?; // [b, w, d]
         let w = layout.width;
         // Columns that predict a completion token, their targets and their row.
         let (mut pick, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
