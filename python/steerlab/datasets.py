@@ -24,6 +24,11 @@
   requests that only look alarming, "kill a process"), split into train, validation and
   held-out parts, with refusal and compliance openings; the data for the steering
   controller (Hegazy et al. 2025) and the refusal judge. See `Requests`.
+- Steering prompts (`load_steering_prompts`): plain-language steering instructions
+  ("Mention the ocean.", "Talk like a pirate.") in five categories, each with keywords
+  that `keyword_hits` counts, split by concept into held-in and held-out parts, and
+  neutral base prompts split into train, validation and held-out parts; the data for
+  HyperSteer (Sun et al. 2025). See `SteeringPrompts`.
 
 Files are parsed once and cached; functions that return lists return a fresh list on
 every call, so callers may change them freely.
@@ -39,6 +44,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from steerlab._requests import Requests, load_requests
+from steerlab._steering_prompts import SteeringPrompts, keyword_hits, load_steering_prompts
 from steerlab._tasks import Task, TaskRecord, load_task, task_names
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
@@ -49,14 +55,17 @@ __all__ = [
     "ABRecord",
     "Behaviour",
     "Requests",
+    "SteeringPrompts",
     "StyleSet",
     "Task",
     "TaskRecord",
     "TopicSet",
     "background_corpus",
     "behaviour_names",
+    "keyword_hits",
     "load_behaviour",
     "load_requests",
+    "load_steering_prompts",
     "load_style",
     "load_task",
     "load_topic",
