@@ -41,6 +41,9 @@ pub enum Positions {
     /// Explicit positions in the unpadded sequence; negative values count from the end of
     /// the prompt. Decode step k is position `len(prompt) + k`.
     Indices(Vec<i64>),
+    /// Every position from this one on, prompt and generated (`"all_but_first"` is
+    /// `From(1)`: every position except a BOS token at 0, HyperSteer's convention).
+    From(usize),
 }
 
 impl Positions {
@@ -50,9 +53,10 @@ impl Positions {
             "prompt" => Ok(Positions::Prompt),
             "generated" => Ok(Positions::Generated),
             "last" => Ok(Positions::Last),
+            "all_but_first" => Ok(Positions::From(1)),
             other => Err(Error::invalid(format!(
-                "unknown positions '{other}' (expected 'all', 'prompt', 'generated', 'last' \
-                 or a list of integer positions)"
+                "unknown positions '{other}' (expected 'all', 'all_but_first', 'prompt', \
+                 'generated', 'last' or a list of integer positions)"
             ))),
         }
     }
@@ -66,6 +70,7 @@ impl Positions {
             Positions::Indices(ix) => ix
                 .iter()
                 .any(|&i| resolve_index(i, prompt_len) == Some(pos)),
+            Positions::From(k) => pos >= *k,
         }
     }
 
@@ -80,6 +85,12 @@ impl Positions {
                  reads only the prompt ({len} tokens) and no generated token (capture, \
                  logits, token_logprobs, or generate with max_new_tokens=1); expected \
                  'all', 'prompt', 'last' or prompt indices"
+            ))),
+            Positions::From(k) if *k >= len.saturating_add(extra) => Err(Error::invalid(format!(
+                "row {row}: steering positions from {k} on touch no token here: the row has \
+                 {len} prompt tokens and the model reads {extra} generated token(s) after \
+                 them; expected a prompt of at least {} tokens, or 'all'",
+                k + 1
             ))),
             Positions::Indices(ix) if ix.is_empty() => Err(Error::invalid(format!(
                 "row {row}: steering positions is an empty list; expected at least one index"

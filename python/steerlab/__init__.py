@@ -37,6 +37,7 @@ from steerlab.errors import (
     TokenizerError,
     UnsupportedModelError,
 )
+from steerlab.hypersteer import HyperSteer
 from steerlab.model import Model
 from steerlab.optimize import TrainingInterrupted
 from steerlab.scalars import ActivationScalars
@@ -52,6 +53,7 @@ __all__ = [
     "ContrastPairs",
     "DiagnosisReport",
     "DivisionByZeroError",
+    "HyperSteer",
     "InvalidArgumentError",
     "InvalidTypeError",
     "Model",

@@ -66,7 +66,7 @@ class BackendError(SteerlabError, RuntimeError): ...
 #   list[int]    explicit positions counted from the start of the unpadded prompt
 #                (negative: from the end of the prompt); decode step k is position
 #                len(prompt) + k
-_Positions = Literal["all", "prompt", "generated", "last"] | list[int]
+_Positions = Literal["all", "all_but_first", "prompt", "generated", "last"] | list[int]
 # One intervention: either (layer, vector, positions): add `vector` (already scaled,
 # float32 [d_model]) to the residual stream after block `layer` (negative counts from
 # the end); or (site, layer, op, array, value, positions): op "add" (array = v),
@@ -364,6 +364,66 @@ class ControllerTrainer:
     def keep(self) -> None: ...
     def restore_kept(self) -> None: ...
     def params(self) -> dict[str, Any]: ...
+
+_RawTensor = tuple[str, list[int], npt.NDArray[np.float32]]
+_HyperExample = tuple[list[int], list[int], int]
+
+@final
+class HyperNet:
+    """A HyperSteer hypernetwork (copied base blocks, cross-attention, head)."""
+
+    def __new__(
+        cls,
+        model: Model,
+        variant: str,
+        layer: int,
+        n_blocks: int,
+        params: list[_RawTensor] | None = None,
+    ) -> HyperNet: ...
+    def vectors(
+        self, steer: list[list[int]], base: list[list[int]] | None = None
+    ) -> npt.NDArray[np.float32]: ...
+    def params(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    @property
+    def variant(self) -> str: ...
+    @property
+    def layer(self) -> int: ...
+    @property
+    def n_blocks(self) -> int: ...
+    @property
+    def n_params(self) -> int: ...
+
+@final
+class HyperTrainer:
+    """A HyperSteer training run, stepped from Python."""
+
+    def __new__(
+        cls,
+        model: Model,
+        examples_: list[_HyperExample],
+        validation: list[_HyperExample],
+        variant: str,
+        layer: int,
+        n_blocks: int,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = ...,  # 1.0
+        batch_size: int = 8,
+        seed: int = 0,
+    ) -> HyperTrainer: ...
+    def step(self) -> dict[str, float]: ...
+    def validate(self) -> float | None: ...
+    @property
+    def history(self) -> list[dict[str, float]]: ...
+    @property
+    def steps_per_epoch(self) -> int: ...
+    @property
+    def n_params(self) -> int: ...
+    def params(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    def set_params(self, params: list[_RawTensor]) -> None: ...
+    def set_step_offset(self, steps: int) -> None: ...
+    def set_lr(self, lr: float) -> None: ...
 
 def save_learned(
     path: str | os.PathLike[str],

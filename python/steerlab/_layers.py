@@ -15,10 +15,10 @@ from steerlab import _args, _core
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, ShapeError
 
 #: Named position sets an operation can apply to (or pass a list of indices).
-POSITION_NAMES = ("all", "prompt", "generated", "last")
+POSITION_NAMES = ("all", "all_but_first", "prompt", "generated", "last")
 #: The sites an operation or a capture can name.
 SITES = ("resid_post", "resid_mid", "attn_out", "mlp_out", "embed")
-PositionName: TypeAlias = Literal["all", "prompt", "generated", "last"]
+PositionName: TypeAlias = Literal["all", "all_but_first", "prompt", "generated", "last"]
 PositionsLike: TypeAlias = PositionName | int | Iterable[int]
 Positions: TypeAlias = PositionName | list[int]
 SiteName: TypeAlias = Literal["resid_post", "resid_mid", "attn_out", "mlp_out", "embed"]

@@ -31,6 +31,7 @@ __all__ = [
     "ControllerData",
     "DiagnosisData",
     "GenerationData",
+    "HyperSteerData",
     "LayerData",
     "PromptTypesData",
     "RefusalData",
@@ -42,6 +43,7 @@ __all__ = [
     "plot_cosine_histogram",
     "plot_diagnosis",
     "plot_generation_report",
+    "plot_hypersteer",
     "plot_layer_sweep",
     "plot_loss",
     "plot_projections",
@@ -840,6 +842,53 @@ def plot_controller(ctrl: ControllerData, ax: Any = None) -> Figure:
         title += f" (mean gate: harmful {gates['harmful']:.2f}, benign {gates['benign']:.2f})"
     right.set_title(title, fontsize=9)
     right.set_xlabel("steered layer")
+    fig.tight_layout()
+    return cast("Figure", fig)
+
+
+class HyperSteerData(Protocol):
+    """What `plot_hypersteer` reads (a `steerlab.HyperSteer`)."""
+
+    history: list[dict[str, float]]
+    training: dict[str, Any]
+
+
+def plot_hypersteer(hs: HyperSteerData, ax: Any = None) -> Figure:
+    """A HyperSteer run's loss curve: the training cross-entropy of each step's batch
+    (faint), its running mean over ``max(1, steps // 20)`` steps, and the validation
+    cross-entropy where it was measured, against the step.
+
+    Args:
+        hs: the hypernetwork.
+        ax: None (a new figure) or a matplotlib Axes.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 3.5))
+    else:
+        fig = ax.figure
+    steps = np.asarray([h["step"] + 1 for h in hs.history], dtype=np.float64)
+    ce = np.asarray([h.get("ce", h["loss"]) for h in hs.history], dtype=np.float64)
+    if len(ce):
+        ax.plot(steps, ce, color=POS_COLOR, alpha=0.3, label="train CE (batch)")
+        w = max(1, len(ce) // 20)
+        run = np.convolve(ce, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1 :], run, color=POS_COLOR, label=f"train CE (mean of {w})")
+    val = [(h["step"] + 1, h["val_ce"]) for h in hs.history if "val_ce" in h]
+    if val:
+        ax.plot(*zip(*val, strict=True), "s--", color=NEG_COLOR, label="validation CE")
+    t = hs.training
+    ax.set_title(
+        f"HyperSteer {t.get('variant', '')}, layer {t.get('layer', '?')}, "
+        f"N={t.get('n_blocks', '?')}",
+        fontsize=9,
+    )
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / target token)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return cast("Figure", fig)
 

@@ -200,8 +200,9 @@ class Steering:
             (negative counts from the end); each vector is 1-D with the model's
             ``d_model`` entries (converted to float32, copied).
         positions: where to apply: ``"all"`` (prompt and generated tokens, the
-            default), ``"prompt"``, ``"generated"``, ``"last"`` (the last prompt token
-            and every generated token), or a list of indices into the unpadded prompt
+            default), ``"all_but_first"`` (every position except the first, a BOS
+            token: HyperSteer's convention), ``"prompt"``, ``"generated"``, ``"last"``
+            (the last prompt token and every generated token), or a list of indices into the unpadded prompt
             (negative from its end; decode step ``k`` is position ``len(prompt) + k``),
             as `Model.encode` numbers the tokens. Nothing is skipped silently: when the
             steering is used, an index outside a row (before its start, or past its

@@ -4,6 +4,7 @@ mod arrays;
 mod cancel;
 mod controller;
 mod errors;
+mod hyper;
 mod learn;
 mod model;
 mod vectors;
@@ -29,6 +30,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<learn::PyScalarTrainer>()?;
     m.add_class::<controller::PyController>()?;
     m.add_class::<controller::PyControllerTrainer>()?;
+    m.add_class::<hyper::PyHyperNet>()?;
+    m.add_class::<hyper::PyHyperTrainer>()?;
     m.add_function(wrap_pyfunction!(learn::save_learned, m)?)?;
     m.add_function(wrap_pyfunction!(learn::load_learned, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::fit_direction, m)?)?;

@@ -81,7 +81,7 @@ pub(super) fn extract_positions(p: &Bound<'_, PyAny>) -> PyResult<Positions> {
         return Ok(Positions::Indices(v));
     }
     Err(invalid(
-        "positions must be 'all', 'prompt', 'generated', 'last' or a list of ints",
+        "positions must be 'all', 'all_but_first', 'prompt', 'generated', 'last' or a list of ints",
     ))
 }
 

@@ -17,6 +17,7 @@ pub mod artifact;
 pub mod batches;
 pub mod controller;
 mod fused;
+pub mod hyper;
 pub mod losses;
 mod prefix;
 pub mod scalars;

@@ -5,9 +5,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::cancel::Cancel;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hooks::Sites;
 use crate::intervene::{RowSteering, SteeringPlan};
+use crate::learn::{fused, losses};
 use crate::model::{BatchLayout, Hooks, Mode, Model, NoHooks, StepCtx};
 
 /// The output of blocks `0..start` (the embeddings when `start` is 0) for each token id
@@ -120,4 +121,70 @@ fn stack_left_padded(
         });
     }
     Ok(Tensor::stack(&rows, 0)?) // [b, w, d]
+}
+
+/// The log-probabilities of the completions of training sequences under the forward
+/// output `out` [b, width, d] (laid out as `layout`): row r is `seqs[r] = (ids, split)`,
+/// a prompt of `split` tokens and its completion. Returns the token-weighted
+/// cross-entropy (scalar: every completion token weighs the same) and each row's mean
+/// log-probability per completion token [b]. Only the completion columns go through the
+/// final norm and the LM head.
+pub(crate) fn completion_logprobs(
+    model: &Model,
+    out: &Tensor,
+    layout: &BatchLayout,
+    seqs: &[(&[u32], usize)],
+) -> Result<(Tensor, Tensor)> {
+    let m = model;
+    let d = m.d_model();
+    let dev = &m.device;
+    let w = layout.width;
+    // Columns that predict a completion token, their targets and their row.
+    let (mut pick, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, &(ids, split)) in seqs.iter().enumerate() {
+        if split == 0 || split >= ids.len() {
+            return Err(Error::invalid(format!(
+                "sequence {r}: the prompt has {split} tokens and the completion {}; \
+                 expected at least one token in each",
+                ids.len().saturating_sub(split)
+            )));
+        }
+        let pad = layout.pad(r);
+        for j in split - 1..ids.len() - 1 {
+            pick.push((r * w + pad + j) as u32);
+            targets.push(ids[j + 1]);
+            owner.push(r);
+        }
+    }
+    let k = pick.len();
+    let pick = Tensor::from_vec(pick, k, dev)?;
+    let sel = out.reshape((seqs.len() * w, d))?.index_select(&pick, 0)?; // [k, d]
+                                                                         // The LM head straight on [k, d] -> [k, V]: no reshape between it and the loss,
+                                                                         // so the backward allocates the [k, V] gradient once (each graph node in between
+                                                                         // would add a zero-filled [k, V] buffer and a pass over it).
+    let logits = m.logits_all(&sel, Mode::Gradient)?; // [k, V]
+    let v = logits.dim(1)?;
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+        return Err(Error::out_of_range(format!(
+            "token id {bad} is out of range for a vocabulary of {v}"
+        )));
+    }
+    let lp = if fused::applies(&logits) {
+        fused::target_logprobs(&logits, (0..k as u32).collect(), targets)? // [k]
+    } else {
+        let logits = logits.reshape((k, 1, v))?;
+        let targets = Tensor::from_vec(targets, (k, 1), dev)?;
+        let ones = Tensor::ones((k, 1), DType::F32, dev)?;
+        losses::sequence_logprob(&logits, &targets, &ones)? // [k]
+    };
+    let mut s = vec![0f32; seqs.len() * k];
+    let mut count = vec![0usize; seqs.len()];
+    owner.iter().for_each(|&r| count[r] += 1);
+    for (j, &r) in owner.iter().enumerate() {
+        s[r * k + j] = 1.0 / count[r] as f32;
+    }
+    let s = Tensor::from_vec(s, (seqs.len(), k), dev)?;
+    let per_row = s.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?; // [b]
+    let ce = (lp.sum_all()? * (-1.0 / k as f64))?;
+    Ok((ce, per_row))
 }

@@ -24,10 +24,10 @@ use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::intervene::{Intervention, Positions};
 use crate::learn::batches::Batches;
-use crate::learn::prefix::{frozen_prefix, steered_from_prefix};
+use crate::learn::losses;
+use crate::learn::prefix::{completion_logprobs, frozen_prefix, steered_from_prefix};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
-use crate::learn::{fused, losses};
-use crate::model::{Mode, Model};
+use crate::model::Model;
 use crate::pool::in_pool;
 
 /// One training example: `ids` = prompt tokens then completion tokens; the completion
@@ -236,8 +236,6 @@ impl VectorTraining {
         cancel: &Cancel,
     ) -> Result<(Tensor, Tensor)> {
         let m = &self.model;
-        let d = m.d_model();
-        let dev = &m.device;
         let steer: Vec<Vec<Intervention>> = rows
             .iter()
             .map(|_| {
@@ -253,49 +251,11 @@ impl VectorTraining {
         let splits: Vec<usize> = rows.iter().map(|&i| data[i].split).collect();
         let hs: Vec<&Tensor> = rows.iter().map(|&i| &data[i].h).collect();
         let (out, layout) = steered_from_prefix(m, &hs, splits, &steer, self.start, cancel)?; // [b, w, d]
-        let w = layout.width;
-        // Columns that predict a completion token, their targets and their row.
-        let (mut pick, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
-        for (r, &i) in rows.iter().enumerate() {
-            let (ids, split) = (&data[i].ids, data[i].split);
-            let pad = layout.pad(r);
-            for j in split - 1..ids.len() - 1 {
-                pick.push((r * w + pad + j) as u32);
-                targets.push(ids[j + 1]);
-                owner.push(r);
-            }
-        }
-        let k = pick.len();
-        let pick = Tensor::from_vec(pick, k, dev)?;
-        let sel = out.reshape((rows.len() * w, d))?.index_select(&pick, 0)?; // [k, d]
-                                                                             // The LM head straight on [k, d] -> [k, V]: no reshape between it and the loss,
-                                                                             // so the backward allocates the [k, V] gradient once (each graph node in between
-                                                                             // would add a zero-filled [k, V] buffer and a pass over it).
-        let logits = m.logits_all(&sel, Mode::Gradient)?; // [k, V]
-        let v = logits.dim(1)?;
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
-            return Err(Error::out_of_range(format!(
-                "token id {bad} is out of range for a vocabulary of {v}"
-            )));
-        }
-        let lp = if fused::applies(&logits) {
-            fused::target_logprobs(&logits, (0..k as u32).collect(), targets)? // [k]
-        } else {
-            let logits = logits.reshape((k, 1, v))?;
-            let targets = Tensor::from_vec(targets, (k, 1), dev)?;
-            let ones = Tensor::ones((k, 1), DType::F32, dev)?;
-            losses::sequence_logprob(&logits, &targets, &ones)? // [k]
-        };
-        let mut s = vec![0f32; rows.len() * k];
-        let mut count = vec![0usize; rows.len()];
-        owner.iter().for_each(|&r| count[r] += 1);
-        for (j, &r) in owner.iter().enumerate() {
-            s[r * k + j] = 1.0 / count[r] as f32;
-        }
-        let s = Tensor::from_vec(s, (rows.len(), k), dev)?;
-        let per_row = s.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?; // [b]
-        let ce = (lp.sum_all()? * (-1.0 / k as f64))?;
-        Ok((ce, per_row))
+        let seqs: Vec<(&[u32], usize)> = rows
+            .iter()
+            .map(|&i| (data[i].ids.as_slice(), data[i].split))
+            .collect();
+        completion_logprobs(m, &out, &layout, &seqs)
     }
 
     pub fn history(&self) -> &[StepRecord] {

@@ -268,20 +268,37 @@ pub struct AttnInput<'a> {
 const PAR_ATTN_WORK: usize = 1 << 16;
 
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    q_bias: Option<Tensor>,
-    k_bias: Option<Tensor>,
-    v_bias: Option<Tensor>,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    n_heads: usize,
-    n_kv: usize,
-    head_dim: usize,
-    scale: f64,
-    interleaved: bool,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) q_bias: Option<Tensor>,
+    pub(super) k_bias: Option<Tensor>,
+    pub(super) v_bias: Option<Tensor>,
+    pub(super) q_norm: Option<RmsNorm>,
+    pub(super) k_norm: Option<RmsNorm>,
+    pub(super) n_heads: usize,
+    pub(super) n_kv: usize,
+    pub(super) head_dim: usize,
+    pub(super) scale: f64,
+    pub(super) interleaved: bool,
+}
+
+/// A bias as a new trainable `Var` (registered under `name`).
+pub(super) fn trainable_bias(
+    b: &Option<Tensor>,
+    name: String,
+    vars: &mut Vec<(String, candle_core::Var)>,
+) -> Result<Option<Tensor>> {
+    Ok(match b {
+        None => None,
+        Some(b) => {
+            let v = candle_core::Var::from_tensor(&b.to_dtype(candle_core::DType::F32)?.copy()?)?;
+            let t = v.as_tensor().clone();
+            vars.push((name, v));
+            Some(t)
+        }
+    })
 }
 
 impl Attention {
@@ -321,6 +338,37 @@ impl Attention {
             head_dim: hd,
             scale: cfg.attn_scale,
             interleaved: cfg.rope_interleaved,
+        })
+    }
+
+    /// A trainable copy (every weight, bias and norm a new f32 `Var` in `vars`, named
+    /// `{prefix}.q`, `{prefix}.q_bias`, `{prefix}.q_norm`, ...): the same function at
+    /// the start.
+    pub fn trainable(
+        &self,
+        prefix: &str,
+        dev: &candle_core::Device,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<Attention> {
+        let n = |s: &str| format!("{prefix}.{s}");
+        let norm = |m: &Option<RmsNorm>, name: String, vars: &mut Vec<_>| -> Result<_> {
+            m.as_ref().map(|m| m.trainable(name, vars)).transpose()
+        };
+        Ok(Attention {
+            q: self.q.trainable(n("q"), dev, vars)?,
+            k: self.k.trainable(n("k"), dev, vars)?,
+            v: self.v.trainable(n("v"), dev, vars)?,
+            o: self.o.trainable(n("o"), dev, vars)?,
+            q_bias: trainable_bias(&self.q_bias, n("q_bias"), vars)?,
+            k_bias: trainable_bias(&self.k_bias, n("k_bias"), vars)?,
+            v_bias: trainable_bias(&self.v_bias, n("v_bias"), vars)?,
+            q_norm: norm(&self.q_norm, n("q_norm"), vars)?,
+            k_norm: norm(&self.k_norm, n("k_norm"), vars)?,
+            n_heads: self.n_heads,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+            scale: self.scale,
+            interleaved: self.interleaved,
         })
     }
 

@@ -33,6 +33,39 @@ impl Block {
             Block::Gemma3(b) => b.mlp_out(x, mode),
         }
     }
+
+    /// A trainable copy of this block, built from the same code: every weight and norm
+    /// dequantized to f32 as a new `Var` registered in `vars` as `{prefix}.{name}` (the
+    /// base block is not changed). At the start it computes the base block's function
+    /// (exactly on f32 weights; on quantized ones up to the kernels' 8-bit activation
+    /// rounding, which the copy does not do).
+    pub fn trainable(
+        &self,
+        prefix: &str,
+        dev: &candle_core::Device,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<Block> {
+        Ok(match self {
+            Block::Llama(b) => Block::Llama(b.trainable(prefix, dev, vars)?),
+            Block::Gemma3(b) => Block::Gemma3(b.trainable(prefix, dev, vars)?),
+        })
+    }
+
+    /// The block's attention (cross-attention layers start from its projections).
+    pub fn attention(&self) -> &super::attention::Attention {
+        match self {
+            Block::Llama(b) => &b.attn,
+            Block::Gemma3(b) => &b.attn,
+        }
+    }
+
+    /// The norm in front of attention, and (Gemma) the one after it.
+    pub fn attn_norms(&self) -> (&super::ops::RmsNorm, Option<&super::ops::RmsNorm>) {
+        match self {
+            Block::Llama(b) => (&b.attn_norm, None),
+            Block::Gemma3(b) => (&b.attn_norm, Some(&b.post_attn_norm)),
+        }
+    }
 }
 
 /// Gated MLP: down(act(gate(x)) * up(x)).
@@ -51,6 +84,21 @@ impl Mlp {
             up: w.linear(&format!("{i}.up"), f, d)?,
             down: w.linear(&format!("{i}.down"), d, f)?,
             act: cfg.activation,
+        })
+    }
+
+    /// A trainable copy (see [`Block::trainable`]).
+    pub fn trainable(
+        &self,
+        prefix: &str,
+        dev: &candle_core::Device,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<Mlp> {
+        Ok(Mlp {
+            gate: self.gate.trainable(format!("{prefix}.gate"), dev, vars)?,
+            up: self.up.trainable(format!("{prefix}.up"), dev, vars)?,
+            down: self.down.trainable(format!("{prefix}.down"), dev, vars)?,
+            act: self.act,
         })
     }
 

@@ -18,9 +18,9 @@ use super::weights::Weights;
 use crate::error::Result;
 
 pub struct Gemma3Block {
-    attn_norm: RmsNorm,
-    attn: Attention,
-    post_attn_norm: RmsNorm,
+    pub(super) attn_norm: RmsNorm,
+    pub(super) attn: Attention,
+    pub(super) post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
     mlp: Mlp,
     post_ffn_norm: RmsNorm,
@@ -38,6 +38,24 @@ impl Gemma3Block {
             ffn_norm: RmsNorm::load(w, &p("ffn_norm"), d, e)?,
             mlp: Mlp::load(w, cfg, i)?,
             post_ffn_norm: RmsNorm::load(w, &p("post_ffn_norm"), d, e)?,
+        })
+    }
+
+    /// A trainable copy (see `Block::trainable`).
+    pub fn trainable(
+        &self,
+        prefix: &str,
+        dev: &candle_core::Device,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<Self> {
+        let n = |s: &str| format!("{prefix}.{s}");
+        Ok(Gemma3Block {
+            attn_norm: self.attn_norm.trainable(n("attn_norm"), vars)?,
+            attn: self.attn.trainable(&n("attn"), dev, vars)?,
+            post_attn_norm: self.post_attn_norm.trainable(n("post_attn_norm"), vars)?,
+            ffn_norm: self.ffn_norm.trainable(n("ffn_norm"), vars)?,
+            mlp: self.mlp.trainable(&n("mlp"), dev, vars)?,
+            post_ffn_norm: self.post_ffn_norm.trainable(n("post_ffn_norm"), vars)?,
         })
     }
 

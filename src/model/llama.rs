@@ -17,8 +17,8 @@ use super::weights::Weights;
 use crate::error::Result;
 
 pub struct LlamaBlock {
-    attn_norm: RmsNorm,
-    attn: Attention,
+    pub(super) attn_norm: RmsNorm,
+    pub(super) attn: Attention,
     ffn_norm: RmsNorm,
     mlp: Mlp,
 }
@@ -31,6 +31,22 @@ impl LlamaBlock {
             attn: Attention::load(w, cfg, i)?,
             ffn_norm: RmsNorm::load(w, &p("ffn_norm"), cfg.d_model, cfg.rms_eps)?,
             mlp: Mlp::load(w, cfg, i)?,
+        })
+    }
+
+    /// A trainable copy (see `Block::trainable`).
+    pub fn trainable(
+        &self,
+        prefix: &str,
+        dev: &candle_core::Device,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<Self> {
+        let n = |s: &str| format!("{prefix}.{s}");
+        Ok(LlamaBlock {
+            attn_norm: self.attn_norm.trainable(n("attn_norm"), vars)?,
+            attn: self.attn.trainable(&n("attn"), dev, vars)?,
+            ffn_norm: self.ffn_norm.trainable(n("ffn_norm"), vars)?,
+            mlp: self.mlp.trainable(&n("mlp"), dev, vars)?,
         })
     }
 

@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod cross;
 pub mod gemma3;
 pub mod llama;
 pub mod ops;
@@ -46,6 +47,40 @@ const GEMMA_TURN_TEMPLATE: &str = "{{- bos_token -}}\
 {%- endif -%}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}";
+
+/// The rotary tables and attention masks of one step (global, and Gemma's local
+/// sliding-window ones, built when a block first needs them).
+pub struct StepTables {
+    rot_g: attention::Rotary,
+    rot_l: Option<attention::Rotary>,
+    mask_g: Mask,
+    local: Option<(usize, Mask)>,
+}
+
+impl StepTables {
+    /// The rotary table and mask block `i` of `model` attends with.
+    pub fn for_block(
+        &mut self,
+        model: &Model,
+        i: usize,
+        ctx: &StepCtx,
+    ) -> Result<(&attention::Rotary, &Mask)> {
+        let window = model.cfg.sliding_window.get(i).copied().flatten();
+        Ok(match window {
+            None => (&self.rot_g, &self.mask_g),
+            Some(w) => {
+                if self.local.as_ref().map(|(mw, _)| *mw) != Some(w) {
+                    self.local = Some((w, step::mask(ctx, Some(w), &model.device)?));
+                }
+                let m = match &self.local {
+                    Some((_, m)) => m,
+                    None => &self.mask_g,
+                };
+                (self.rot_l.as_ref().unwrap_or(&self.rot_g), m)
+            }
+        })
+    }
+}
 
 pub struct Model {
     pub cfg: Config,
@@ -286,15 +321,7 @@ impl Model {
                 blocks.start, blocks.end
             )));
         }
-        let dev = &self.device;
-        let rot_g = step::rotary(ctx, &self.inv_freq_global, dev)?;
-        let rot_l = if self.cfg.arch == Arch::Gemma3 {
-            Some(step::rotary(ctx, &self.inv_freq_local, dev)?)
-        } else {
-            None
-        };
-        let mask_global = step::mask(ctx, None, dev)?;
-        let mut mask_local: Option<(usize, Mask)> = None;
+        let mut tables = self.step_tables(ctx)?;
         let entry = match blocks.start {
             0 => Site::Embed,
             s => Site::ResidPost(s - 1),
@@ -302,20 +329,7 @@ impl Model {
         let mut x = hooks.at(entry, h, ctx)?; // [b, t, d]
         for i in blocks {
             hooks.before_block(i)?;
-            let window = self.cfg.sliding_window[i];
-            let (rot, mask) = match window {
-                None => (&rot_g, &mask_global),
-                Some(w) => {
-                    if mask_local.as_ref().map(|(mw, _)| *mw) != Some(w) {
-                        mask_local = Some((w, step::mask(ctx, Some(w), dev)?));
-                    }
-                    let m = match &mask_local {
-                        Some((_, m)) => m,
-                        None => &mask_global,
-                    };
-                    (rot_l.as_ref().unwrap_or(&rot_g), m)
-                }
-            };
+            let (rot, mask) = tables.for_block(self, i, ctx)?;
             let mut a = AttnInput {
                 rot,
                 mask,
@@ -331,6 +345,36 @@ impl Model {
             x = hooks.at(Site::ResidPost(i), (mid + mlp)?, ctx)?; // [b, t, d]
         }
         Ok(x)
+    }
+
+    /// The rotary tables and attention masks of one step, shared by its blocks.
+    pub fn step_tables(&self, ctx: &StepCtx) -> Result<StepTables> {
+        let dev = &self.device;
+        Ok(StepTables {
+            rot_g: step::rotary(ctx, &self.inv_freq_global, dev)?,
+            rot_l: if self.cfg.arch == Arch::Gemma3 {
+                Some(step::rotary(ctx, &self.inv_freq_local, dev)?)
+            } else {
+                None
+            },
+            mask_g: step::mask(ctx, None, dev)?,
+            local: None,
+        })
+    }
+
+    /// Block i (0-based). Errors: `OutOfRange` past the last block.
+    pub fn block(&self, i: usize) -> Result<&Block> {
+        self.blocks.get(i).ok_or_else(|| {
+            Error::out_of_range(format!(
+                "block {i} is out of range for a model with {} blocks",
+                self.blocks.len()
+            ))
+        })
+    }
+
+    /// The final norm (before the LM head).
+    pub fn final_norm(&self) -> &RmsNorm {
+        &self.norm
     }
 
     /// Forward one step from token ids [b, t] (u32).

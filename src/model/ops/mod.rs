@@ -62,6 +62,23 @@ impl RmsNorm {
         }
     }
 
+    /// A trainable copy of this norm: its weight (Gemma's 1 + w, as stored here) as a new
+    /// f32 `Var` registered in `vars` under `name`.
+    pub fn trainable(
+        &self,
+        name: String,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<RmsNorm> {
+        let v = candle_core::Var::from_tensor(&self.w.to_dtype(candle_core::DType::F32)?.copy()?)?;
+        let w = v.as_tensor().clone();
+        vars.push((name, v));
+        Ok(RmsNorm {
+            w,
+            eps: self.eps,
+            trained: true,
+        })
+    }
+
     /// x [..., len] -> [..., len].
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = x.contiguous()?;

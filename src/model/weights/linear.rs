@@ -99,6 +99,34 @@ impl Linear {
         Ok(Linear::from_qmatmul(QMatMul::from_qtensor(q)?))
     }
 
+    /// The weight W [out, in] as a dense f32 tensor on `device` (dequantized when the
+    /// weight is quantized): the starting value of a trainable copy.
+    pub fn dense_f32(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Dense(w) | Linear::Trained(w) => w.to_dtype(DType::F32)?.copy()?,
+            Linear::Packed(q) => Tensor::from_vec(q.dequantize(), (q.n(), q.k()), device)?,
+            Linear::Candle(QMatMul::QTensor(q)) => q.dequantize(device)?,
+            Linear::Candle(QMatMul::TensorF16(w)) | Linear::Candle(QMatMul::Tensor(w)) => {
+                w.to_dtype(DType::F32)?
+            }
+        }
+        .to_device(device)?)
+    }
+
+    /// A trainable copy: W [out, in] dequantized to f32 as a new `Var` (registered in
+    /// `vars` under `name`), as [`Linear::Trained`].
+    pub fn trainable(
+        &self,
+        name: String,
+        device: &Device,
+        vars: &mut Vec<(String, candle_core::Var)>,
+    ) -> Result<Linear> {
+        let v = candle_core::Var::from_tensor(&self.dense_f32(device)?)?;
+        let t = v.as_tensor().clone();
+        vars.push((name, v));
+        Ok(Linear::Trained(t))
+    }
+
     /// candle dequantizes float GGUF tensors (F32/F16/BF16) at load: those are dense.
     fn from_qmatmul(m: QMatMul) -> Linear {
         match m {
