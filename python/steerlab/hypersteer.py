@@ -99,6 +99,13 @@ def _bos_id(model: Model) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+def _factor(factor: Any) -> float:
+    f = _args.number(factor, "factor", "a finite number")
+    if not math.isfinite(f):
+        raise InvalidArgumentError(f"factor must be a finite number, got {_args.show(factor)}")
+    return f
+
+
 def _chat_arg(chat: Any) -> Any:
     if not (chat is True or chat is False or chat == "auto"):
         raise InvalidArgumentError(f"chat must be True, False or 'auto', got {_args.show(chat)}")
@@ -455,7 +462,7 @@ class HyperSteer:
         from steerlab.vectors import SteeringVector
 
         instruction = _args.text(instruction, "instruction")
-        f = _args.number(factor, "factor", "a finite number")
+        f = _factor(factor)
         bp = None if base_prompt is None else [_args.text(base_prompt, "base_prompt")]
         vec = self.vectors([instruction], bp)[0] * np.float32(f)
         info = VectorInfo(
@@ -494,7 +501,7 @@ class HyperSteer:
         from steerlab.steering import Steering
 
         steer, base = _pairs(steering_prompts, base_prompts)
-        f = _args.number(factor, "factor", "a finite number")
+        f = _factor(factor)
         if self.variant == "cross_attention":
             vecs = self.vectors(steer, base)
         else:

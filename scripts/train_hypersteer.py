@@ -1,0 +1,125 @@
+"""Train a HyperSteer hypernetwork (Sun et al. 2025) on steerlab's steering-prompt data,
+with progress, checkpoints every K steps and resume.
+
+Full size (the default quantized SmolLM2-135M-Instruct; every held-in instruction paired
+with 3 train base prompts; N = 4 copied blocks; the contract's defaults otherwise)::
+
+    .venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer
+
+Resume after an interruption (Ctrl-C, a lost machine)::
+
+    .venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer --resume
+
+Small (a smoke run, about a minute; notebooks/07_hypersteer.ipynb runs about this)::
+
+    .venv/bin/python scripts/train_hypersteer.py --out /tmp/hs_small --instructions 16 \\
+        --pairs-per-instruction 1 --n-blocks 1 --max-target-tokens 16
+
+Writes into ``--out``: ``hypersteer.safetensors`` (the checkpoint, then the result: load
+it with ``sl.HyperSteer.load(path, model)``), ``history.json`` (per-step loss and the
+run's settings and timings) and ``loss.png`` (``hs.plot()``). Validation: a held-out
+set of ``--validation`` pairs (held-out instructions on validation base prompts) whose
+cross-entropy is recorded as ``val_ce``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import steerlab as sl
+
+
+def load_model(which: str, dtype: str = "auto") -> sl.Model:
+    """``smollm2`` (the embedded default), ``gemma`` (Gemma-3-270M from its PyPI
+    packages) or a path."""
+    if which == "smollm2":
+        return sl.Model.load(None, dtype=dtype)
+    if which == "gemma":
+        return sl.Model.load(sl.models.gemma3_270m_path(), dtype=dtype)
+    return sl.Model.load(which, dtype=dtype)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="smollm2, gemma or a path")
+    ap.add_argument("--dtype", default="auto", help="auto (as stored: quantized) or f32")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--variant", default="cross_attention", choices=sl.hypersteer.VARIANTS)
+    ap.add_argument("--n-blocks", type=int, default=4)
+    ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--instructions", type=int, default=None, help="held-in instructions (all)")
+    ap.add_argument("--pairs-per-instruction", type=int, default=3)
+    ap.add_argument("--validation", type=int, default=32, help="held-out pairs (0: none)")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--max-target-tokens", type=int, default=48)
+    ap.add_argument("--checkpoint-every", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "hypersteer.safetensors"
+    model = load_model(args.model, args.dtype)
+    data = sl.datasets.load_steering_prompts()
+    train = data.split(instructions="held_in", base_prompts="train")
+    if args.instructions is not None:
+        train = train.sample(args.instructions, seed=args.seed)
+    steer, base = train.pairs(len(train) * args.pairs_per_instruction, seed=args.seed)
+    validation = None
+    if args.validation:
+        val = data.split(instructions="held_out", base_prompts="validation")
+        validation = val.pairs(args.validation, seed=args.seed + 1)
+    print(
+        f"{model}: {len(steer)} training pairs from {len(train)} instructions, "
+        f"{args.validation} validation pairs"
+    )
+    t0 = time.perf_counter()
+    hs = sl.HyperSteer.fit(
+        model,
+        steer,
+        base,
+        variant=args.variant,
+        layer=args.layer,
+        n_blocks=args.n_blocks,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_target_tokens=args.max_target_tokens,
+        seed=args.seed,
+        validation=validation,
+        checkpoint=ckpt,
+        checkpoint_every=args.checkpoint_every,
+        resume=ckpt if args.resume and ckpt.exists() else None,
+        progress=True,
+    )
+    seconds = time.perf_counter() - t0
+    record = {
+        "command": "python scripts/train_hypersteer.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)
+        ),
+        "model": str(model),
+        "seconds_total": round(seconds, 1),
+        "training": hs.training,
+        "history": hs.history,
+    }
+    (out / "history.json").write_text(json.dumps(record, indent=1))
+    hs.plot().savefig(out / "loss.png", dpi=120)
+    ce = [h["ce"] for h in hs.history]
+    val = [h["val_ce"] for h in hs.history if "val_ce" in h]
+    k = max(1, len(ce) // 10)
+    print(
+        f"done in {seconds:.0f} s: {len(ce)} steps, train CE first {k} mean "
+        f"{sum(ce[:k]) / k:.3f} -> last {k} mean {sum(ce[-k:]) / k:.3f}"
+        + (f"; validation CE {val[0]:.3f} -> {val[-1]:.3f}" if val else "")
+    )
+    print(f"wrote {ckpt}, {out / 'history.json'}, {out / 'loss.png'}")
+
+
+if __name__ == "__main__":
+    main()
