@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("steerlab._core")
-import steerlab as sl  # noqa: E402
+import steerlab as sl
 
 STEER = [
     "Mention the ocean.",
@@ -257,7 +257,7 @@ def test_bad_arguments_raise(model: Any) -> None:
     rendered = model.chat_prompt([{"role": "user", "content": BASE[0]}])
     with pytest.raises(sl.InvalidArgumentError, match="already a rendered chat prompt"):
         fit(model, STEER[:1], [rendered])
-    with pytest.raises(sl.InvalidTypeError, match="model must be a steerlab.Model"):
+    with pytest.raises(sl.InvalidTypeError, match=r"model must be a steerlab\.Model"):
         fit("model", STEER[:1], BASE[:1])
     with pytest.raises(sl.InvalidArgumentError, match="chat must be True, False or 'auto'"):
         fit(model, STEER[:1], BASE[:1], chat="yes")
