@@ -291,3 +291,30 @@ def test_loader_pairs_feed_fit(model: Any) -> None:
     held_out = data.split(instructions="held_out").instructions[:2]
     rows = hs.steering(held_out, bp[:2])
     assert len(rows) == 2
+
+
+def test_all_but_first_positions(model: Any) -> None:
+    p = ["Hello there, how are you"]
+    n = len(model.encode(p[0]))
+    v = np.ones(model.d_model, dtype=np.float32)
+    a = model.logits(p, steering=sl.Steering.add(3, v, positions="all_but_first"))
+    b = model.logits(p, steering=sl.Steering.add(3, v, positions=list(range(1, n))))
+    np.testing.assert_array_equal(a, b)
+    c = model.logits(p, steering=sl.Steering.add(3, v, positions="all"))
+    assert np.abs(a - c).max() > 0
+    # Generated tokens are steered too.
+    g1 = model.generate(
+        p,
+        steering=sl.Steering.add(3, 4 * v, positions="all_but_first"),
+        max_new_tokens=6,
+        return_ids=True,
+    )
+    g2 = model.generate(
+        p,
+        steering=sl.Steering.add(3, 4 * v, positions=list(range(1, n))),
+        max_new_tokens=6,
+        return_ids=True,
+    )
+    assert g1 != g2
+    with pytest.raises(sl.InvalidArgumentError, match="touch no token here"):
+        model.logits(["a"], steering=sl.Steering.add(3, v, positions="all_but_first"))

@@ -1,0 +1,185 @@
+"""HyperSteer against the other ways to steer towards a concept, AxBench-style (Wu et al.
+2025), judged offline by the base model (`sl.evaluate.axbench`; the table of issue 13's
+closing note and bench/RESULTS.md).
+
+Full size (the default quantized SmolLM2-135M-Instruct; the hypernetwork that
+``scripts/train_hypersteer.py --out runs/hypersteer`` wrote; 8 held-in and 8 held-out
+concepts, 10 held-out base prompts each, 128 new tokens, factors 0.5 to 8)::
+
+    .venv/bin/python bench/hypersteer_eval.py --hypersteer runs/hypersteer/hypersteer.safetensors
+
+Small (a smoke run)::
+
+    .venv/bin/python bench/hypersteer_eval.py --hypersteer runs/hypersteer/hypersteer.safetensors \\
+        --concepts 2 --prompts 4 --max-new-tokens 16 --factors 1 2 --out /tmp/hs_eval.json
+
+The table again from saved figures (no model)::
+
+    .venv/bin/python bench/hypersteer_eval.py --table bench/results/hypersteer_eval_smollm2.json
+
+Concepts: the first phrasing of each concept (`SteeringPrompts.one_per_concept`) whose
+keywords are reliable, a seeded sample of ``--concepts`` from the held-in and from the
+held-out split (held-out concepts were never trained on). Methods: ``none`` (unsteered),
+``prompt`` (the instruction in the user turn), ``diffmean`` (per-concept difference of
+means at the hypernetwork's layer), ``optimized`` (per-concept optimised vector on
+self-distilled targets), ``hypersteer``. Per method: the mean aggregate score (harmonic
+mean of concept, instruction relevance and fluency, each in [0, 2]) on the report half,
+the three components, the keyword hit rate, the chosen factors, and how often the
+offline concept score and the keyword check disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import steerlab as sl
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("none", "prompt", "diffmean", "optimized", "hypersteer")
+
+
+def load_model(which: str, dtype: str = "auto") -> sl.Model:
+    """``smollm2`` (the embedded default), ``gemma`` or a path."""
+    if which == "smollm2":
+        return sl.Model.load(None, dtype=dtype)
+    if which == "gemma":
+        return sl.Model.load(sl.models.gemma3_270m_path(), dtype=dtype)
+    return sl.Model.load(which, dtype=dtype)
+
+
+def concepts(part: Any, n: int, seed: int) -> list[tuple[str, list[str]]]:
+    """A seeded sample of `n` concepts (first phrasing, reliable keywords) of `part`."""
+    one = part.one_per_concept()
+    keep = [i for i, ok in enumerate(one.keywords_reliable) if ok]
+    rng = np.random.default_rng(seed)
+    pick = sorted(int(i) for i in rng.choice(len(keep), size=min(n, len(keep)), replace=False))
+    return [(one.instructions[keep[i]], one.keywords[keep[i]]) for i in pick]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(args.model, args.dtype)
+    hs = sl.HyperSteer.load(args.hypersteer, model)
+    data = sl.datasets.load_steering_prompts()
+    prompts = data.split(base_prompts="held_out").base_prompts[: args.prompts]
+    groups = {
+        "held_in": concepts(data.split(instructions="held_in"), args.concepts, args.seed),
+        "held_out": concepts(data.split(instructions="held_out"), args.concepts, args.seed),
+    }
+    methods: dict[str, Any] = {
+        "none": None,
+        "prompt": "prompt",
+        "diffmean": "diffmean",
+        "optimized": "optimized",
+        "hypersteer": hs,
+    }
+    methods = {k: v for k, v in methods.items() if k in args.methods}
+    out: dict[str, Any] = {
+        "command": "python bench/hypersteer_eval.py " + " ".join(args.argv),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "model": str(model),
+        "hypersteer": repr(hs),
+        "hypersteer_training": {
+            k: hs.training.get(k)
+            for k in ("variant", "layer", "n_blocks", "n_examples", "steps_done", "lr",
+                      "seconds_targets", "seconds_training")
+        },
+        "settings": {
+            "concepts": args.concepts,
+            "prompts": len(prompts),
+            "max_new_tokens": args.max_new_tokens,
+            "factors": args.factors,
+            "layer": hs.layer,
+        },
+        "groups": {},
+    }
+    for name, cs in groups.items():
+        t0 = time.perf_counter()
+        rep = sl.evaluate.axbench(
+            model,
+            cs,
+            prompts,
+            methods=methods,
+            factors=args.factors,
+            max_new_tokens=args.max_new_tokens,
+            layer=hs.layer,
+            name=name,
+            progress=True,
+        )
+        secs = time.perf_counter() - t0
+        print(f"{name} ({secs:.0f} s)\n{rep.summary()}")
+        out["groups"][name] = {"seconds": round(secs, 1), "report": rep.to_dict()}
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=HERE,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table(res: dict[str, Any]) -> str:
+    """The markdown table of a saved run: one row per method and concept group."""
+    lines = [
+        "| method | concepts | aggregate | concept | relevance | fluency | keyword hits / reply "
+        "| factors chosen | score/keyword disagreements |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, g in res["groups"].items():
+        rep = sl.evaluate.AxBenchReport.from_dict(g["report"])
+        dis = rep.disagreements()
+        for row in rep.summary_rows():
+            m = row["method"]
+            chosen = rep.chosen.get(m, ())
+            fs = ", ".join(f"{f:g}" for f in chosen if np.isfinite(f)) or "-"
+            n_dis = sum(1 for d in dis if d["method"] == m)
+            lines.append(
+                f"| {m} | {group.replace('_', '-')} | {row['aggregate']:.3f} | "
+                f"{row['concept']:.3f} | {row['relevance']:.3f} | {row['fluency']:.3f} | "
+                f"{row['keyword_hits']:.2f} | {fs} | {n_dis} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import sys
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--hypersteer", help="a HyperSteer file (scripts/train_hypersteer.py)")
+    ap.add_argument("--concepts", type=int, default=8, help="per group (held-in, held-out)")
+    ap.add_argument("--prompts", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results" / "hypersteer_eval_smollm2.json"))
+    ap.add_argument("--table", help="print the table of a saved run and exit")
+    args = ap.parse_args()
+    args.argv = sys.argv[1:]
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
+    if not args.hypersteer:
+        ap.error("--hypersteer is required (or --table)")
+    res = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print(table(res))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
