@@ -53,6 +53,7 @@ def test_keyword_hits_counts_distinct_keywords_at_word_starts() -> None:
     assert keyword_hits("oceanic", ["ocean"]) == 1
     assert keyword_hits("a deep blue sea", ["blue sea", " ", ""]) == 1
     assert keyword_hits("nothing here", []) == 0
+    assert keyword_hits("Great!", ["!", "?"]) == 1  # punctuation: anywhere
 
 
 def test_distinct_ratio_exact() -> None:
@@ -277,6 +278,12 @@ def test_report_views(run: Any) -> None:
     again = _axbench.AxBenchReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert again.summary() == report.summary()
     assert again.chosen.keys() == report.chosen.keys()
+    with pytest.raises(InvalidArgumentError, match="data has no 'chosen' entry"):
+        _axbench.AxBenchReport.from_dict(
+            {k: v for k, v in report.to_dict().items() if k != "chosen"}
+        )
+    with pytest.raises(InvalidTypeError, match="data must be a dict, got list"):
+        _axbench.AxBenchReport.from_dict([])
 
 
 def test_disagreements_follow_their_definition(run: Any) -> None:

@@ -93,13 +93,15 @@ _COLUMNS = (
 
 def keyword_hits(text: str, keywords: Iterable[str]) -> int:
     """How many of the keywords occur in ``text``: case-insensitive, each keyword
-    matched at the start of a word (``"ocean"`` matches "Oceans" and "oceanic", not
-    "bioocean"); a keyword found several times counts once."""
+    that starts with a letter, digit or underscore matched at the start of a word
+    (``"ocean"`` matches "Oceans" and "oceanic", not "bioocean"), any other anywhere
+    (``"!"``); a keyword found several times counts once."""
     low = text.lower()
     hits = 0
     for kw in keywords:
         k = kw.strip().lower()
-        if k and re.search(r"(?<!\w)" + re.escape(k), low):
+        anchor = r"(?<!\w)" if k[:1].isalnum() or k[:1] == "_" else ""
+        if k and re.search(anchor + re.escape(k), low):
             hits += 1
     return hits
 
@@ -335,7 +337,8 @@ class AxBenchReport:
         return out
 
     def to_pandas(self) -> pd.DataFrame:
-        """Long form, one row per scored reply: method, concept (index), instruction,
+        """Long form, one row per scored reply (read the score column as
+        ``df["aggregate"]``: ``df.aggregate`` is pandas' own method): method, concept (index), instruction,
         factor (NaN for None / "prompt"), prompt_index, prompt, half ("selection": every
         factor; "report": the chosen factor only), aggregate, concept_score, concept_llr,
         relevance, fluency, gain, keyword_hits (NaN without keywords), logprob,
@@ -366,7 +369,8 @@ class AxBenchReport:
         return f"<AxBenchReport{label}: {len(self.concepts)} concepts; aggregate: {best}>"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (NaN stays a float NaN); `from_dict` reads it."""
+        """A dict of plain values for ``json.dump`` (NaN stays a float NaN, which Python's
+        json writes as ``NaN``); `from_dict` reads it back."""
         return {
             "records": [dict(r) for r in self.records],
             "methods": list(self.methods),
@@ -785,7 +789,9 @@ def axbench(
     - aggregate: the harmonic mean ``3 / (1/c + 1/i + 1/f)``, 0 when any is 0
       (`aggregate_score`).
 
-    An empty reply (eos at once) scores 0 on all three. The "prompt" method is judged by
+    The unsteered replies are generated once per distinct request whatever the methods
+    (they are the relevance reference). An empty reply (eos at once) scores 0 on all
+    three. The "prompt" method is judged by
     the very likelihood it maximises (its reply is greedy under ``R(s + x)``), so read its
     concept score as an upper reference, not a rival; keyword hits are the independent
     check, and `AxBenchReport.disagreements` lists where they part.

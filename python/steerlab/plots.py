@@ -950,6 +950,9 @@ def plot_axbench(report: AxBenchData) -> Figure:
         right = axes[0][1]
         for m, (facs, means) in curves.items():
             right.plot(list(facs), list(means), "o-", label=m)
+        facs = [f for _, (fs, _) in curves.items() for f in fs]
+        if min(facs) > 0 and max(facs) >= 4 * min(facs):
+            right.set_xscale("log", base=2)
         right.set_xlabel("factor")
         right.set_ylabel("aggregate score (selection half)")
         right.set_ylim(0.0, 2.0)
