@@ -178,6 +178,7 @@ def test_scores_in_range_and_rows_per_half(run: Any) -> None:
     # keywords: pirate has them, the ocean concept has none (NaN, not 0)
     assert df[df.concept == 0].keyword_hits.notna().all()
     assert df[df.concept == 1].keyword_hits.isna().all()
+    assert report.settings["layer"] == 20  # the HyperSteer's layer
     # the unsteered reply is its own relevance reference
     none = df[df.method == "none"]
     assert (none.relevance == 2.0).all()
@@ -221,6 +222,7 @@ def test_tie_keeps_the_first_factor_and_callables_are_called(model: Any) -> None
         sel[sel.factor == 1.0][cols].values.tolist() == sel[sel.factor == 2.0][cols].values.tolist()
     )
     assert report.chosen == {"zero": (2.0,), "zero_fn": (2.0,)}
+    assert report.settings["layer"] == int(0.75 * model.n_layers)  # no HyperSteer
     # one selection prompt (3 // 2), two report prompts
     assert seen == [
         ("Mention the ocean.", PROMPTS[:1], 2.0),

@@ -709,7 +709,7 @@ def axbench(
     concepts: Any,
     prompts: Any,
     methods: Mapping[str, Any] | None = None,
-    factors: Iterable[float] = (0.5, 1.0, 2.0, 4.0),
+    factors: Iterable[float] = (0.5, 1.0, 2.0, 4.0, 8.0),
     *,
     max_new_tokens: int = 128,
     layer: int | None = None,
@@ -808,8 +808,10 @@ def axbench(
         methods: ``{name: spec}`` as above.
         factors: the steering factors searched on the selection half (finite, distinct).
         max_new_tokens: reply length, >= 1 (AxBench: 128).
-        layer: the layer of "diffmean" and "optimized" (negative from the end; default
-            ``int(0.75 * n_layers)``, HyperSteer's default layer).
+        layer: the layer of "diffmean" and "optimized" (negative from the end). Default:
+            the ``.layer`` of the first HyperSteer among the methods, so the vectors
+            compete at its site; without one ``int(0.75 * n_layers)``, HyperSteer's own
+            default.
         train_prompts: plain requests to build "diffmean" / train "optimized" from
             (default: each concept's selection half).
         diffmean_position: read position of "diffmean" (see `Model.capture`).
@@ -854,7 +856,7 @@ def axbench(
     lr = _args.real(optimize_lr, "optimize_lr", above=0.0)
     temp = _args.real(temperature, "temperature", minimum=0.0)
     if layer is None:
-        at = int(0.75 * model.n_layers)
+        at = _default_layer(model, specs)
     else:
         at = model._resolve_layer(_args.index(layer, "layer"))
     train = None
@@ -1056,6 +1058,15 @@ def _best(means: Sequence[float]) -> int:
         if v == v and v > best_value:
             best, best_value = k, v
     return best
+
+
+def _default_layer(model: Model, specs: list[_Method]) -> int:
+    """The first HyperSteer's layer, else ``int(0.75 * n_layers)``."""
+    for m in specs:
+        layer = getattr(m.spec, "layer", None) if m.kind == "hypersteer" else None
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            return model._resolve_layer(layer)
+    return int(0.75 * model.n_layers)
 
 
 def _fill(rows: list[_Row], generate: Callable[..., list[str]]) -> None:
