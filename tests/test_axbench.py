@@ -353,6 +353,16 @@ def test_bad_arguments(model: Any) -> None:
         ax(model, ["x"], PROMPTS, factors=[1, 1])
     with pytest.raises(InvalidArgumentError, match="max_new_tokens must be >= 1, got 0"):
         ax(model, ["x"], PROMPTS, max_new_tokens=0)
+    with pytest.raises(InvalidArgumentError, match="diffmean_position 'all' gives no single"):
+        ax(model, ["x"], PROMPTS, diffmean_position="all")
+    with pytest.raises(InvalidArgumentError, match="unknown position 'first'"):
+        ax(model, ["x"], PROMPTS, diffmean_position="first")
+    with pytest.raises(InvalidArgumentError, match="chat must be True, False or 'auto', got 'yes'"):
+        ax(model, ["x"], PROMPTS, chat="yes")
+    with pytest.raises(InvalidTypeError, match="progress must be True, False or None, got 1"):
+        ax(model, ["x"], PROMPTS, progress=1)
+    with pytest.raises(InvalidArgumentError, match=r"optimize_lr must be a finite number > 0\.0, got 0\.0"):
+        ax(model, ["x"], PROMPTS, optimize_lr=0)
     with pytest.raises(InvalidTypeError, match=r"model must be a steerlab\.Model, got str"):
         ax("model", ["x"], PROMPTS)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from steerlab import _args, _batches, _core, plots
 from steerlab._chat import request_prompts
+from steerlab._checks import check_position
 from steerlab._progress import progress_bar
 from steerlab.errors import ContextLengthError, InvalidArgumentError, InvalidTypeError
 from steerlab.steering import Steering
@@ -859,6 +860,12 @@ def axbench(
         at = _default_layer(model, specs)
     else:
         at = model._resolve_layer(_args.index(layer, "layer"))
+    position = check_position(diffmean_position)
+    if position == "all":
+        raise InvalidArgumentError(
+            "diffmean_position 'all' gives no single vector per prompt; expected 'last', "
+            "'mean', 'mean_skip_first' or a token index"
+        )
     train = None
     if train_prompts is not None:
         train, _ = _args.texts(train_prompts, "train_prompts")
@@ -866,52 +873,52 @@ def axbench(
         raise InvalidTypeError(f"name must be a str or None, got {type(name).__name__}")
     core: _core.Model = model._core
     request_prompts(core, [], chat)  # checks `chat` before any work
-    empty = request_prompts(core, [""], chat)[0] or "\n"
-    judge = _Judge(model, empty, size)
-
-    def generate(rendered: list[str], steering: list[Any] | None = None) -> list[str]:
-        if not rendered:
-            return []
-        out = model.generate(
-            rendered,
-            steering=steering,
-            max_new_tokens=max_new,
-            temperature=temp,
-            seed=seed,
-            batch_size=size,
-            progress=False,
-        )
-        return list(out)
-
-    # The unsteered reply to every distinct request: the relevance reference.
-    distinct = list(dict.fromkeys(p for lst in lists for p in lst))
-    base_rendered = dict(zip(distinct, request_prompts(core, distinct, chat), strict=True))
-    unsteered = dict(zip(distinct, generate([base_rendered[p] for p in distinct]), strict=True))
-    refs = judge.mean_logprobs(
-        [base_rendered[p] for p in distinct], [unsteered[p] for p in distinct]
-    )
-    judge.ref = {base_rendered[p]: lp for p, lp in zip(distinct, refs, strict=True)}
-
-    setup = _Setup(
-        model=model,
-        chat=chat,
-        specs=specs,
-        factors=facs,
-        layer=at,
-        train=train,
-        position=diffmean_position,
-        steps=steps,
-        lr=lr,
-        batch_size=size,
-        judge=judge,
-        generate=generate,
-        base_rendered=base_rendered,
-        unsteered=unsteered,
-    )
-    records: list[dict[str, Any]] = []
-    chosen: dict[str, list[float]] = {m.name: [] for m in specs}
     bar = progress_bar(progress, len(items), 1, "axbench", "concept")
     try:
+        empty = request_prompts(core, [""], chat)[0] or "\n"
+        judge = _Judge(model, empty, size)
+
+        def generate(rendered: list[str], steering: list[Any] | None = None) -> list[str]:
+            if not rendered:
+                return []
+            out = model.generate(
+                rendered,
+                steering=steering,
+                max_new_tokens=max_new,
+                temperature=temp,
+                seed=seed,
+                batch_size=size,
+                progress=False,
+            )
+            return list(out)
+
+        # The unsteered reply to every distinct request: the relevance reference.
+        distinct = list(dict.fromkeys(p for lst in lists for p in lst))
+        base_rendered = dict(zip(distinct, request_prompts(core, distinct, chat), strict=True))
+        unsteered = dict(zip(distinct, generate([base_rendered[p] for p in distinct]), strict=True))
+        refs = judge.mean_logprobs(
+            [base_rendered[p] for p in distinct], [unsteered[p] for p in distinct]
+        )
+        judge.ref = {base_rendered[p]: lp for p, lp in zip(distinct, refs, strict=True)}
+
+        setup = _Setup(
+            model=model,
+            chat=chat,
+            specs=specs,
+            factors=facs,
+            layer=at,
+            train=train,
+            position=position,
+            steps=steps,
+            lr=lr,
+            batch_size=size,
+            judge=judge,
+            generate=generate,
+            base_rendered=base_rendered,
+            unsteered=unsteered,
+        )
+        records: list[dict[str, Any]] = []
+        chosen: dict[str, list[float]] = {m.name: [] for m in specs}
         for c, concept in enumerate(items):
             recs, picks = _run_concept(setup, c, concept, lists[c])
             records.extend(recs)
@@ -931,7 +938,7 @@ def axbench(
         settings={
             "max_new_tokens": max_new,
             "layer": at,
-            "diffmean_position": diffmean_position,
+            "diffmean_position": position,
             "optimize_steps": steps,
             "optimize_lr": lr,
             "temperature": temp,
