@@ -222,7 +222,7 @@ def test_tie_keeps_the_first_factor_and_callables_are_called(model: Any) -> None
         sel[sel.factor == 1.0][cols].values.tolist() == sel[sel.factor == 2.0][cols].values.tolist()
     )
     assert report.chosen == {"zero": (2.0,), "zero_fn": (2.0,)}
-    assert report.settings["layer"] == int(0.75 * model.n_layers)  # no HyperSteer
+    assert report.settings["layer"] == 12  # no HyperSteer: int(0.4 * 30)
     # one selection prompt (3 // 2), two report prompts
     assert seen == [
         ("Mention the ocean.", PROMPTS[:1], 2.0),

@@ -811,8 +811,10 @@ def axbench(
         max_new_tokens: reply length, >= 1 (AxBench: 128).
         layer: the layer of "diffmean" and "optimized" (negative from the end). Default:
             the ``.layer`` of the first HyperSteer among the methods, so the vectors
-            compete at its site; without one ``int(0.75 * n_layers)``, HyperSteer's own
-            default.
+            compete at its site; without one ``int(0.4 * n_layers)`` (AxBench's lower
+            layer: 10 of Gemma-2-2B's 26). On SmolLM2-135M (30 layers), in a small
+            sweep (3 concepts, 3 report prompts each, 32 tokens), DiffMean's mean
+            aggregate was 0.10-0.34 at layers 8-16 and 0.00-0.04 at layer 22 (0.75 L).
         train_prompts: plain requests to build "diffmean" / train "optimized" from
             (default: each concept's selection half).
         diffmean_position: read position of "diffmean" (see `Model.capture`).
@@ -1068,12 +1070,12 @@ def _best(means: Sequence[float]) -> int:
 
 
 def _default_layer(model: Model, specs: list[_Method]) -> int:
-    """The first HyperSteer's layer, else ``int(0.75 * n_layers)``."""
+    """The first HyperSteer's layer, else ``int(0.4 * n_layers)``."""
     for m in specs:
         layer = getattr(m.spec, "layer", None) if m.kind == "hypersteer" else None
         if isinstance(layer, int) and not isinstance(layer, bool):
             return model._resolve_layer(layer)
-    return int(0.75 * model.n_layers)
+    return int(0.4 * model.n_layers)
 
 
 def _fill(rows: list[_Row], generate: Callable[..., list[str]]) -> None:
