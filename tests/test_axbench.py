@@ -361,7 +361,9 @@ def test_bad_arguments(model: Any) -> None:
         ax(model, ["x"], PROMPTS, chat="yes")
     with pytest.raises(InvalidTypeError, match="progress must be True, False or None, got 1"):
         ax(model, ["x"], PROMPTS, progress=1)
-    with pytest.raises(InvalidArgumentError, match=r"optimize_lr must be a finite number > 0\.0, got 0\.0"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"optimize_lr must be a finite number > 0\.0, got 0\.0"
+    ):
         ax(model, ["x"], PROMPTS, optimize_lr=0)
     with pytest.raises(InvalidTypeError, match=r"model must be a steerlab\.Model, got str"):
         ax("model", ["x"], PROMPTS)
