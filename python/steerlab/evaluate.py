@@ -24,6 +24,11 @@
 - `refusal_rate`: does the (steered) model refuse? A phrase matcher over the replies and
   the model's own log-probability of refusal against compliance openings, with where they
   disagree; defined in ``steerlab._refusal``, re-exported here.
+- `axbench`: AxBench's protocol (Wu et al. 2025) judged offline by the base model:
+  methods (unsteered, prompting, DiffMean, optimised vectors, HyperSteer...) over
+  concepts, the factor chosen on half the prompts and reported on the other half, with
+  concept, instruction-relevance and fluency scores in [0, 2] and their harmonic mean;
+  defined in ``steerlab._axbench``, re-exported here.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _args, _core, plots
+from steerlab._axbench import AxBenchReport, axbench
 from steerlab._continuation import continuation_kl
 from steerlab._generations import GenerationReport, steered_generations
 from steerlab._progress import progress_bar
@@ -63,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnswerFlips",
+    "AxBenchReport",
     "BehaviourReliability",
     "GenerationReport",
     "PromptTypeComparison",
@@ -72,6 +79,7 @@ __all__ = [
     "answer_flips",
     "answer_flips_sweep",
     "answer_logit_diff",
+    "axbench",
     "compare_prompt_types",
     "continuation_kl",
     "refusal_rate",

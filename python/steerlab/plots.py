@@ -6,7 +6,7 @@ Each function returns the matplotlib Figure; functions that draw one panel accep
 This module imports nothing from `steerlab.diagnostics` or `steerlab.evaluate`: their
 reports call these functions, and each function reads only the attributes named by the
 protocol it takes (`DiagnosisData`, `SteerabilityData`, `PromptTypesData`,
-`GenerationData`, `AnswerFlipsData`), so any object with those attributes plots.
+`GenerationData`, `AnswerFlipsData`, `AxBenchData`...), so any object with those attributes plots.
 `plot_scalars` takes a table (a pandas DataFrame, or any object whose ``to_pandas()``
 returns one, such as `steerlab.ActivationScalars`).
 """
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnswerFlipsData",
+    "AxBenchData",
     "ControllerData",
     "DiagnosisData",
     "GenerationData",
@@ -37,6 +38,7 @@ __all__ = [
     "RefusalData",
     "SteerabilityData",
     "plot_answer_flips",
+    "plot_axbench",
     "plot_beta_sweep",
     "plot_controller",
     "plot_correlation",
@@ -953,3 +955,57 @@ def plot_refusal(report: RefusalData, ax: Axes | None = None) -> Figure:
     if own:
         fig.tight_layout()
     return fig
+
+
+class AxBenchData(Protocol):
+    """Per-method scores and factor curves (`steerlab.evaluate.AxBenchReport`)."""
+
+    @property
+    def name(self) -> str | None: ...
+    def summary_rows(self) -> list[dict[str, Any]]: ...
+    def per_concept(self) -> list[dict[str, Any]]: ...
+    def factor_curves(self) -> Mapping[str, tuple[Sequence[float], Sequence[float]]]: ...
+
+
+def plot_axbench(report: AxBenchData) -> Figure:
+    """Left: the mean aggregate score (report half) per method, a bar each, with the
+    per-concept means as dots. Right (when a method has a factor): the mean aggregate on
+    the selection half against the steering factor, one line per method.
+
+    Args:
+        report: a `steerlab.evaluate.AxBenchReport` (or anything with its methods).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    plt = _plt()
+    rows = report.summary_rows()
+    curves = dict(report.factor_curves())
+    n_panels = 2 if curves else 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.0 * n_panels, 3.5), squeeze=False)
+    ax = axes[0][0]
+    names = [str(r["method"]) for r in rows]
+    x = np.arange(len(names))
+    ax.bar(x, [r["aggregate"] for r in rows], color=POS_COLOR, alpha=0.8)
+    per = report.per_concept()
+    for k, m in enumerate(names):
+        vals = [r["aggregate"] for r in per if r["method"] == m]
+        ax.scatter(np.full(len(vals), x[k]), vals, s=12, color="black", zorder=3)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0.0, 2.0)
+    ax.set_ylabel("aggregate score (report half)")
+    ax.set_title(f"{report.name or 'AxBench'}: mean over concepts", fontsize=10)
+    if curves:
+        right = axes[0][1]
+        for m, (facs, means) in curves.items():
+            right.plot(list(facs), list(means), "o-", label=m)
+        facs = [f for _, (fs, _) in curves.items() for f in fs]
+        if min(facs) > 0 and max(facs) >= 4 * min(facs):
+            right.set_xscale("log", base=2)
+        right.set_xlabel("factor")
+        right.set_ylabel("aggregate score (selection half)")
+        right.set_ylim(0.0, 2.0)
+        right.set_title("factor search", fontsize=10)
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    return cast("Figure", fig)
