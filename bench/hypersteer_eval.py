@@ -88,8 +88,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hypersteer": repr(hs),
         "hypersteer_training": {
             k: hs.training.get(k)
-            for k in ("variant", "layer", "n_blocks", "n_examples", "steps_done", "lr",
-                      "seconds_targets", "seconds_training")
+            for k in (
+                "variant",
+                "layer",
+                "n_blocks",
+                "n_examples",
+                "steps_done",
+                "lr",
+                "seconds_targets",
+                "seconds_training",
+            )
         },
         "settings": {
             "concepts": args.concepts,
@@ -122,7 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=HERE,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -132,22 +143,20 @@ def _commit() -> str:
 def table(res: dict[str, Any]) -> str:
     """The markdown table of a saved run: one row per method and concept group."""
     lines = [
-        "| method | concepts | aggregate | concept | relevance | fluency | keyword hits / reply "
+        "| method | concepts | aggregate | concept | relevance | fluency | keyword rate "
         "| factors chosen | score/keyword disagreements |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for group, g in res["groups"].items():
         rep = sl.evaluate.AxBenchReport.from_dict(g["report"])
-        dis = rep.disagreements()
         for row in rep.summary_rows():
             m = row["method"]
             chosen = rep.chosen.get(m, ())
             fs = ", ".join(f"{f:g}" for f in chosen if np.isfinite(f)) or "-"
-            n_dis = sum(1 for d in dis if d["method"] == m)
             lines.append(
                 f"| {m} | {group.replace('_', '-')} | {row['aggregate']:.3f} | "
-                f"{row['concept']:.3f} | {row['relevance']:.3f} | {row['fluency']:.3f} | "
-                f"{row['keyword_hits']:.2f} | {fs} | {n_dis} |"
+                f"{row['concept_score']:.3f} | {row['relevance']:.3f} | {row['fluency']:.3f} | "
+                f"{row['keyword_rate']:.2f} | {fs} | {row['disagreements']} |"
             )
     return "\n".join(lines)
 

@@ -1628,7 +1628,7 @@ print("unsteered:", repr(plain))
 for i, (s, out, kw) in enumerate(zip(instr, steered, kws)):
     seen = "held-in " if i < 2 else "held-out"
     hits = sl.datasets.keyword_hits(out, kw)
-    print(f"[{seen}] {s!r} ({hits} keyword hits)\n    {out!r}")
+    print(f"[{seen}] {s!r} ({hits} keyword hits)\\n    {out!r}")
 # Factor 0 is exactly the unsteered model; the vectors' sizes:
 zero = hs.steering(instr[:1], [request], factor=0.0)
 assert model.generate(prompts[:1], steering=zero, max_new_tokens=NEW_TOKENS, return_ids=True,

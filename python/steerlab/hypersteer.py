@@ -205,7 +205,8 @@ class HyperSteer:
             validation: optional ``(steering_prompts, base_prompts)`` held out from
                 training (targets self-distilled the same way); their cross-entropy is
                 recorded as ``val_ce`` every `validate_every` steps (default: 10 times
-                per run) and at the end.
+                per run) and at the end, and before the first step as
+                ``training["val_ce_start"]`` (the unsteered model's: Δ starts at 0).
             validate_every: steps between validations.
             weight_decay: AdamW's decoupled weight decay.
             chat: True, False or ``"auto"`` (see `base_prompts`).
@@ -311,6 +312,9 @@ class HyperSteer:
         every = validate_every if validate_every is not None else max(1, total // 10)
         every = _args.integer(every, "validate_every", minimum=1)
         t1 = time.perf_counter()
+        # The validation loss before any step (Δ = 0: the unsteered model's), the
+        # baseline the curve is read against.
+        val_start = trainer.validate() if val_examples and done == 0 else None
         bar = progress_bar(progress, total, 1, "HyperSteer", "step")
         bar.update(done)
         interrupted = False
@@ -352,6 +356,7 @@ class HyperSteer:
                 "interrupted": interrupted,
                 "seconds_targets": round(t_targets, 3),
                 "seconds_training": round(time.perf_counter() - t1, 3),
+                "val_ce_start": val_start,
                 "example_targets": target_texts[:3],
             }
         )

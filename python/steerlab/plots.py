@@ -880,6 +880,9 @@ def plot_hypersteer(hs: HyperSteerData, ax: Any = None) -> Figure:
         run = np.convolve(ce, np.ones(w) / w, mode="valid")
         ax.plot(steps[w - 1 :], run, color=POS_COLOR, label=f"train CE (mean of {w})")
     val = [(h["step"] + 1, h["val_ce"]) for h in hs.history if "val_ce" in h]
+    start = hs.training.get("val_ce_start")
+    if val and start is not None:
+        val.insert(0, (0, start))
     if val:
         ax.plot(*zip(*val, strict=True), "s--", color=NEG_COLOR, label="validation CE")
     t = hs.training
