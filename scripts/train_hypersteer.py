@@ -17,7 +17,8 @@ Small (a smoke run, about a minute; notebooks/07_hypersteer.ipynb runs about thi
 
 Writes into ``--out``: ``hypersteer.safetensors`` (the checkpoint, then the result: load
 it with ``sl.HyperSteer.load(path, model)``), ``history.json`` (per-step loss and the
-run's settings and timings) and ``loss.png`` (``hs.plot()``). Validation: a held-out
+run's settings and timings), ``loss.png`` (``hs.plot()``) and ``targets.json`` (the
+self-distilled targets, written once and reused by later runs on the same data). Validation: a held-out
 set of ``--validation`` pairs (held-out instructions on validation base prompts) whose
 cross-entropy is recorded as ``val_ce``.
 """
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--max-target-tokens", type=int, default=48)
     ap.add_argument("--checkpoint-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", default="last", choices=sl.hypersteer.POOLS)
     ap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     args = ap.parse_args()
 
@@ -80,11 +82,27 @@ def main() -> None:
         f"{args.validation} validation pairs"
     )
     t0 = time.perf_counter()
+    # The self-distilled targets are written once per data set and reused (a resumed run
+    # and runs with other hyperparameters train on the same texts).
+    cache = out / "targets.json"
+    key = {"model": str(model), "steer": steer, "base": base, "n": args.max_target_tokens}
+    targets = None
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            targets = saved["targets"]
+    if targets is None:
+        targets = sl.hypersteer.distill_targets(
+            model, steer, base, max_target_tokens=args.max_target_tokens, progress=True
+        )
+        cache.write_text(json.dumps({"key": key, "targets": targets}))
     hs = sl.HyperSteer.fit(
         model,
         steer,
         base,
+        targets=targets,
         variant=args.variant,
+        pool=args.pool,
         layer=args.layer,
         n_blocks=args.n_blocks,
         epochs=args.epochs,

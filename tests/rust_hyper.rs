@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use common::{max_diff, tiny};
 use steerlab::cancel::Cancel;
-use steerlab::learn::hyper::{HyperConfig, HyperExample, HyperNet, HyperTraining, Variant};
+use steerlab::learn::hyper::{HyperConfig, HyperExample, HyperNet, HyperTraining, Pool, Variant};
 use steerlab::learn::trainer::{OptimizerKind, TrainConfig};
 use steerlab::model::{Mode, Model, NoHooks, StepCtx};
 
@@ -54,12 +54,23 @@ fn examples() -> Vec<HyperExample> {
 }
 
 fn training(m: &Arc<Model>, variant: Variant, lr: f64, opt: OptimizerKind) -> HyperTraining {
+    training_pooled(m, variant, Pool::Last, lr, opt)
+}
+
+fn training_pooled(
+    m: &Arc<Model>,
+    variant: Variant,
+    pool: Pool,
+    lr: f64,
+    opt: OptimizerKind,
+) -> HyperTraining {
     HyperTraining::new(
         m.clone(),
         examples(),
         Vec::new(),
         HyperConfig {
             variant,
+            pool,
             layer: 1,
             n_blocks: 2,
             batch_size: 3,
@@ -147,8 +158,12 @@ fn copied_blocks_equal_the_base_blocks_and_a_new_network_writes_zero() {
 fn gradient_of_every_parameter_matches_finite_differences() {
     for fam in FAMILIES {
         let (_d, m) = tiny(fam);
-        for variant in [Variant::CrossAttention, Variant::NoContext] {
-            let run = training(&m, variant, 1e-3, OptimizerKind::AdamW);
+        for (variant, pool) in [
+            (Variant::CrossAttention, Pool::Last),
+            (Variant::NoContext, Pool::Last),
+            (Variant::CrossAttention, Pool::Mean),
+        ] {
+            let run = training_pooled(&m, variant, pool, 1e-3, OptimizerKind::AdamW);
             let net = run.net();
             randomise(net, 0.05);
             let idx = [0usize, 1, 2];
@@ -274,6 +289,20 @@ fn a_rows_vector_does_not_depend_on_its_batch_and_cross_attention_reads_the_base
     }
     // Same steering prompt, other base prompt: another vector.
     assert!(max_diff(&all[0], &all[2]) > 1e-4);
+    // Mean pooling: rows alone = the batch, and the padded training form agrees.
+    let mean = HyperNet::new(m.clone(), Variant::NoContext, 1, 2)
+        .unwrap()
+        .with_pool(Pool::Mean);
+    randomise(&mean, 0.05);
+    let mv = mean.vectors(&steer, None, &c).unwrap();
+    let md = mean.deltas(&steer, None, Mode::Gradient).unwrap();
+    for (r, want) in mv.iter().enumerate() {
+        let alone = mean.vectors(&steer[r..r + 1], None, &c).unwrap();
+        assert_eq!(&alone[0], want, "mean row {r}");
+        let v = md.get(r).unwrap().to_vec1::<f32>().unwrap();
+        assert!(max_diff(&v, want) < 1e-4, "mean row {r} padded");
+    }
+    assert!(max_diff(&mv[0], &mv[1]) > 1e-4);
     // The training form (padded batch, gradient mode) gives the same vectors.
     let mem = {
         let mut out = Vec::new();
@@ -375,6 +404,7 @@ fn parameters_round_trip_and_bad_ones_are_refused() {
         Vec::new(),
         HyperConfig {
             variant: Variant::NoContext,
+            pool: steerlab::learn::hyper::Pool::Last,
             layer: 1,
             n_blocks: 1,
             batch_size: 2,

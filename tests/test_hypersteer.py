@@ -318,3 +318,27 @@ def test_all_but_first_positions(model: Any) -> None:
     assert g1 != g2
     with pytest.raises(sl.InvalidArgumentError, match="touch no token here"):
         model.logits(["a"], steering=sl.Steering.add(3, v, positions="all_but_first"))
+
+
+def test_mean_pool_round_trips(model: Any, tmp_path: Path) -> None:
+    hs = sl.HyperSteer.fit(
+        model,
+        STEER[:2],
+        BASE[:2],
+        variant="no_context",
+        pool="mean",
+        n_blocks=1,
+        max_target_tokens=4,
+        batch_size=2,
+        lr=1e-3,
+        targets=["The sea.", "Arr."],
+        progress=False,
+    )
+    assert hs.pool == "mean" and hs.training["pool"] == "mean"
+    p = tmp_path / "m.safetensors"
+    hs.save(p)
+    back = sl.HyperSteer.load(p, model)
+    assert back.pool == "mean"
+    np.testing.assert_array_equal(back.vectors(STEER), hs.vectors(STEER))
+    with pytest.raises(sl.InvalidArgumentError, match="pool must be one of 'last', 'mean'"):
+        sl.HyperSteer.fit(model, STEER[:1], BASE[:1], pool="max")

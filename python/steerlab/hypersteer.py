@@ -53,10 +53,12 @@ if TYPE_CHECKING:
     from steerlab.steering import Steering
     from steerlab.vectors import SteeringVector
 
-__all__ = ["VARIANTS", "HyperSteer", "default_layer", "default_lr"]
+__all__ = ["POOLS", "VARIANTS", "HyperSteer", "default_layer", "default_lr", "distill_targets"]
 
 #: The architectures `HyperSteer.fit` builds.
 VARIANTS = ("cross_attention", "no_context")
+#: What the head can read (`HyperSteer.fit`'s `pool`).
+POOLS = ("last", "mean")
 
 _KIND = "hypersteer"
 
@@ -169,6 +171,7 @@ class HyperSteer:
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 0,
         resume: str | os.PathLike[str] | None = None,
+        pool: str = "last",
         progress: bool | None = None,
     ) -> HyperSteer:
         """Train a hypernetwork on (steering prompt, base prompt) pairs.
@@ -216,6 +219,10 @@ class HyperSteer:
             resume: a checkpoint written by an earlier run with the same data and
                 settings: its parameters and history are restored and training continues
                 at its next batch (AdamW's moments start afresh).
+            pool: what the head reads: ``"last"`` (the last token's final state, the
+                paper's head) or ``"mean"`` (the mean over the instruction's tokens: in a
+                shallow copy the last token, often ".", carries little of the
+                instruction; see bench/RESULTS.md, "Issue 13").
             progress: tqdm bars for target writing and training (None: when long).
 
         Returns:
@@ -258,6 +265,10 @@ class HyperSteer:
             raise InvalidArgumentError(f"lr must be a finite number > 0, got {_args.show(lr)}")
         weight_decay = _args.number(weight_decay, "weight_decay", "a finite number >= 0")
         chat = _chat_arg(chat)
+        if pool not in POOLS:
+            raise InvalidArgumentError(
+                f"pool must be one of {', '.join(map(repr, POOLS))}, got {_args.show(pool)}"
+            )
         t0 = time.perf_counter()
         examples, dropped, target_texts = _examples(
             model, steer, base, targets, max_target_tokens, chat, progress, "targets"
@@ -285,10 +296,12 @@ class HyperSteer:
             weight_decay=weight_decay,
             batch_size=batch_size,
             seed=seed,
+            pool=pool,
         )
         total = epochs * trainer.steps_per_epoch
         settings = {
             "variant": variant,
+            "pool": pool,
             "layer": layer_i,
             "n_blocks": n_blocks,
             "epochs": epochs,
@@ -367,6 +380,7 @@ class HyperSteer:
             layer_i,
             n_blocks,
             [(k, list(v.shape), np.ascontiguousarray(v).ravel()) for k, v in params.items()],
+            pool,
         )
         hs = cls(net, model, history=history, training=training, chat=chat)
         if checkpoint is not None:
@@ -382,6 +396,10 @@ class HyperSteer:
     @property
     def layer(self) -> int:
         return int(self._net.layer)
+
+    @property
+    def pool(self) -> str:
+        return str(self._net.pool)
 
     @property
     def n_blocks(self) -> int:
@@ -551,7 +569,7 @@ class HyperSteer:
             ModelNotFoundError: the folder to write into does not exist.
             ModelFormatError: the file cannot be written.
         """
-        arch = (self.variant, self.layer, self.n_blocks)
+        arch = (self.variant, self.layer, self.n_blocks, self.pool)
         params = dict(self._net.params())
         _save(params, arch, self._model, self.training, self.history, self.chat, path, None)
 
@@ -571,7 +589,12 @@ class HyperSteer:
         hp = meta["hyperparameters"]
         try:
             net = _core.HyperNet(
-                model._core, hp["variant"], int(hp["layer"]), int(hp["n_blocks"]), tensors
+                model._core,
+                hp["variant"],
+                int(hp["layer"]),
+                int(hp["n_blocks"]),
+                tensors,
+                hp.get("pool", "last"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFormatError(
@@ -588,6 +611,60 @@ class HyperSteer:
         )
 
 
+def distill_targets(
+    model: Model,
+    steering_prompts: Sequence[str],
+    base_prompts: Sequence[str],
+    *,
+    max_target_tokens: int = 48,
+    chat: Any = "auto",
+    progress: bool | None = None,
+) -> list[str]:
+    """The targets `HyperSteer.fit` writes when it is given none: the model's greedy reply
+    (at most `max_target_tokens` tokens) to each request with the instruction in its user
+    turn (``f"{instruction}\\n\\n{request}"``, rendered per `chat`). One batched
+    generation. Pass the result as ``fit(..., targets=...)`` to reuse it across runs
+    (it is re-encoded there, which may differ from the generated ids at a token boundary).
+
+    Raises:
+        InvalidArgumentError, InvalidTypeError: as `HyperSteer.fit`.
+    """
+    model = _model(model)
+    steer, base = _pairs(steering_prompts, base_prompts)
+    n = _args.integer(max_target_tokens, "max_target_tokens", minimum=1)
+    ids = _distilled_ids(model, steer, base, n, _chat_arg(chat), progress)
+    return [model.decode(t) for t in ids]
+
+
+def _distilled_ids(
+    model: Model,
+    steer: list[str],
+    base: list[str],
+    max_target_tokens: int,
+    chat: Any,
+    progress: bool | None,
+) -> list[list[int]]:
+    core = model._core
+    prompts = request_prompts(core, base, chat)
+    if chat is not False and bool(core.chat_template):
+        for i, (b, p) in enumerate(zip(base, prompts, strict=True)):
+            if b == p:
+                raise InvalidArgumentError(
+                    f"base_prompts[{i}] is already a rendered chat prompt; self-distilled "
+                    f"targets need the plain request (to put the instruction in it): pass "
+                    f"plain requests, or targets="
+                )
+    teacher = request_prompts(core, [f"{s}\n\n{b}" for s, b in zip(steer, base, strict=True)], chat)
+    ids = model.generate(
+        teacher,
+        max_new_tokens=max_target_tokens,
+        temperature=0.0,
+        return_ids=True,
+        progress=progress,
+    )
+    return [list(t) for t in ids]
+
+
 def _examples(
     model: Model,
     steer: list[str],
@@ -600,29 +677,9 @@ def _examples(
 ) -> tuple[list[tuple[list[int], list[int], int]], int, list[str]]:
     """Training examples ``(steering ids, prompt ids + target ids, len(prompt ids))``,
     the number dropped for an empty target, and the target texts."""
-    core = model._core
-    prompts = request_prompts(core, base, chat)
+    prompts = request_prompts(model._core, base, chat)
     if targets is None:
-        rendered = chat is not False and bool(core.chat_template)
-        if rendered:
-            for i, (b, p) in enumerate(zip(base, prompts, strict=True)):
-                if b == p:
-                    raise InvalidArgumentError(
-                        f"base_prompts[{i}] is already a rendered chat prompt; self-distilled "
-                        f"targets need the plain request (to put the instruction in it): pass "
-                        f"plain requests, or targets="
-                    )
-        teacher = request_prompts(
-            core, [f"{s}\n\n{b}" for s, b in zip(steer, base, strict=True)], chat
-        )
-        ids = model.generate(
-            teacher,
-            max_new_tokens=max_target_tokens,
-            temperature=0.0,
-            return_ids=True,
-            progress=progress,
-        )
-        target_ids = [list(t) for t in ids]
+        target_ids = _distilled_ids(model, steer, base, max_target_tokens, chat, progress)
     else:
         tt, _ = _args.texts(targets, "targets")
         if len(tt) != len(steer):
@@ -650,7 +707,7 @@ def _examples(
 
 def _save(
     params: dict[str, Any],
-    arch: tuple[str, int, int],
+    arch: tuple[str, int, int, str],
     model: Model,
     training: dict[str, Any],
     history: list[dict[str, float]],
@@ -658,8 +715,8 @@ def _save(
     path: str | os.PathLike[str],
     steps_done: int | None,
 ) -> None:
-    """Write `params` of a hypernetwork ``arch = (variant, layer, n_blocks)``."""
-    variant, layer, n_blocks = arch
+    """Write `params` of a hypernetwork ``arch = (variant, layer, n_blocks, pool)``."""
+    variant, layer, n_blocks, pool = arch
     losses = [h["loss"] for h in history]
     best = int(np.argmin(losses)) if losses else None
     meta = {
@@ -673,6 +730,7 @@ def _save(
             "variant": variant,
             "layer": layer,
             "n_blocks": n_blocks,
+            "pool": pool,
             "chat": chat,
             "training": training,
             "steps_done": steps_done if steps_done is not None else len(history),
@@ -723,12 +781,13 @@ def _checkpoint(
     path: str | os.PathLike[str],
     steps: int,
 ) -> None:
-    arch = (settings["variant"], settings["layer"], settings["n_blocks"])
+    arch = (settings["variant"], settings["layer"], settings["n_blocks"], settings["pool"])
     _save(dict(trainer.params()), arch, model, settings, history, chat, path, steps)
 
 
 _RESUME_KEYS = (
     "variant",
+    "pool",
     "layer",
     "n_blocks",
     "epochs",

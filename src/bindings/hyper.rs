@@ -14,7 +14,7 @@ use super::cancel::interruptible;
 use super::learn::with_locked;
 use super::model::PyModel;
 use crate::error::Error;
-use crate::learn::hyper::{HyperConfig, HyperExample, HyperNet, HyperTraining, Variant};
+use crate::learn::hyper::{HyperConfig, HyperExample, HyperNet, HyperTraining, Pool, Variant};
 use crate::learn::trainer::{StepRecord, TrainConfig};
 use crate::model::Model;
 
@@ -93,7 +93,7 @@ impl PyHyperNet {
     /// `(name, shape, float32 values)`) sets every parameter, exactly the names and
     /// shapes of `.params()`.
     #[new]
-    #[pyo3(signature = (model, variant, layer, n_blocks, params = None))]
+    #[pyo3(signature = (model, variant, layer, n_blocks, params = None, pool = "last"))]
     fn new(
         py: Python<'_>,
         model: &PyModel,
@@ -101,13 +101,15 @@ impl PyHyperNet {
         layer: i64,
         n_blocks: usize,
         params: Option<Vec<RawTensor<'_>>>,
+        pool: &str,
     ) -> PyResult<Self> {
         let m = model.inner.clone();
         let variant = Variant::parse(variant)?;
+        let pool = Pool::parse(pool)?;
         let layer = m.resolve_layer(layer)?;
         let p = params.map(|p| tensors(&m, p)).transpose()?;
         let net = py.detach(|| -> crate::Result<HyperNet> {
-            let net = HyperNet::new(m, variant, layer, n_blocks)?;
+            let net = HyperNet::new(m, variant, layer, n_blocks)?.with_pool(pool);
             if let Some(p) = p {
                 net.set_params(&p)?;
             }
@@ -145,6 +147,10 @@ impl PyHyperNet {
     #[getter]
     fn layer(&self) -> usize {
         self.inner.layer()
+    }
+    #[getter]
+    fn pool(&self) -> &'static str {
+        self.inner.pool().name()
     }
     #[getter]
     fn n_blocks(&self) -> usize {
@@ -190,7 +196,7 @@ impl PyHyperTrainer {
     /// `examples_` / `validation`: `(steering prompt ids, base prompt + target ids,
     /// split)` with the target starting at `split`.
     #[new]
-    #[pyo3(signature = (model, examples_, validation, variant, layer, n_blocks, *, lr, weight_decay = 0.0, max_grad_norm = Some(1.0), batch_size = 8, seed = 0))]
+    #[pyo3(signature = (model, examples_, validation, variant, layer, n_blocks, *, lr, weight_decay = 0.0, max_grad_norm = Some(1.0), batch_size = 8, seed = 0, pool = "last"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -205,10 +211,12 @@ impl PyHyperTrainer {
         max_grad_norm: Option<f64>,
         batch_size: usize,
         seed: u64,
+        pool: &str,
     ) -> PyResult<Self> {
         let m = model.inner.clone();
         let cfg = HyperConfig {
             variant: Variant::parse(variant)?,
+            pool: Pool::parse(pool)?,
             layer: m.resolve_layer(layer)?,
             n_blocks,
             batch_size,

@@ -72,11 +72,40 @@ impl Variant {
     }
 }
 
+/// What the head reads of the hypernetwork's final stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// The last token's state (the paper's head).
+    Last,
+    /// The mean over the steering prompt's tokens (padding excluded).
+    Mean,
+}
+
+impl Pool {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Pool::Last),
+            "mean" => Ok(Pool::Mean),
+            other => Err(Error::invalid(format!(
+                "unknown pool '{other}'; expected 'last' or 'mean'"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Last => "last",
+            Pool::Mean => "mean",
+        }
+    }
+}
+
 /// The hypernetwork (see the module docs). Its parameters are `Var`s; the base model is
 /// shared and never changed.
 pub struct HyperNet {
     model: Arc<Model>,
     variant: Variant,
+    pool: Pool,
     layer: usize,
     blocks: Vec<Block>,
     cross: Vec<CrossAttention>,
@@ -132,6 +161,7 @@ impl HyperNet {
         Ok(HyperNet {
             model,
             variant,
+            pool: Pool::Last,
             layer,
             blocks,
             cross,
@@ -144,6 +174,14 @@ impl HyperNet {
 
     pub fn variant(&self) -> Variant {
         self.variant
+    }
+    /// Read the head's input as `pool` says (default [`Pool::Last`]).
+    pub fn with_pool(mut self, pool: Pool) -> Self {
+        self.pool = pool;
+        self
+    }
+    pub fn pool(&self) -> Pool {
+        self.pool
     }
     pub fn layer(&self) -> usize {
         self.layer
@@ -247,9 +285,21 @@ impl HyperNet {
         mode: Mode,
     ) -> Result<Tensor> {
         let x = self.stream(steer, mem, mode)?; // [b, t, d]
-        let t = x.dim(1)?;
-        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?; // [b, d]
-        let h = self.norm.forward(&last, mode)?;
+        let (b, t, _) = x.dims3()?;
+        let pooled = match self.pool {
+            Pool::Last => x.narrow(1, t - 1, 1)?.squeeze(1)?, // [b, d]
+            Pool::Mean => {
+                // Weights 1/len on each row's tokens (left padding gets 0): [b, 1, t].
+                let mut w = vec![0f32; b * t];
+                for (r, s) in steer.iter().enumerate() {
+                    let len = s.len().min(t);
+                    w[r * t + (t - len)..(r + 1) * t].fill(1.0 / len.max(1) as f32);
+                }
+                let w = Tensor::from_vec(w, (b, 1, t), x.device())?;
+                w.matmul(&x.contiguous()?)?.squeeze(1)? // [b, d]
+            }
+        };
+        let h = self.norm.forward(&pooled, mode)?;
         Ok(h.matmul(&self.head_w.t()?)?.broadcast_add(&self.head_b)?) // [b, d]
     }
 
@@ -401,6 +451,7 @@ pub struct HyperExample {
 #[derive(Debug, Clone)]
 pub struct HyperConfig {
     pub variant: Variant,
+    pub pool: Pool,
     /// The steered layer (resid_post, non-negative).
     pub layer: usize,
     pub n_blocks: usize,
@@ -481,7 +532,8 @@ impl HyperTraining {
         }
         check_examples(&examples, "example", &model)?;
         check_examples(&validation, "validation example", &model)?;
-        let net = HyperNet::new(model.clone(), cfg.variant, cfg.layer, cfg.n_blocks)?;
+        let net =
+            HyperNet::new(model.clone(), cfg.variant, cfg.layer, cfg.n_blocks)?.with_pool(cfg.pool);
         let trainer = Trainer::new(net.vars().to_vec(), cfg.train.clone())?;
         let batches = Batches::new(examples.len(), cfg.batch_size, cfg.seed)?;
         let chunk = cfg.batch_size.max(8);
