@@ -10,6 +10,13 @@ Resume after an interruption (Ctrl-C, a lost machine)::
 
     .venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer --resume
 
+Keyword-filtered targets (the run of bench/RESULTS.md, "Issue 13": SmolLM2-135M mostly
+ignores the instruction when it writes its own targets, so keep the pairs whose target
+shows it)::
+
+    .venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer \\
+        --pairs-per-instruction 6 --keyword-filter --samples 1 --epochs 3
+
 Small (a smoke run, about a minute; notebooks/07_hypersteer.ipynb runs about this)::
 
     .venv/bin/python scripts/train_hypersteer.py --out /tmp/hs_small --instructions 16 \\
@@ -43,6 +50,64 @@ def load_model(which: str, dtype: str = "auto") -> sl.Model:
     return sl.Model.load(which, dtype=dtype)
 
 
+def keyword_filter(
+    model: sl.Model,
+    data: sl.datasets.SteeringPrompts,
+    steer: list[str],
+    base: list[str],
+    greedy: list[str],
+    args: argparse.Namespace,
+    out: Path,
+) -> tuple[list[str], list[str], list[str], dict]:
+    """Pairs whose target follows the instruction by the keyword check: the greedy
+    target if it hits a keyword of its instruction, else the first of `args.samples`
+    sampled targets (cached in ``samples.json``) that does; pairs of instructions whose
+    keywords are unreliable (formats) keep the greedy target; the rest are dropped."""
+    kw = dict(zip(data.instructions, data.keywords, strict=True))
+    ok = dict(zip(data.instructions, data.keywords_reliable, strict=True))
+    cache = out / "samples.json"
+    key = {"steer": steer, "base": base, "n": args.max_target_tokens, "t": args.temperature}
+    samples: list[list[str]] = []
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            samples = saved["samples"]
+    for k in range(len(samples), args.samples):
+        samples.append(
+            sl.hypersteer.distill_targets(
+                model,
+                steer,
+                base,
+                max_target_tokens=args.max_target_tokens,
+                temperature=args.temperature,
+                seed=args.seed + 1 + k,
+                progress=True,
+            )
+        )
+        cache.write_text(json.dumps({"key": key, "samples": samples}))
+    keep_s, keep_b, keep_t = [], [], []
+    counts = {
+        "pairs": len(steer),
+        "greedy_hit": 0,
+        "sampled_hit": 0,
+        "unreliable_kept": 0,
+        "dropped": 0,
+    }
+    for i, (s, b, g) in enumerate(zip(steer, base, greedy, strict=True)):
+        if not ok[s]:
+            keep_s.append(s), keep_b.append(b), keep_t.append(g)
+            counts["unreliable_kept"] += 1
+            continue
+        cands = [g] + [smp[i] for smp in samples[: args.samples]]
+        hit = next((c for c in cands if sl.datasets.keyword_hits(c, kw[s]) > 0), None)
+        if hit is None:
+            counts["dropped"] += 1
+            continue
+        counts["greedy_hit" if hit is g else "sampled_hit"] += 1
+        keep_s.append(s), keep_b.append(b), keep_t.append(hit)
+    return keep_s, keep_b, keep_t, counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma or a path")
@@ -61,6 +126,15 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", default="last", choices=sl.hypersteer.POOLS)
+    ap.add_argument(
+        "--keyword-filter",
+        action="store_true",
+        help="keep only pairs whose target contains a keyword of its instruction (the greedy\n"
+        "target, else the first of --samples sampled ones that does); instructions whose\n"
+        "keywords are unreliable keep their greedy target",
+    )
+    ap.add_argument("--samples", type=int, default=1, help="sampled candidates per pair")
+    ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     args = ap.parse_args()
 
@@ -96,6 +170,12 @@ def main() -> None:
             model, steer, base, max_target_tokens=args.max_target_tokens, progress=True
         )
         cache.write_text(json.dumps({"key": key, "targets": targets}))
+    filtered = None
+    if args.keyword_filter:
+        steer, base, targets, filtered = keyword_filter(
+            model, data, steer, base, targets, args, out
+        )
+        print(f"keyword filter: {filtered}")
     hs = sl.HyperSteer.fit(
         model,
         steer,
@@ -117,8 +197,10 @@ def main() -> None:
         progress=True,
     )
     seconds = time.perf_counter() - t0
-    record = {
-        "command": "python scripts/train_hypersteer.py " + " ".join(
+    record: dict = {
+        "keyword_filter": filtered,
+        "command": "python scripts/train_hypersteer.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)
         ),
         "model": str(model),

@@ -618,6 +618,8 @@ def distill_targets(
     *,
     max_target_tokens: int = 48,
     chat: Any = "auto",
+    temperature: float = 0.0,
+    seed: int | None = None,
     progress: bool | None = None,
 ) -> list[str]:
     """The targets `HyperSteer.fit` writes when it is given none: the model's greedy reply
@@ -625,6 +627,9 @@ def distill_targets(
     turn (``f"{instruction}\\n\\n{request}"``, rendered per `chat`). One batched
     generation. Pass the result as ``fit(..., targets=...)`` to reuse it across runs
     (it is re-encoded there, which may differ from the generated ids at a token boundary).
+    ``temperature > 0`` samples instead (seeded by `seed`), e.g. to draw several
+    candidates and keep those that follow the instruction (scripts/train_hypersteer.py's
+    ``--keyword-filter``).
 
     Raises:
         InvalidArgumentError, InvalidTypeError: as `HyperSteer.fit`.
@@ -632,7 +637,7 @@ def distill_targets(
     model = _model(model)
     steer, base = _pairs(steering_prompts, base_prompts)
     n = _args.integer(max_target_tokens, "max_target_tokens", minimum=1)
-    ids = _distilled_ids(model, steer, base, n, _chat_arg(chat), progress)
+    ids = _distilled_ids(model, steer, base, n, _chat_arg(chat), progress, temperature, seed)
     return [model.decode(t) for t in ids]
 
 
@@ -643,6 +648,8 @@ def _distilled_ids(
     max_target_tokens: int,
     chat: Any,
     progress: bool | None,
+    temperature: float = 0.0,
+    seed: int | None = None,
 ) -> list[list[int]]:
     core = model._core
     prompts = request_prompts(core, base, chat)
@@ -658,7 +665,8 @@ def _distilled_ids(
     ids = model.generate(
         teacher,
         max_new_tokens=max_target_tokens,
-        temperature=0.0,
+        temperature=temperature,
+        seed=seed,
         return_ids=True,
         progress=progress,
     )
