@@ -63,6 +63,21 @@ def concepts(part: Any, n: int, seed: int) -> list[tuple[str, list[str]]]:
     return [(one.instructions[keep[i]], one.keywords[keep[i]]) for i in pick]
 
 
+def specificity(vecs: np.ndarray) -> dict[str, float]:
+    """The mean pairwise cosine between rows, the mean norm, and the share of the rows'
+    energy that is not their mean (0: one vector for every instruction)."""
+    n = np.linalg.norm(vecs, axis=1)
+    u = vecs / n[:, None]
+    c = u @ u.T
+    k = len(vecs)
+    centred = vecs - vecs.mean(0)
+    return {
+        "mean_pairwise_cosine": round(float((c.sum() - k) / (k * (k - 1))), 4),
+        "mean_norm": round(float(n.mean()), 3),
+        "varying_share": round(float((centred**2).sum() / (vecs**2).sum()), 4),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model, args.dtype)
     hs = sl.HyperSteer.load(args.hypersteer, model)
@@ -108,6 +123,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "groups": {},
     }
+    # How instruction-specific the vectors are: the mean pairwise cosine between the
+    # vectors of the evaluated concepts on one base prompt (1.0: one vector for all).
+    instr = [c for cs in groups.values() for c, _ in cs]
+    vecs = (
+        hs.vectors(instr, [prompts[0]] * len(instr))
+        if hs.variant == "cross_attention"
+        else hs.vectors(instr)
+    )
+    out["hypersteer_specificity"] = specificity(vecs)
+    print("HyperSteer vectors:", out["hypersteer_specificity"])
     for name, cs in groups.items():
         t0 = time.perf_counter()
         rep = sl.evaluate.axbench(
