@@ -40,18 +40,10 @@ from typing import Any
 
 import numpy as np
 import steerlab as sl
+from controller_eval import load_model
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("none", "prompt", "diffmean", "optimized", "hypersteer")
-
-
-def load_model(which: str, dtype: str = "auto") -> sl.Model:
-    """``smollm2`` (the embedded default), ``gemma`` or a path."""
-    if which == "smollm2":
-        return sl.Model.load(None, dtype=dtype)
-    if which == "gemma":
-        return sl.Model.load(sl.models.gemma3_270m_path(), dtype=dtype)
-    return sl.Model.load(which, dtype=dtype)
 
 
 def concepts(part: Any, n: int, seed: int) -> list[tuple[str, list[str]]]:

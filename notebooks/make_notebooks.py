@@ -1508,8 +1508,8 @@ including for instructions it never saw:
 instructions, one copied block, 6 training steps, 12-token targets and replies and a
 2-concept evaluation: it proves the loop, not quality. Without the variable it loads the
 full-size hypernetwork that `python scripts/train_hypersteer.py --out runs/hypersteer`
-writes (every held-in instruction with 6 base prompts, N = 4, the contract's defaults;
-trained here if the file is missing) and evaluates 6 held-in and 6 held-out concepts on
+writes (every held-in instruction with 6 base prompts, keyword-filtered targets, N = 4;
+trained here at the contract's defaults if the file is missing) and evaluates 6 held-in and 6 held-out concepts on
 10 prompts each. The full-size table is in `bench/RESULTS.md` ("Issue 13"), made by
 `bench/hypersteer_eval.py`. The sentences that interpret numbers below are computed from
 them.""",
@@ -1710,8 +1710,10 @@ print(f"notebook time: {time.perf_counter() - t0:.0f} s")""",
         """\
 ## 5. Full size
 
-- Train (progress, a checkpoint every 25 steps, `--resume` to continue):
-  `.venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer --pairs-per-instruction 6`
+- Train (progress, a checkpoint every 25 steps, `--resume` to continue; `--keyword-filter`
+  keeps the pairs whose self-distilled target follows its instruction, which SmolLM2-135M's
+  replies mostly do not):
+  `.venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer --pairs-per-instruction 6 --keyword-filter --samples 1 --epochs 3`
 - Evaluate every method on held-in and held-out concepts and write the table of
   `bench/RESULTS.md`:
   `.venv/bin/python bench/hypersteer_eval.py --hypersteer runs/hypersteer/hypersteer.safetensors`

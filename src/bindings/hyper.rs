@@ -11,11 +11,11 @@ use pyo3::types::PyDict;
 
 use super::arrays::{to_numpy, vec_f32};
 use super::cancel::interruptible;
-use super::learn::with_locked;
+use super::learn::{record, with_locked};
 use super::model::PyModel;
 use crate::error::Error;
 use crate::learn::hyper::{HyperConfig, HyperExample, HyperNet, HyperTraining, Pool, Variant};
-use crate::learn::trainer::{StepRecord, TrainConfig};
+use crate::learn::trainer::TrainConfig;
 use crate::model::Model;
 
 type RawExample = (Vec<u32>, Vec<u32>, usize);
@@ -54,18 +54,6 @@ fn tensors(m: &Model, items: Vec<RawTensor<'_>>) -> PyResult<Vec<(String, Tensor
             Ok((name, t))
         })
         .collect()
-}
-
-fn record<'py>(py: Python<'py>, r: &StepRecord) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("step", r.step)?;
-    d.set_item("loss", r.loss)?;
-    d.set_item("grad_norm", r.grad_norm)?;
-    d.set_item("lr", r.lr)?;
-    for (k, v) in &r.extra {
-        d.set_item(k, v)?;
-    }
-    Ok(d)
 }
 
 /// Vectors [n, d] from per-row vectors.

@@ -39,7 +39,8 @@ pub(super) fn with_locked<T, R>(
     f(&mut g)
 }
 
-fn record<'py>(py: Python<'py>, r: &StepRecord) -> PyResult<Bound<'py, PyDict>> {
+/// A training step's record as a dict (step, loss, grad_norm, lr and the extras).
+pub(super) fn record<'py>(py: Python<'py>, r: &StepRecord) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("step", r.step)?;
     d.set_item("loss", r.loss)?;
