@@ -1713,7 +1713,7 @@ print(f"notebook time: {time.perf_counter() - t0:.0f} s")""",
 - Train (progress, a checkpoint every 25 steps, `--resume` to continue; `--keyword-filter`
   keeps the pairs whose self-distilled target follows its instruction, which SmolLM2-135M's
   replies mostly do not):
-  `.venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer --pairs-per-instruction 6 --keyword-filter --samples 1 --epochs 3`
+  `.venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer --pairs-per-instruction 6 --keyword-filter --epochs 3`
 - Evaluate every method on held-in and held-out concepts and write the table of
   `bench/RESULTS.md`:
   `.venv/bin/python bench/hypersteer_eval.py --hypersteer runs/hypersteer/hypersteer.safetensors`

@@ -15,7 +15,7 @@ ignores the instruction when it writes its own targets, so keep the pairs whose 
 shows it)::
 
     .venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer \\
-        --pairs-per-instruction 6 --keyword-filter --samples 1 --epochs 3
+        --pairs-per-instruction 6 --keyword-filter --epochs 3
 
 Small (a smoke run, about a minute; notebooks/07_hypersteer.ipynb runs about this)::
 
@@ -133,7 +133,7 @@ def main() -> None:
         "target, else the first of --samples sampled ones that does); instructions whose\n"
         "keywords are unreliable keep their greedy target",
     )
-    ap.add_argument("--samples", type=int, default=1, help="sampled candidates per pair")
+    ap.add_argument("--samples", type=int, default=0, help="extra sampled candidates per pair")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     args = ap.parse_args()
