@@ -19,6 +19,8 @@ __all__ = [
     "ControllerTrainer",
     "GenConfig",
     "Generation",
+    "HyperNet",
+    "HyperTrainer",
     "InvalidArgumentError",
     "Model",
     "ModelFormatError",
