@@ -108,6 +108,18 @@ def keyword_filter(
     return keep_s, keep_b, keep_t, counts
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command-line flags that reproduce `args` (flags set, values given)."""
+    parts = []
+    for k, v in vars(args).items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif v is not None and v is not False:
+            parts.append(f"{flag} {v}")
+    return " ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma or a path")
@@ -199,10 +211,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     record: dict = {
         "keyword_filter": filtered,
-        "command": "python scripts/train_hypersteer.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)
-        ),
+        "command": "python scripts/train_hypersteer.py " + command(args),
         "model": str(model),
         "seconds_total": round(seconds, 1),
         "training": hs.training,
