@@ -2,7 +2,7 @@
 with progress, checkpoints every K steps and resume.
 
 Full size (the default quantized SmolLM2-135M-Instruct; every held-in instruction paired
-with 3 train base prompts; N = 4 copied blocks; the contract's defaults otherwise)::
+with 6 train base prompts; N = 4 copied blocks; the contract's defaults otherwise)::
 
     .venv/bin/python scripts/train_hypersteer.py --out runs/hypersteer
 
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--n-blocks", type=int, default=4)
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--instructions", type=int, default=None, help="held-in instructions (all)")
-    ap.add_argument("--pairs-per-instruction", type=int, default=3)
+    ap.add_argument("--pairs-per-instruction", type=int, default=6)
     ap.add_argument("--validation", type=int, default=32, help="held-out pairs (0: none)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)

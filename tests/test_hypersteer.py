@@ -244,7 +244,7 @@ def test_bad_arguments_raise(model: Any) -> None:
         fit(model, STEER[:1], BASE[:1], variant="lora")
     with pytest.raises(sl.InvalidArgumentError, match="n_blocks must be >= 1"):
         fit(model, STEER[:1], BASE[:1], n_blocks=0)
-    with pytest.raises(sl.InvalidArgumentError, match="n_blocks must be <= 30"):
+    with pytest.raises(sl.OutOfRangeError, match="n_blocks 31 is out of range"):
         fit(model, STEER[:1], BASE[:1], n_blocks=31)
     with pytest.raises(sl.OutOfRangeError, match="layer 30 is out of range"):
         fit(model, STEER[:1], BASE[:1], layer=30)

@@ -394,7 +394,7 @@ def test_gemma(model: Any) -> None:
         (
             {"validation": ["a"]},
             "InvalidTypeError",
-            r"validation must be a \(steering_prompts, base_prompts\) pair",
+            r"validation must be \(steering_prompts, base_prompts\) or",
         ),
         ({"targets": ["x"]}, "InvalidArgumentError", r"1 targets for 2 pairs"),
         ({"targets": [1, 2]}, "InvalidTypeError", r"targets\[0\] must be a str, got int"),
@@ -509,12 +509,12 @@ def test_load_refuses_bad_files(model: Any, tiny: Any, saved: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("variant", "x", r"unknown HyperSteer variant 'x'"),
+        ("variant", "x", r"variant is 'x'; expected one of"),
         ("variant", "no_context", r"unexpected tensor 'blocks.0.cross"),
-        ("layer", 99, r"layer 99 is out of range"),
+        ("layer", 99, r"layer is 99; expected an int in 0..29"),
         ("n_blocks", 2, r"'blocks.1.attn_norm' is missing"),
         ("n_blocks", 31, r"n_blocks is 31"),
-        ("pool", "max", r"unknown pool 'max'"),
+        ("pool", "max", r"pool is 'max'; expected one of"),
     ],
 )
 def test_load_refuses_hostile_metadata(

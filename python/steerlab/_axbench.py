@@ -561,7 +561,15 @@ def _methods(methods: Any, model: Model) -> list[_Method]:
             out.append(_Method(name, "fixed", spec.to_steering()))
         elif isinstance(spec, Steering):
             out.append(_Method(name, "fixed", spec))
+        elif isinstance(spec, type):
+            raise InvalidTypeError(
+                f"methods[{name!r}] is the class {spec.__name__}, not a fitted method; expected "
+                f"an instance (e.g. sl.HyperSteer.fit(...) or sl.HyperSteer.load(...))"
+            )
         elif callable(getattr(spec, "steering", None)) and not hasattr(spec, "_core"):
+            check = getattr(spec, "check_model", None)
+            if callable(check):
+                check(model)  # a hypernetwork trained for another model is refused here
             out.append(_Method(name, "hypersteer", spec))
         elif callable(spec):
             out.append(_Method(name, "callable", spec))

@@ -24,12 +24,14 @@ initialisation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +44,8 @@ from steerlab.errors import (
     InvalidArgumentError,
     InvalidTypeError,
     ModelFormatError,
+    ModelNotFoundError,
+    OutOfRangeError,
 )
 from steerlab.optimize import TrainingInterrupted
 
@@ -101,11 +105,41 @@ def _bos_id(model: Model) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _factor(factor: Any) -> float:
     f = _args.number(factor, "factor", "a finite number")
-    if not math.isfinite(f):
-        raise InvalidArgumentError(f"factor must be a finite number, got {_args.show(factor)}")
+    if not math.isfinite(f) or abs(f) > _F32_MAX:
+        raise InvalidArgumentError(
+            f"factor must be a finite number within float32's range (|factor| <= 3.4e38), "
+            f"got {_args.show(factor)}"
+        )
     return f
+
+
+def _scaled(v: npt.NDArray[np.float32], f: float) -> npt.NDArray[np.float32]:
+    """factor * vector in float32, refusing an overflow (naming the factor)."""
+    with np.errstate(over="raise", invalid="raise"):
+        try:
+            return np.asarray(v * np.float32(f), dtype=np.float32)
+        except FloatingPointError:
+            raise InvalidArgumentError(
+                f"factor {f:g} times a vector of norm {float(np.linalg.norm(v)):.4g} overflows "
+                f"float32; expected a smaller factor"
+            ) from None
+
+
+def _writable(path: Any, name: str) -> str:
+    """A path whose folder exists (checked before any work is done)."""
+    p = _args.path(path, name)
+    parent = Path(p).parent
+    if not parent.is_dir():
+        raise ModelNotFoundError(
+            f"{name}={p!r}: the folder {str(parent)!r} does not exist; expected a path in an "
+            f"existing folder"
+        )
+    return p
 
 
 def _chat_arg(chat: Any) -> Any:
@@ -206,19 +240,22 @@ class HyperSteer:
             max_target_tokens: longest target, in tokens.
             seed: batch order (the hypernetwork's initialisation is deterministic).
             validation: optional ``(steering_prompts, base_prompts)`` held out from
-                training (targets self-distilled the same way); their cross-entropy is
+                training (targets self-distilled the same way), or ``(steering_prompts,
+                base_prompts, targets)`` with given targets; their cross-entropy is
                 recorded as ``val_ce`` every `validate_every` steps (default: 10 times
                 per run) and at the end, and before the first step as
                 ``training["val_ce_start"]`` (the unsteered model's: Δ starts at 0).
-            validate_every: steps between validations.
+            validate_every: steps between validations (needs `validation`).
             weight_decay: AdamW's decoupled weight decay.
             chat: True, False or ``"auto"`` (see `base_prompts`).
             checkpoint: a path to save the hypernetwork to every `checkpoint_every`
                 steps and at the end (a `save` file with the step count); None: none.
-            checkpoint_every: steps between checkpoints (0: only at the end).
-            resume: a checkpoint written by an earlier run with the same data and
-                settings: its parameters and history are restored and training continues
-                at its next batch (AdamW's moments start afresh).
+            checkpoint_every: steps between checkpoints (0: only at the end; > 0 needs
+                `checkpoint`).
+            resume: a checkpoint written by an earlier run with the same data (pairs,
+                targets, validation: compared by hash) and settings: its parameters and
+                history are restored and training continues at its next batch (AdamW's
+                moments start afresh).
             pool: what the head reads: ``"last"`` (the last token's final state, the
                 paper's head) or ``"mean"`` (the mean over the instruction's tokens: in a
                 shallow copy the last token, often ".", carries little of the
@@ -235,6 +272,8 @@ class HyperSteer:
                 rendered base prompt without `targets`, a `resume` file from another
                 run; every pair dropped for an empty target.
             OutOfRangeError: a layer or `n_blocks` the model lacks.
+            ModelNotFoundError: `checkpoint` in a folder that does not exist (checked
+                before any work).
             ContextLengthError: a base prompt + target longer than the context.
 
         Warns:
@@ -252,10 +291,17 @@ class HyperSteer:
         if layer is None:
             layer = default_layer(n)
         layer_i = model._resolve_layer(_args.index(layer, "layer"))
-        n_blocks = _args.integer(n_blocks, "n_blocks", minimum=1, maximum=n)
+        n_blocks = _args.integer(n_blocks, "n_blocks", minimum=1)
+        if n_blocks > n:
+            raise OutOfRangeError(
+                f"n_blocks {n_blocks} is out of range: the hypernetwork copies the model's first "
+                f"n_blocks blocks and this model has {n}; expected 1..{n}"
+            )
         epochs = _args.integer(epochs, "epochs", minimum=1)
         batch_size = _args.integer(batch_size, "batch_size", minimum=1)
-        max_target_tokens = _args.integer(max_target_tokens, "max_target_tokens", minimum=1)
+        max_target_tokens = _args.integer(
+            max_target_tokens, "max_target_tokens", minimum=1, maximum=model.max_context
+        )
         seed = _args.integer(seed, "seed", minimum=0, maximum=2**64 - 1)
         checkpoint_every = _args.integer(checkpoint_every, "checkpoint_every", minimum=0)
         if lr is None:
@@ -265,6 +311,18 @@ class HyperSteer:
             raise InvalidArgumentError(f"lr must be a finite number > 0, got {_args.show(lr)}")
         weight_decay = _args.number(weight_decay, "weight_decay", "a finite number >= 0")
         chat = _chat_arg(chat)
+        if checkpoint is not None:
+            checkpoint = _writable(checkpoint, "checkpoint")
+        elif checkpoint_every:
+            raise InvalidArgumentError(
+                f"checkpoint_every={checkpoint_every} needs checkpoint= (a path to write to); "
+                f"expected checkpoint= or checkpoint_every=0"
+            )
+        if validate_every is not None and validation is None:
+            raise InvalidArgumentError(
+                f"validate_every={_args.show(validate_every)} needs validation= (held-out "
+                f"pairs); expected validation= or validate_every=None"
+            )
         if pool not in POOLS:
             raise InvalidArgumentError(
                 f"pool must be one of {', '.join(map(repr, POOLS))}, got {_args.show(pool)}"
@@ -275,14 +333,15 @@ class HyperSteer:
         )
         val_examples: list[tuple[list[int], list[int], int]] = []
         if validation is not None:
-            if not isinstance(validation, tuple | list) or len(validation) != 2:
+            if not isinstance(validation, tuple | list) or len(validation) not in (2, 3):
                 raise InvalidTypeError(
-                    "validation must be a (steering_prompts, base_prompts) pair, got "
-                    f"{_args.show(validation)}"
+                    "validation must be (steering_prompts, base_prompts) or (steering_prompts, "
+                    f"base_prompts, targets), got {_args.show(validation)}"
                 )
             vs, vb = _pairs(validation[0], validation[1])
+            vt = validation[2] if len(validation) == 3 else None
             val_examples, _, _ = _examples(
-                model, vs, vb, None, max_target_tokens, chat, progress, "validation targets"
+                model, vs, vb, vt, max_target_tokens, chat, progress, "validation targets"
             )
         t_targets = time.perf_counter() - t0
         trainer = _core.HyperTrainer(
@@ -317,6 +376,7 @@ class HyperSteer:
             "dropped": dropped,
             "steps": total,
             "n_params": trainer.n_params,
+            "data_sha256": _data_hash(examples, val_examples),
         }
         history: list[dict[str, float]] = []
         done = 0
@@ -354,6 +414,13 @@ class HyperSteer:
         finally:
             bar.close()
         if interrupted:
+            # Ctrl-C lands after the engine finished a step whose record Python did not
+            # keep (the signal is raised when the call returns): take the engine's.
+            engine = trainer.history
+            for r in engine[len(history) - done :]:
+                rec = {k: float(v) for k, v in r.items()}
+                rec["step"] = float(done + int(r["step"]))
+                history.append(rec)
             if len(history) == done:
                 raise KeyboardInterrupt
             warnings.warn(
@@ -487,7 +554,7 @@ class HyperSteer:
         instruction = _args.text(instruction, "instruction")
         f = _factor(factor)
         bp = None if base_prompt is None else [_args.text(base_prompt, "base_prompt")]
-        vec = self.vectors([instruction], bp)[0] * np.float32(f)
+        vec = _scaled(self.vectors([instruction], bp)[0], f)
         info = VectorInfo(
             d_model=self._model.d_model,
             fingerprint=self._model.fingerprint,
@@ -536,7 +603,7 @@ class HyperSteer:
             positions: PositionName = (
                 "all_but_first" if bos is not None and ids[:1] == [bos] else "all"
             )
-            rows.append(Steering.add(self.layer, v * np.float32(f), positions=positions))
+            rows.append(Steering.add(self.layer, _scaled(v, f), positions=positions))
         return rows
 
     # -- looking at it --------------------------------------------------------------
@@ -566,12 +633,13 @@ class HyperSteer:
         and the per-step history.
 
         Raises:
-            ModelNotFoundError: the folder to write into does not exist.
+            ModelNotFoundError: the folder to write into does not exist (named).
             ModelFormatError: the file cannot be written.
         """
         arch = (self.variant, self.layer, self.n_blocks, self.pool)
         params = dict(self._net.params())
-        _save(params, arch, self._model, self.training, self.history, self.chat, path, None)
+        p = _writable(path, "path")
+        _save(params, arch, self._model, self.training, self.history, self.chat, p, None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Model) -> HyperSteer:
@@ -586,29 +654,111 @@ class HyperSteer:
         """
         model = _model(model)
         meta, tensors = _read(path, model)
-        hp = meta["hyperparameters"]
+        a = _arch(path, meta, model)
         try:
             net = _core.HyperNet(
-                model._core,
-                hp["variant"],
-                int(hp["layer"]),
-                int(hp["n_blocks"]),
-                tensors,
-                hp.get("pool", "last"),
+                model._core, a["variant"], a["layer"], a["n_blocks"], tensors, a["pool"]
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFormatError(
-                f"{path}: the metadata does not describe a HyperSteer: {e}"
-            ) from e
         except Exception as e:
             raise ModelFormatError(f"{path}: the tensors do not fit the hypernetwork: {e}") from e
-        return cls(
-            net,
-            model,
-            history=[{k: float(v) for k, v in h.items()} for h in hp.get("history", [])],
-            training=dict(hp.get("training", {})),
-            chat=hp.get("chat", "auto"),
+        return cls(net, model, history=a["history"], training=a["training"], chat=a["chat"])
+
+    # -- pickling (forked workers, copies) -------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        params = {k: np.array(v) for k, v in self._net.params().items()}
+        arch = (self.variant, self.layer, self.n_blocks, self.pool)
+        return (_rebuild, (self._model, arch, params, self.history, self.training, self.chat))
+
+
+def _rebuild(
+    model: Model,
+    arch: tuple[str, int, int, str],
+    params: dict[str, npt.NDArray[np.float32]],
+    history: list[dict[str, float]],
+    training: dict[str, Any],
+    chat: Any,
+) -> HyperSteer:
+    """A `HyperSteer` from its pickled parts (see `HyperSteer.__reduce__`)."""
+    variant, layer, n_blocks, pool = arch
+    tensors = [
+        (k, list(v.shape), np.ascontiguousarray(v, dtype=np.float32).ravel())
+        for k, v in params.items()
+    ]
+    net = _core.HyperNet(model._core, variant, layer, n_blocks, tensors, pool)
+    return HyperSteer(net, model, history=history, training=training, chat=chat)
+
+
+def _arch(path: Any, meta: dict[str, Any], model: Model) -> dict[str, Any]:
+    """The checked architecture and records of a HyperSteer file's metadata.
+
+    Raises:
+        ModelFormatError: an entry of the wrong type or value, naming it.
+    """
+    hp = meta["hyperparameters"]
+
+    def bad(key: str, expected: str) -> ModelFormatError:
+        return ModelFormatError(
+            f"{path}: the metadata's {key} is {_args.show(hp.get(key))}; expected {expected}"
         )
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    n = model.n_layers
+    if hp.get("variant") not in VARIANTS:
+        raise bad("variant", f"one of {', '.join(map(repr, VARIANTS))}")
+    layer = hp.get("layer")
+    if not is_int(layer) or not 0 <= layer < n:
+        raise bad("layer", f"an int in 0..{n - 1}")
+    blocks = hp.get("n_blocks")
+    if not is_int(blocks) or not 1 <= blocks <= n:
+        raise bad("n_blocks", f"an int in 1..{n}")
+    pool = hp.get("pool", "last")
+    if pool not in POOLS:
+        raise bad("pool", f"one of {', '.join(map(repr, POOLS))}")
+    chat = hp.get("chat", "auto")
+    if not (chat is True or chat is False or chat == "auto"):
+        raise bad("chat", "true, false or 'auto'")
+    history = hp.get("history", [])
+    ok = isinstance(history, list) and all(
+        isinstance(h, Mapping)
+        and all(
+            isinstance(k, str)
+            and (v is None or (isinstance(v, int | float) and not isinstance(v, bool)))
+            for k, v in h.items()
+        )
+        for h in history
+    )
+    if not ok:
+        raise bad("history", "a list of {name: number} records")
+    training = hp.get("training", {})
+    if not isinstance(training, Mapping):
+        raise bad("training", "a mapping of settings")
+    sites = meta.get("sites")
+    if sites != [f"resid_post.{layer}"]:
+        raise ModelFormatError(
+            f"{path}: the header's sites are {_args.show(sites)} but the metadata's layer is "
+            f"{layer}; expected ['resid_post.{layer}']"
+        )
+    return {
+        "variant": hp["variant"],
+        "layer": layer,
+        "n_blocks": blocks,
+        "pool": pool,
+        "chat": chat,
+        "history": [{k: float(v) for k, v in h.items() if v is not None} for h in history],
+        "training": dict(training),
+    }
+
+
+def _data_hash(*sets: list[tuple[list[int], list[int], int]]) -> str:
+    """A hash of training (and validation) examples: resume compares it."""
+    h = hashlib.sha256()
+    for examples in sets:
+        h.update(json.dumps(examples).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
 
 
 def distill_targets(
@@ -794,6 +944,10 @@ def _checkpoint(
 
 
 _RESUME_KEYS = (
+    "data_sha256",
+    "lr",
+    "weight_decay",
+    "n_validation",
     "variant",
     "pool",
     "layer",

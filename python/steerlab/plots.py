@@ -870,6 +870,8 @@ def plot_hypersteer(hs: HyperSteerData, ax: Any = None) -> Figure:
     plt = _plt()
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.0, 3.5))
+    elif not (hasattr(ax, "plot") and hasattr(ax, "figure")):
+        raise InvalidTypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     else:
         fig = ax.figure
     steps = np.asarray([h["step"] + 1 for h in hs.history], dtype=np.float64)
