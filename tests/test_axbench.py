@@ -58,6 +58,7 @@ def test_keyword_hits_counts_distinct_keywords_at_word_starts() -> None:
 
 def test_distinct_ratio_exact() -> None:
     assert distinct_ratio("one two") == 1.0  # fewer than two trigrams
+    assert distinct_ratio("\n\n\n\n \t\n") == 0.0  # no words at all
     assert distinct_ratio("a b c d") == 1.0  # (a b c), (b c d)
     # words: aye , aye , aye , aye -> 5 trigrams, 2 distinct
     assert distinct_ratio("aye, aye, aye, aye") == pytest.approx(2 / 5)

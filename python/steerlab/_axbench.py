@@ -109,9 +109,12 @@ def keyword_hits(text: str, keywords: Iterable[str]) -> int:
 
 def distinct_ratio(text: str, n: int = _NGRAM) -> float:
     """Distinct word n-grams over all word n-grams of ``text`` (words and punctuation
-    marks are tokens, case-folded); 1.0 when the text has fewer than ``n + 1`` tokens.
-    A reply stuck in a loop ("aye, aye, aye, ...") scores near 0."""
+    marks are tokens, case-folded); 1.0 when the text has 1 to ``n`` tokens, 0.0 when it
+    has none (only whitespace: a reply of 128 newlines is not fluent). A reply stuck in a
+    loop ("aye, aye, aye, ...") scores near 0."""
     words = re.findall(r"\w+|[^\w\s]", text.lower())
+    if not words:
+        return 0.0
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     if len(grams) < 2:
         return 1.0
@@ -679,6 +682,8 @@ class _Judge:
             c = concept_score(gain, hits)
             i = relevance_score(lp, ref)
             f = fluency_score(-lp_e, dist)
+            if not r.text.strip():
+                c = i = f = 0.0  # nothing but whitespace: scored as an empty reply
             out.append(
                 {
                     "gain": gain,
@@ -799,7 +804,8 @@ def axbench(
       (`aggregate_score`).
 
     The unsteered replies are generated once per distinct request whatever the methods
-    (they are the relevance reference). An empty reply (eos at once) scores 0 on all
+    (they are the relevance reference). An empty reply (eos at once, or only whitespace)
+    scores 0 on all
     three. The "prompt" method is judged by
     the very likelihood it maximises (its reply is greedy under ``R(s + x)``), so read its
     concept score as an upper reference, not a rival; keyword hits are the independent
