@@ -15,7 +15,7 @@ Small (a smoke run)::
 
 The table again from saved figures (no model)::
 
-    .venv/bin/python bench/hypersteer_eval.py --table bench/results/hypersteer_eval_smollm2.json
+    .venv/bin/python bench/hypersteer_eval.py --table bench/results/hypersteer_eval_smollm2.json.gz
 
 Concepts: the first phrasing of each concept (`SteeringPrompts.one_per_concept`) whose
 keywords are reliable, a seeded sample of ``--concepts`` from the held-in and from the
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import subprocess
 import time
@@ -178,6 +179,20 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: Path, data: Any) -> None:
+    """JSON, gzip-compressed when the name ends in ``.gz`` (the replies make it large)."""
+    text = json.dumps(data, separators=(",", ":"))
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        path.write_text(text)
+
+
+def read_json(path: Path) -> Any:
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+
+
 def main() -> None:
     import sys
 
@@ -191,18 +206,18 @@ def main() -> None:
     ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(HERE / "results" / "hypersteer_eval_smollm2.json"))
+    ap.add_argument("--out", default=str(HERE / "results" / "hypersteer_eval_smollm2.json.gz"))
     ap.add_argument("--table", help="print the table of a saved run and exit")
     args = ap.parse_args()
     args.argv = sys.argv[1:]
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(read_json(Path(args.table))))
         return
     if not args.hypersteer:
         ap.error("--hypersteer is required (or --table)")
     res = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1))
+    write_json(Path(args.out), res)
     print(table(res))
     print(f"wrote {args.out}")
 
