@@ -125,12 +125,18 @@ def test_optimize_interrupt_returns_vector(model: Any) -> None:
         time.sleep(1.5)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # A run started in the background by a non-interactive shell inherits SIGINT ignored;
+    # a user's Ctrl-C reaches a Python that raises KeyboardInterrupt.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=kill).start()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        vec = sl.SteeringVector.optimize(
-            model, PROMPTS, COMPLETIONS, layers=[12], steps=5000, progress=False
-        )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            vec = sl.SteeringVector.optimize(
+                model, PROMPTS, COMPLETIONS, layers=[12], steps=5000, progress=False
+            )
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert any(issubclass(w.category, sl.TrainingInterrupted) for w in caught)
     assert 0 < len(vec.history) < 5000
 

@@ -625,6 +625,9 @@ _CHILD = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time, warnings
     import steerlab as sl
+    # A process started in the background by a non-interactive shell inherits SIGINT
+    # ignored; a user's Ctrl-C reaches a Python that raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ck, ins, base, targets, kw = json.loads(sys.argv[1])
     model = sl.Model.load()
 
@@ -663,7 +666,7 @@ def test_ctrl_c_keeps_the_completed_steps_and_resume_continues(model: Any, tmp_p
     ins = [*INS, "Talk about robots."]
     base = [*BASE, "What makes a good weekend?"]
     targets = [*TARGETS, " Robots are fun."]
-    kw = {**SMALL, "batch_size": 1, "epochs": 3}
+    kw = {**SMALL, "batch_size": 1, "epochs": 6}
     ck = tmp_path / "ck.safetensors"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     args = json.dumps([str(ck), ins, base, targets, kw])
@@ -678,15 +681,15 @@ def test_ctrl_c_keeps_the_completed_steps_and_resume_continues(model: Any, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     k = child["steps"]
-    assert child["interrupted"] is True and 2 <= k < 12, child
+    assert child["interrupted"] is True and 2 <= k < 24, child
     assert [c for c, _ in child["warnings"]] == ["TrainingInterrupted"]
-    assert f"after {k} of 12 steps" in child["warnings"][0][1]
+    assert f"after {k} of 24 steps" in child["warnings"][0][1]
     part = sl.HyperSteer.load(ck, model)
     assert len(part.history) == k
     full = sl.HyperSteer.fit(model, ins, base, targets=targets, **kw)
     assert [h["loss"] for h in part.history] == [h["loss"] for h in full.history[:k]]
     resumed = sl.HyperSteer.fit(model, ins, base, targets=targets, resume=ck, **kw)
-    assert len(resumed.history) == 12 and resumed.training["interrupted"] is False
+    assert len(resumed.history) == 24 and resumed.training["interrupted"] is False
     assert [h["loss"] for h in resumed.history[: k + 1]] == [
         h["loss"] for h in full.history[: k + 1]
     ]
