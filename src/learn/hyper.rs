@@ -35,12 +35,14 @@ use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::intervene::{Intervention, Positions};
 use crate::learn::batches::Batches;
-use crate::learn::prefix::{completion_logprobs, frozen_prefix, steered_from_prefix};
+use crate::learn::prefix::{
+    completion_logprobs, frozen_prefix, stack_left_padded, steered_from_prefix,
+};
 use crate::learn::trainer::{StepRecord, TrainConfig, Trainer};
 use crate::model::attention::{AttnInput, LayerCache};
 use crate::model::block::Block;
 use crate::model::cross::{padding_mask, CrossAttention};
-use crate::model::{Mode, Model, RmsNorm, StepCtx};
+use crate::model::{BatchLayout, Mode, Model, RmsNorm, StepCtx};
 use crate::pool::in_pool;
 
 /// Which HyperSteer architecture.
@@ -315,46 +317,18 @@ impl HyperNet {
     ) -> Result<Tensor> {
         let m = &*self.model;
         let dev = &m.device;
-        let b = steer.len();
-        let mem = match (self.variant, mem) {
-            (Variant::CrossAttention, Some(rows)) if rows.len() == b => {
+        self.check_context(steer.len(), mem.map(<[&Tensor]>::len))?;
+        let mem = match mem {
+            Some(rows) => {
                 let lens = rows
                     .iter()
                     .map(|h| Ok(h.dim(0)?))
                     .collect::<Result<Vec<usize>>>()?;
-                let width = lens.iter().copied().max().unwrap_or(0);
-                let mut padded = Vec::with_capacity(b);
-                for (h, &len) in rows.iter().zip(&lens) {
-                    padded.push(if len == width {
-                        (*h).clone()
-                    } else {
-                        let z = Tensor::zeros((width - len, m.d_model()), DType::F32, dev)?;
-                        Tensor::cat(&[&z, *h], 0)?
-                    });
-                }
-                let states = Tensor::stack(&padded, 0)?.detach(); // [b, m, d]
-                Some((states, padding_mask(&lens, width, dev)?))
+                let layout = BatchLayout::new(lens);
+                let states = stack_left_padded(rows, &layout, m.d_model(), dev)?.detach(); // [b, m, d]
+                Some((states, padding_mask(&layout.lens, layout.width, dev)?))
             }
-            (Variant::CrossAttention, Some(rows)) => {
-                return Err(Error::invalid(format!(
-                    "{} base-prompt state rows for {b} steering prompts; expected one per \
-                     steering prompt",
-                    rows.len()
-                )))
-            }
-            (Variant::CrossAttention, None) => {
-                return Err(Error::invalid(
-                    "the cross_attention hypernetwork needs the base prompt of each row; \
-                     expected base prompts",
-                ))
-            }
-            (Variant::NoContext, Some(_)) => {
-                return Err(Error::invalid(
-                    "the no_context hypernetwork reads only the steering prompt; expected no \
-                     base prompts",
-                ))
-            }
-            (Variant::NoContext, None) => None,
+            None => None,
         };
         let (ids, layout) = m.pad_batch(steer)?;
         let ctx = StepCtx {
@@ -386,6 +360,27 @@ impl HyperNet {
         Ok(x)
     }
 
+    /// Check that the base prompts fit the variant: `base` (their count, if given) is
+    /// required by cross_attention, one per steering prompt (`steer` of them), and refused
+    /// by no_context. Errors: `InvalidArgument` naming the mismatch.
+    fn check_context(&self, steer: usize, base: Option<usize>) -> Result<()> {
+        match (self.variant, base) {
+            (Variant::CrossAttention, Some(n)) if n != steer => Err(Error::invalid(format!(
+                "{steer} steering prompts and {n} base prompts; expected one base prompt per \
+                 steering prompt"
+            ))),
+            (Variant::CrossAttention, None) => Err(Error::invalid(
+                "the cross_attention hypernetwork needs the base prompt of each row; expected \
+                 base prompts",
+            )),
+            (Variant::NoContext, Some(_)) => Err(Error::invalid(
+                "the no_context hypernetwork reads only the steering prompt; expected no base \
+                 prompts",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The steering vectors (f32, `d_model` each) for steering prompts `steer` and, in the
     /// `cross_attention` variant, base prompts `base` (token ids, element-wise pairs).
     /// Each row runs alone (its base prompt's prefix too), so its vector does not depend
@@ -402,34 +397,21 @@ impl HyperNet {
         if steer.is_empty() {
             return Err(Error::invalid("no steering prompts; expected at least one"));
         }
-        if let Some(b) = base {
-            if b.len() != steer.len() {
-                return Err(Error::invalid(format!(
-                    "{} steering prompts and {} base prompts; expected one base prompt per \
-                     steering prompt",
-                    steer.len(),
-                    b.len()
-                )));
-            }
-        }
+        self.check_context(steer.len(), base.map(<[Vec<u32>]>::len))?;
         in_pool(|| {
-            let mem = match (self.variant, base) {
-                (Variant::CrossAttention, Some(b)) => {
-                    Some(frozen_prefix(&self.model, b, self.layer + 1, 1, cancel)?)
-                }
-                _ => None,
+            let mem = match base {
+                Some(b) => Some(frozen_prefix(&self.model, b, self.layer + 1, 1, cancel)?),
+                None => None,
             };
             let mut out = Vec::with_capacity(steer.len());
             for (r, s) in steer.iter().enumerate() {
                 cancel.check()?;
-                let mrow = mem.as_ref().map(|m| vec![&m[r]]);
-                let rows = mrow.as_deref();
-                // A base list given to a no_context network is an error in `deltas`.
-                let rows = match (self.variant, base) {
-                    (Variant::NoContext, Some(_)) => Some(&[][..]),
-                    _ => rows,
-                };
-                let d = self.deltas(std::slice::from_ref(s), rows, Mode::Inference)?;
+                let row = mem.as_ref().map(|m| [&m[r]]);
+                let d = self.deltas(
+                    std::slice::from_ref(s),
+                    row.as_ref().map(|r| &r[..]),
+                    Mode::Inference,
+                )?;
                 out.push(d.squeeze(0)?.to_vec1::<f32>()?);
             }
             Ok(out)

@@ -105,7 +105,7 @@ pub(crate) fn steered_from_prefix(
 
 /// Rows `hs` (each `[len_r, d]`) left-padded with zeros into one batch `[b, width, d]`
 /// laid out as `layout` (whose lens are the rows' lengths).
-fn stack_left_padded(
+pub(crate) fn stack_left_padded(
     hs: &[&Tensor],
     layout: &BatchLayout,
     d: usize,
