@@ -437,7 +437,7 @@ class HyperSteer:
                 "seconds_targets": round(t_targets, 3),
                 "seconds_training": round(time.perf_counter() - t1, 3),
                 "val_ce_start": val_start,
-                "example_targets": target_texts[:3],
+                "example_targets": target_texts,
             }
         )
         params = trainer.params()
@@ -592,14 +592,14 @@ class HyperSteer:
 
         steer, base = _pairs(steering_prompts, base_prompts)
         f = _factor(factor)
-        if self.variant == "cross_attention":
-            vecs = self.vectors(steer, base)
-        else:
-            vecs = self.vectors(steer)
+        # Each base prompt is rendered and encoded once: for the vectors and the BOS.
+        base_ids = [self._model.encode(p) for p in self.prompts(base)]
+        steer_ids = [self._model.encode(s) for s in steer]
+        context = base_ids if self.variant == "cross_attention" else None
+        vecs = np.asarray(self._net.vectors(steer_ids, context), dtype=np.float32)
         bos = _bos_id(self._model)
         rows = []
-        for p, v in zip(self.prompts(base), vecs, strict=True):
-            ids = self._model.encode(p)
+        for ids, v in zip(base_ids, vecs, strict=True):
             positions: PositionName = (
                 "all_but_first" if bos is not None and ids[:1] == [bos] else "all"
             )
@@ -834,7 +834,7 @@ def _examples(
     what: str,
 ) -> tuple[list[tuple[list[int], list[int], int]], int, list[str]]:
     """Training examples ``(steering ids, prompt ids + target ids, len(prompt ids))``,
-    the number dropped for an empty target, and the target texts."""
+    the number dropped for an empty target, and the first three target texts."""
     prompts = request_prompts(model._core, base, chat)
     if targets is None:
         target_ids = _distilled_ids(model, steer, base, max_target_tokens, chat, progress)
@@ -847,14 +847,15 @@ def _examples(
         target_ids = [model.encode(t, add_special_tokens=False)[:max_target_tokens] for t in tt]
     out = []
     dropped = 0
-    texts = []
+    texts: list[str] = []  # the first few, for the record
     for s, p, t in zip(steer, prompts, target_ids, strict=True):
         if not t:
             dropped += 1
             continue
         pi = model.encode(p)
         out.append((model.encode(s), pi + t, len(pi)))
-        texts.append(model.decode(t))
+        if len(texts) < 3:
+            texts.append(model.decode(t))
     if not out:
         raise InvalidArgumentError(
             f"every {what[:-1]} is empty (the model ended at once, or the texts encode to no "
