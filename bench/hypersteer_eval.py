@@ -34,14 +34,13 @@ import argparse
 import datetime
 import gzip
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import steerlab as sl
-from controller_eval import load_model
+from controller_eval import _commit, load_model
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("none", "prompt", "diffmean", "optimized", "hypersteer")
@@ -71,15 +70,29 @@ def specificity(vecs: np.ndarray) -> dict[str, float]:
     }
 
 
+def vector_specificity(hs: sl.HyperSteer, instructions: list[str], prompt: str) -> dict[str, float]:
+    """`specificity` of `hs`'s vectors for `instructions` on one base prompt."""
+    if hs.variant == "cross_attention":
+        return specificity(hs.vectors(instructions, [prompt] * len(instructions)))
+    return specificity(hs.vectors(instructions))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model, args.dtype)
-    hs = sl.HyperSteer.load(args.hypersteer, model)
+    hs = sl.HyperSteer.load(args.hypersteer, model) if args.hypersteer else None
     data = sl.datasets.load_steering_prompts()
     prompts = data.split(base_prompts="held_out").base_prompts[: args.prompts]
-    groups = {
-        "held_in": concepts(data.split(instructions="held_in"), args.concepts, args.seed),
-        "held_out": concepts(data.split(instructions="held_out"), args.concepts, args.seed),
-    }
+    parts = {k: data.split(instructions=k) for k in ("held_in", "held_out")}
+    if args.specificity:
+        # The first `--specificity` concepts of each split (first phrasing each).
+        assert hs is not None
+        return {
+            k: vector_specificity(
+                hs, p.one_per_concept().instructions[: args.specificity], prompts[0]
+            )
+            for k, p in parts.items()
+        }
+    groups = {k: concepts(p, args.concepts, args.seed) for k, p in parts.items()}
     methods: dict[str, Any] = {
         "none": None,
         "prompt": "prompt",
@@ -88,44 +101,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hypersteer": hs,
     }
     methods = {k: v for k, v in methods.items() if k in args.methods}
+    layer = args.layer if args.layer is not None else (hs.layer if hs else None)
     out: dict[str, Any] = {
         "command": "python bench/hypersteer_eval.py " + " ".join(args.argv),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "model": str(model),
-        "hypersteer": repr(hs),
-        "hypersteer_training": {
-            k: hs.training.get(k)
-            for k in (
-                "variant",
-                "layer",
-                "n_blocks",
-                "n_examples",
-                "steps_done",
-                "lr",
-                "seconds_targets",
-                "seconds_training",
-            )
-        },
         "settings": {
             "concepts": args.concepts,
             "prompts": len(prompts),
             "max_new_tokens": args.max_new_tokens,
             "factors": args.factors,
-            "layer": hs.layer,
+            "layer": layer,
         },
         "groups": {},
     }
-    # How instruction-specific the vectors are: the mean pairwise cosine between the
-    # vectors of the evaluated concepts on one base prompt (1.0: one vector for all).
-    instr = [c for cs in groups.values() for c, _ in cs]
-    vecs = (
-        hs.vectors(instr, [prompts[0]] * len(instr))
-        if hs.variant == "cross_attention"
-        else hs.vectors(instr)
-    )
-    out["hypersteer_specificity"] = specificity(vecs)
-    print("HyperSteer vectors:", out["hypersteer_specificity"])
+    if hs is not None:
+        keys = (
+            "variant",
+            "layer",
+            "n_blocks",
+            "n_examples",
+            "steps_done",
+            "lr",
+            "seconds_targets",
+            "seconds_training",
+        )
+        out["hypersteer"] = repr(hs)
+        out["hypersteer_training"] = {k: hs.training.get(k) for k in keys}
+        # How instruction-specific the vectors are: the mean pairwise cosine between
+        # the vectors of the evaluated concepts on one base prompt (1.0: one vector).
+        instr = [c for cs in groups.values() for c, _ in cs]
+        out["hypersteer_specificity"] = vector_specificity(hs, instr, prompts[0])
+        print("HyperSteer vectors:", out["hypersteer_specificity"])
     for name, cs in groups.items():
         t0 = time.perf_counter()
         rep = sl.evaluate.axbench(
@@ -135,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             methods=methods,
             factors=args.factors,
             max_new_tokens=args.max_new_tokens,
-            layer=hs.layer,
+            layer=layer,
             name=name,
             progress=True,
         )
@@ -143,19 +151,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name} ({secs:.0f} s)\n{rep.summary()}")
         out["groups"][name] = {"seconds": round(secs, 1), "report": rep.to_dict()}
     return out
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=HERE,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def table(res: dict[str, Any]) -> str:
@@ -200,6 +195,19 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--hypersteer", help="a HyperSteer file (scripts/train_hypersteer.py)")
+    ap.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="the layer of diffmean / optimized (default: the HyperSteer's)",
+    )
+    ap.add_argument(
+        "--specificity",
+        type=int,
+        default=0,
+        help="only print the specificity of the HyperSteer's vectors for the first N\n"
+        "concepts of each split (no evaluation)",
+    )
     ap.add_argument("--concepts", type=int, default=8, help="per group (held-in, held-out)")
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -213,9 +221,14 @@ def main() -> None:
     if args.table:
         print(table(read_json(Path(args.table))))
         return
-    if not args.hypersteer:
-        ap.error("--hypersteer is required (or --table)")
+    if not args.hypersteer and ("hypersteer" in args.methods or args.specificity):
+        ap.error("--hypersteer is required (or --table, or --methods without hypersteer)")
+    if not args.hypersteer and args.layer is None:
+        ap.error("--layer is required without --hypersteer")
     res = run(args)
+    if args.specificity:
+        print(json.dumps(res))
+        return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(args.out), res)
     print(table(res))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -85,26 +86,34 @@ def keyword_filter(
             )
         )
         cache.write_text(json.dumps({"key": key, "samples": samples}))
-    keep_s, keep_b, keep_t = [], [], []
+    kept: list[tuple[str, str, str]] = []
     counts = {
         "pairs": len(steer),
         "greedy_hit": 0,
         "sampled_hit": 0,
         "unreliable_kept": 0,
         "dropped": 0,
+        # Chance level: greedy targets with a keyword of another (seeded random)
+        # instruction than their own.
+        "greedy_hit_other_instruction": 0,
     }
+    reliable = sorted({s for s in steer if ok[s]})
+    rng = random.Random(args.seed)
     for i, (s, b, g) in enumerate(zip(steer, base, greedy, strict=True)):
         if not ok[s]:
-            keep_s.append(s), keep_b.append(b), keep_t.append(g)
+            kept.append((s, b, g))
             counts["unreliable_kept"] += 1
             continue
+        other = rng.choice([r for r in reliable if r != s] or [s])
+        counts["greedy_hit_other_instruction"] += sl.datasets.keyword_hits(g, kw[other]) > 0
         cands = [g] + [smp[i] for smp in samples[: args.samples]]
         hit = next((c for c in cands if sl.datasets.keyword_hits(c, kw[s]) > 0), None)
         if hit is None:
             counts["dropped"] += 1
             continue
         counts["greedy_hit" if hit is g else "sampled_hit"] += 1
-        keep_s.append(s), keep_b.append(b), keep_t.append(hit)
+        kept.append((s, b, hit))
+    keep_s, keep_b, keep_t = (list(c) for c in zip(*kept, strict=True)) if kept else ([], [], [])
     return keep_s, keep_b, keep_t, counts
 
 

@@ -77,6 +77,7 @@ def test_train_script_writes_caches_and_resumes(tmp_path: Path, model: object) -
     assert counts["pairs"] == 24
     kept = counts["greedy_hit"] + counts["sampled_hit"] + counts["unreliable_kept"]
     assert kept + counts["dropped"] == 24
+    assert 0 <= counts["greedy_hit_other_instruction"] <= 24 - counts["unreliable_kept"]
     assert rec["training"]["n_examples"] == kept
     assert "--keyword-filter" in rec["command"] and "True" not in rec["command"]
 

@@ -258,8 +258,8 @@ class HyperSteer:
                 moments start afresh).
             pool: what the head reads: ``"last"`` (the last token's final state, the
                 paper's head) or ``"mean"`` (the mean over the instruction's tokens: in a
-                shallow copy the last token, often ".", carries little of the
-                instruction; see bench/RESULTS.md, "Issue 13").
+                shallow copy the last token, often ".", may carry little of the
+                instruction).
             progress: tqdm bars for target writing and training (None: when long).
 
         Returns:
