@@ -284,6 +284,29 @@ pub struct Attention {
     pub(super) interleaved: bool,
 }
 
+/// One projection of x [b, t, d] to `heads` heads: `m`, the bias, then the per-head norm
+/// (Gemma's q/k norms): [b, t, heads, hd]. Self-attention and cross-attention share it.
+pub(super) fn project_heads(
+    m: &Linear,
+    bias: &Option<Tensor>,
+    norm: &Option<RmsNorm>,
+    x: &Tensor,
+    heads: usize,
+    hd: usize,
+    mode: Mode,
+) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let mut y = m.forward(x)?; // [b, t, heads * hd]
+    if let Some(bias) = bias {
+        y = y.broadcast_add(bias)?;
+    }
+    let y = y.reshape((b, t, heads, hd))?;
+    Ok(match norm {
+        Some(n) => n.forward(&y, mode)?,
+        None => y,
+    })
+}
+
 /// A bias as a new trainable `Var` (registered under `name`).
 pub(super) fn trainable_bias(
     b: &Option<Tensor>,
@@ -424,23 +447,18 @@ impl Attention {
 
     /// Projections [b, t, heads * hd] with biases, and the per-head norms (Gemma).
     fn qkv(&self, x: &Tensor, mode: Mode) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = x.dims3()?;
-        let proj = |m: &Linear, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
-            let mut y = m.forward(x)?; // [b, t, heads * hd]
-            if let Some(bias) = bias {
-                y = y.broadcast_add(bias)?;
-            }
-            Ok(y.reshape((b, t, heads, self.head_dim))?)
-        };
-        let mut q = proj(&self.q, &self.q_bias, self.n_heads)?;
-        let mut k = proj(&self.k, &self.k_bias, self.n_kv)?;
-        let v = proj(&self.v, &self.v_bias, self.n_kv)?;
-        if let Some(n) = &self.q_norm {
-            q = n.forward(&q, mode)?;
-        }
-        if let Some(n) = &self.k_norm {
-            k = n.forward(&k, mode)?;
-        }
+        let hd = self.head_dim;
+        let q = project_heads(
+            &self.q,
+            &self.q_bias,
+            &self.q_norm,
+            x,
+            self.n_heads,
+            hd,
+            mode,
+        )?;
+        let k = project_heads(&self.k, &self.k_bias, &self.k_norm, x, self.n_kv, hd, mode)?;
+        let v = project_heads(&self.v, &self.v_bias, &None, x, self.n_kv, hd, mode)?;
         Ok((q, k, v))
     }
 

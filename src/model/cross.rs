@@ -20,7 +20,7 @@
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 
-use super::attention::{trainable_bias, Attention, Rotary};
+use super::attention::{project_heads, trainable_bias, Attention, Rotary};
 use super::block::Block;
 use super::ops::{rope, softmax_last, Mode, RmsNorm};
 use super::weights::Linear;
@@ -102,15 +102,7 @@ impl CrossAttention {
         heads: usize,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let mut y = m.forward(x)?; // [b, t, heads * hd]
-        if let Some(bias) = bias {
-            y = y.broadcast_add(bias)?;
-        }
-        let mut y = y.reshape((b, t, heads, self.head_dim))?;
-        if let Some(n) = hnorm {
-            y = n.forward(&y, mode)?;
-        }
+        let y = project_heads(m, bias, hnorm, x, heads, self.head_dim, mode)?;
         Ok(y.transpose(1, 2)?.contiguous()?) // [b, heads, t, hd]
     }
 
