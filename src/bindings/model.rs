@@ -604,15 +604,32 @@ impl PyModel {
             .collect()
     }
 
-    #[pyo3(signature = (batch, steering = None, config = None))]
+    #[pyo3(signature = (batch, steering = None, config = None, row_configs = None))]
     fn start_generation(
         &self,
         py: Python<'_>,
         batch: &Bound<'_, PyAny>,
         steering: Option<&Bound<'_, PyAny>>,
         config: Option<&PyGenConfig>,
+        row_configs: Option<Vec<PyRef<'_, PyGenConfig>>>,
     ) -> PyResult<PyGeneration> {
-        let g = self.start(py, batch, steering, config)?;
+        let g = match row_configs {
+            None => self.start(py, batch, steering, config)?,
+            Some(configs) => {
+                if config.is_some() {
+                    return Err(Error::invalid(
+                        "give either config (one for all rows) or row_configs (one per row), \
+                         not both",
+                    )
+                    .into());
+                }
+                let params: Vec<GenParams> = configs.iter().map(|c| c.inner.clone()).collect();
+                let rows = extract_batch(batch)?;
+                let steering = extract_steering(&self.inner, steering)?;
+                let m = self.inner.clone();
+                py.detach(|| Generation::per_row(m, &rows, steering.as_deref(), params))?
+            }
+        };
         Ok(PyGeneration {
             inner: Mutex::new(Some(g)),
         })
@@ -672,5 +689,17 @@ impl PyGeneration {
             }
         })
         .map_err(PyErr::from)
+    }
+
+    /// End row `row` now; the other rows go on unchanged.
+    fn finish(&self, row: usize) -> PyResult<()> {
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| Error::invalid("generation state is poisoned by an earlier failure"))?;
+        match guard.as_mut() {
+            None => Ok(()),
+            Some(g) => Ok(g.finish(row)?),
+        }
     }
 }

@@ -1,0 +1,1 @@
+"""steerlab's pytest plugin (being written: issue 14)."""
