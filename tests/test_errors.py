@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,14 @@ def test_no_assert_for_argument_checks() -> None:
     for path in root.glob("*.py"):
         for line in path.read_text(encoding="utf-8").splitlines():
             assert not line.lstrip().startswith("assert "), f"{path.name}: {line.strip()}"
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steerlab import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(sl.MissingExtraError, match=r"pip install 'steerlab\[plot\]'") as info:
+        plots._plt()
+    assert isinstance(info.value, ImportError)
+    assert issubclass(sl.MissingExtraError, sl.SteerlabError)

@@ -61,8 +61,9 @@ def test_unreachable_hub_says_how_to_load_locally(tmp_path: Path) -> None:
 
 def test_missing_huggingface_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(ImportError, match=r"pip install 'steerlab\[hub\]'"):
+    with pytest.raises(sl.MissingExtraError, match=r"pip install 'steerlab\[hub\]'") as info:
         sl.Model.from_pretrained(REPO)
+    assert isinstance(info.value, ImportError)
 
 
 def test_argument_checks() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from steerlab._extras import require
 from steerlab.errors import InvalidArgumentError, InvalidTypeError, ModelNotFoundError
 
 __all__ = ["HF_PATTERNS", "check_repo_args", "download"]
@@ -36,16 +37,11 @@ def download(repo_id: str, revision: str | None, gguf_file: str | None) -> str:
     repository, or without it the folder holding its `HF_PATTERNS` files.
 
     Raises:
-        ImportError: ``huggingface_hub`` is not installed.
+        MissingExtraError: ``huggingface_hub`` is not installed (an `ImportError`).
         ModelNotFoundError: the repository or file cannot be had (offline, unreachable,
             not found, gated) and is not in the local cache.
     """
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ImportError(
-            "Model.from_pretrained needs huggingface_hub: pip install 'steerlab[hub]'"
-        ) from None
+    snapshot_download = require("huggingface_hub", "hub", "Model.from_pretrained").snapshot_download
     patterns = [gguf_file] if gguf_file else HF_PATTERNS
     try:
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)

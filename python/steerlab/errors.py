@@ -18,8 +18,11 @@ working:
 - `ContextLengthError` (`ValueError`): a prompt longer than the model's context.
 - `TokenizerError` (`ValueError`): text or ids the tokenizer cannot handle.
 - `BackendError` (`RuntimeError`): a failure inside the compute backend.
+- `MissingExtraError` (`ImportError`): a feature of an optional extra (plots, the hub,
+  the server, Ray) used without the extra installed; the message names the
+  ``pip install 'steerlab[...]'`` that brings it.
 
-All but `InvalidTypeError`, `DivisionByZeroError` and `TemplateError` are defined by the Rust extension, which raises them itself.
+All but `InvalidTypeError`, `DivisionByZeroError`, `TemplateError` and `MissingExtraError` are defined by the Rust extension, which raises them itself.
 """
 
 from steerlab._core import (
@@ -40,6 +43,7 @@ __all__ = [
     "ContextLengthError",
     "InvalidArgumentError",
     "InvalidTypeError",
+    "MissingExtraError",
     "ModelFormatError",
     "ModelNotFoundError",
     "OutOfRangeError",
@@ -62,6 +66,10 @@ class TemplateError(SteerlabError, ValueError):
 
 
 __all__ += ["TemplateError"]
+
+
+class MissingExtraError(SteerlabError, ImportError):
+    """An optional extra's package is not installed (the message names the extra)."""
 
 
 class DivisionByZeroError(InvalidArgumentError, ZeroDivisionError):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from steerlab._extras import require
 from steerlab._stats import spearman
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
@@ -155,11 +156,7 @@ class AnswerFlipsData(Protocol):
 
 
 def _plt() -> Any:
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("steerlab's plots need matplotlib: pip install matplotlib") from None
-    return plt
+    return require("matplotlib.pyplot", "plot", "steerlab.plots")
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.5)) -> tuple[Figure, Axes]:
