@@ -199,6 +199,8 @@ def test_grouped_stats_and_mean_centring(cluster: None, model: Any) -> None:
     assert vec.info.method == "mean_centring" and vec.info.n_samples == 6
 
 
+# Ray warns that an actor pool got fewer inputs than actors (the empty dataset: none).
+@pytest.mark.filterwarnings("ignore:The minimum number of concurrent actors:UserWarning")
 def test_stats_errors(cluster: None) -> None:
     ds = ray.data.from_items([{"text": "hello"}])
     # the checking task loads the model: Ray re-raises the steerlab error as itself
@@ -206,6 +208,9 @@ def test_stats_errors(cluster: None) -> None:
         slr.stats(ds, layers=99)
     with pytest.raises(sl.InvalidArgumentError, match="read position 'all' does not give"):
         slr.stats(ds, layers=1, position="all")
+    empty = ds.limit(0)
+    with pytest.raises(sl.InvalidArgumentError, match="ds has no rows"):
+        slr.stats(empty, layers=1)
     with pytest.raises(sl.InvalidArgumentError, match="unknown method 'logistic'"):
         slr.train_vector(ds, layers=1, method="logistic")
     with pytest.raises(sl.InvalidArgumentError, match=r"no column\(s\) \['positive', 'negative'\]"):
@@ -341,3 +346,44 @@ def test_sweep_returns_the_grid_of_steered_generations(
         assert list(part.on_topic) == report.on_topic[f"happy*{c}"]  # type: ignore[index]
         np.testing.assert_allclose(part.perplexity, report.perplexity[f"happy*{c}"], rtol=1e-6)
         assert list(part.seed) == [k * len(prompts) + i for i in range(len(prompts))]
+
+
+# ---------------------------------------------------------------- the classes alone
+
+
+def test_transforms_are_plain_callables_without_a_cluster(model: Any, happy: Any) -> None:
+    """`Generate` is an ordinary class: called on a numpy batch it gives, per row, what
+    `Model.generate` gives for that prompt alone (seeded sampling, stop strings)."""
+    prompts = ["The weather today is", "My favourite food is", "Hi"]
+    seeds = [3, 1, 4]
+    g = slr.Generate(
+        steering=happy,
+        coefficient_column="k",
+        seed_column="seed",
+        temperature=1.1,
+        max_new_tokens=16,
+        stop=[".", ","],
+    )
+    batch = {
+        "prompt": np.array(prompts, dtype=object),
+        "seed": np.array(seeds),
+        "k": np.array([2.0, -2.0, 0.5]),
+    }
+    out = g(batch)
+    ref = [
+        model.generate(
+            p, steering=happy * k, temperature=1.1, seed=s, max_new_tokens=16, stop=[".", ","]
+        )
+        for p, s, k in zip(prompts, seeds, batch["k"], strict=True)
+    ]
+    assert list(out["generation"]) == ref
+    assert sorted(out) == ["generation", "k", "prompt", "seed"]
+    with pytest.raises(sl.InvalidArgumentError, match=r"seed\[1\] must be >= 0, got -1"):
+        g(dict(batch, seed=np.array([1, -1, 2])))
+    with pytest.raises(sl.InvalidArgumentError, match=r"k\[0\] must be a finite number, got nan"):
+        g(dict(batch, k=np.array([np.nan, 1.0, 1.0])))
+    with pytest.raises(sl.InvalidArgumentError, match=r"the batch has no column 'seed'"):
+        g({"prompt": batch["prompt"], "k": batch["k"]})
+    c = slr.Capture(layers=[1, 2], text_column="t")
+    acts = c({"t": np.array(prompts, dtype=object)})["activations"]
+    np.testing.assert_array_equal(acts, model.capture(prompts, [1, 2], progress=False))

@@ -905,14 +905,15 @@ class _PartialStats:
                             ),
                         )
                     )
+        n_l, d = len(self._layers), int(self._source["d_model"])
         out: Batch = {
             "group": np.array([g for g, _ in parts], dtype=object),
             "count": np.array([s.count for _, s in parts], dtype=np.int64),
-            "mean": np.stack([s.mean() for _, s in parts]) if parts else np.empty((0,)),
+            "mean": np.stack([s.mean() for _, s in parts]) if parts else np.empty((0, n_l, d)),
         }
         if self._covariance:
             out["comoment"] = (
-                np.stack([s.comoment() for _, s in parts]) if parts else np.empty((0,))
+                np.stack([s.comoment() for _, s in parts]) if parts else np.empty((0, n_l, d, d))
             )
         return out
 
@@ -1046,11 +1047,9 @@ def stats(
         "group_column": group_column,
     }
     merged = _collect(ds, kwargs, size, concurrency, num_cpus)
-    if group_column is not None:
-        return merged
-    if "" not in merged:
+    if not merged:
         raise InvalidArgumentError("ds has no rows; statistics need at least one text")
-    return merged[""]
+    return merged if group_column is not None else merged[""]
 
 
 def pair_stats(
