@@ -131,7 +131,7 @@ def test_capture_equals_model_capture(cluster: None, model: Any) -> None:
         np.testing.assert_allclose(r["activations"], a, rtol=0, atol=1e-5)
 
 
-def test_capture_checks_arguments_on_the_driver(cluster: None) -> None:
+def test_capture_checks_arguments_on_the_driver(cluster: None, model: Any) -> None:
     ds = ray.data.from_items([{"id": 0, "sentence": "hello"}])
     with pytest.raises(sl.InvalidArgumentError, match=r"ds has no column\(s\) \['text'\]"):
         slr.capture(ds, layers=1)
@@ -141,6 +141,14 @@ def test_capture_checks_arguments_on_the_driver(cluster: None) -> None:
         slr.capture(["hello"], layers=1)  # type: ignore[arg-type]
     with pytest.raises(sl.InvalidArgumentError, match="concurrency must be >= 1, got 0"):
         slr.capture(ds, layers=1, text_column="sentence", concurrency=0)
+    with pytest.raises(
+        sl.InvalidArgumentError, match=r"concurrency must be an int or a \(min, max\) pair"
+    ):
+        slr.capture(ds, layers=1, text_column="sentence", concurrency=(1, 2, 3))  # type: ignore[arg-type]
+    with pytest.raises(sl.InvalidArgumentError, match="dtype must be 'auto'"):
+        slr.capture(ds, layers=1, text_column="sentence", dtype="f16")
+    with pytest.raises(sl.InvalidArgumentError, match="model is a Model loaded with dtype="):
+        slr.capture(ds, model, layers=1, text_column="sentence", dtype="f32")
 
 
 # ---------------------------------------------------------------- statistics, vectors

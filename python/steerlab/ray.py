@@ -100,11 +100,17 @@ def _spec(model: Any, dtype: Any, device: Any) -> ModelSpec:
     """(path or None for the default model, dtype, device): what a worker loads."""
     from steerlab.model import Model
 
-    if isinstance(model, Model):
-        path, model_dtype, model_device = model._load_args
-        return (path, model_dtype, model_device)
     dtype = _checks.check_dtype(dtype)
     device = _checks.check_device(device)
+    if isinstance(model, Model):
+        path, model_dtype, model_device = model._load_args
+        if (dtype, device) not in ((model_dtype, model_device), ("auto", "cpu")):
+            raise InvalidArgumentError(
+                f"model is a Model loaded with dtype={model_dtype!r}, device={model_device!r} "
+                f"but dtype={dtype!r}, device={device!r} were given; pass the model's path "
+                "to load it another way"
+            )
+        return (path, model_dtype, model_device)
     if model is None:
         return (None, dtype, device)
     return (_args.path(model, "model"), dtype, device)
@@ -941,6 +947,7 @@ def _collect(
         n_rows = len(batch["count"])
         for r in range(n_rows):
             group = batch["group"][r]
+            group = group.item() if isinstance(group, np.generic) else group
             part = ActivationStats.from_dict(
                 {
                     "layers": layers,
