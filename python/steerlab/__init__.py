@@ -42,12 +42,14 @@ from steerlab.hypersteer import HyperSteer
 from steerlab.model import Model
 from steerlab.optimize import TrainingInterrupted
 from steerlab.scalars import ActivationScalars
+from steerlab.stats import ActivationStats
 from steerlab.steering import Operation, Steering
 from steerlab.vectors import SteeringVector
 
 __all__ = [
     "PROMPT_TYPES",
     "ActivationScalars",
+    "ActivationStats",
     "BackendError",
     "ContextLengthError",
     "ContrastPair",
