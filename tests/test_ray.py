@@ -100,7 +100,7 @@ def test_without_ray_the_import_names_the_extra() -> None:
     )
     out = _run(code)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("RayNotInstalledError True steerlab.ray needs Ray with Ray Data")
+    assert out.stdout.startswith("MissingExtraError True steerlab.ray needs ray")
     assert "pip install 'steerlab[ray]'" in out.stdout
 
 

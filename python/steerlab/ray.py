@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from steerlab import _active, _args, _batches, _checks
+from steerlab._extras import require
 from steerlab._layers import check_site
 from steerlab._sampling import Sampling, cut_at_stop
 from steerlab.datasets import TopicSet, background_corpus, load_topic, topic_score
@@ -57,19 +58,10 @@ from steerlab.stats import (
 from steerlab.steering import Steering, prepare
 from steerlab.vectors import SteeringVector
 
-
-class RayNotInstalledError(SteerlabError, ImportError):
-    """Ray (with Ray Data) is not installed; ``pip install 'steerlab[ray]'``."""
-
-
-try:
-    import ray
-    import ray.data
-except ImportError as _exc:  # the optional extra is missing
-    raise RayNotInstalledError(
-        f"steerlab.ray needs Ray with Ray Data, which is not installed ({_exc}); install "
-        "the extra: pip install 'steerlab[ray]'"
-    ) from _exc
+# The optional extra: without it, importing this module raises MissingExtraError.
+require("ray.data", "ray", "steerlab.ray")
+import ray  # noqa: E402
+import ray.data  # noqa: E402
 
 if TYPE_CHECKING:
     from steerlab.contrast import ContrastPairs
@@ -78,7 +70,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Capture",
     "Generate",
-    "RayNotInstalledError",
     "capture",
     "from_pairs",
     "generate",
