@@ -81,9 +81,9 @@ def test_false_refusals_fail(steerlab_model):
 
 
 def test_own_record(steerlab_results):
-    rec = steerlab_results.record("my_metric", {{"value": np.float32(0.5), "bad": float("nan")}},
-                                  passed=True)
-    assert rec["measured"] == {{"value": 0.5, "bad": None}}
+    rec = steerlab_results.record("my_metric", {{"value": np.float32(0.5), "bad": float("nan"),
+                                  "per_layer": np.array([1.0, np.inf])}}, passed=True)
+    assert rec["measured"] == {{"value": 0.5, "bad": None, "per_layer": [1.0, None]}}
     assert steerlab_results.records == [rec]
     with pytest.raises(sl.InvalidTypeError, match="check must be a non-empty str"):
         steerlab_results.record("", {{}})
@@ -345,13 +345,17 @@ def test_each_helper_fails_with_its_report_and_the_numbers_are_steerlabs(
             "anti_steerable * <= 1",
             "FAILED test_failing.py::test_on_topic_fails assert_on_topic: *",
             "FAILED test_failing.py::test_false_refusals_fail assert_false_refusal_rate: *",
-            "PASSED test_failing.py::test_own_record my_metric: value 0.5, bad nan",
+            "PASSED test_failing.py::test_own_record my_metric: value 0.5, bad nan, per_layer [[]1.0, None[]]",
         ]
     )
     doc = _json(pytester.path / "fail.json")
     assert doc["summary"] == {"checks": 4, "passed": 1, "failed": 3}
     recs = _by_test(doc)
-    assert recs["test_own_record"]["measured"] == {"value": 0.5, "bad": None}
+    assert recs["test_own_record"]["measured"] == {
+        "value": 0.5,
+        "bad": None,
+        "per_layer": [1.0, None],
+    }
 
     # The numbers recorded are steerlab's own evaluations of the same inputs.
     rng = np.random.default_rng(0)
@@ -440,6 +444,13 @@ def test_condition_semantics() -> None:
             r"coefficient must be a number, got str '2'",
         ),
         (
+            lambda m, v, r: testing.assert_steers(
+                m, v, r, coefficient=1.0, min_margin_shift=0.1, seed=-1
+            ),
+            sl.InvalidArgumentError,
+            r"seed must be >= 0, got -1",
+        ),
+        (
             lambda m, v, r: testing.assert_steers(m, v, [], coefficient=1.0, min_margin_shift=0.1),
             sl.InvalidArgumentError,
             r"no records given",
@@ -514,3 +525,20 @@ def test_bad_arguments_raise_steerlab_errors_not_assertion_errors(
         call(model, vec, records)
     assert isinstance(info.value, sl.SteerlabError)
     assert not isinstance(info.value, AssertionError)
+
+
+def test_a_json_file_that_cannot_be_written_fails_the_run_with_a_message(
+    pytester: pytest.Pytester,
+) -> None:
+    (pytester.path / "out").mkdir()
+    # The folder exists when the run starts (so no usage error) and is gone at its end.
+    pytester.makepyfile("import os\n\ndef test_x():\n    os.rmdir('out')\n")
+    res = pytester.runpytest("-p", "no:cacheprovider", "--steerlab-json", "out/r.json")
+    res.assert_outcomes(passed=1)
+    assert res.ret == pytest.ExitCode.TESTS_FAILED
+    res.stdout.fnmatch_lines(
+        [
+            f"steerlab: could not write the JSON file of --steerlab-json ({pytester.path}/out/r.json): "
+            "FileNotFoundError: *"
+        ]
+    )

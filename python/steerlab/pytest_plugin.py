@@ -94,6 +94,7 @@ class _State:
         self.model_info: dict[str, Any] | None = None
         self.loads = 0
         self.json_error: str | None = None
+        self.json_how = ""
 
 
 # Innermost session last (pytester runs a session inside a session).
@@ -194,6 +195,7 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         source = "steerlab's default model (steerlab.Model.load())"
     state = _State(model_path, source, dtype or "auto", json_path)
+    state.json_how = out_how
     config.stash[_STATE_KEY] = state
     _STATES.append(state)
 
@@ -371,7 +373,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(f"steerlab: wrote {len(state.records)} records to {state.json_path}")
         else:
             tr.write_line(
-                f"steerlab: could not write --steerlab-json {state.json_path}: {state.json_error}",
+                f"steerlab: could not write the JSON file of {state.json_how} "
+                f"({state.json_path}): {state.json_error}",
                 red=True,
             )
 

@@ -289,7 +289,8 @@ def assert_steers(
             None: not checked.
         layer: steer only this layer of a multi-layer vector.
         chat: render the A/B prompts with the model's chat template.
-        seed: letter assignment (as in `steerlab.ContrastPairs.from_records`).
+        seed: letter assignment (as in `steerlab.ContrastPairs.from_records`), an int
+            >= 0.
         batch_size: rows per forward pass (>= 1).
 
     Returns:
@@ -313,6 +314,7 @@ def assert_steers(
         else _args.real(max_anti_steerable, "max_anti_steerable", minimum=0.0, maximum=1.0)
     )
     size = _args.integer(batch_size, "batch_size", minimum=1, maximum=_args.I64_MAX)
+    seed_v = _args.integer(seed, "seed", minimum=0, maximum=_args.U64_MAX)
     res = steerability(
         model,
         records,
@@ -320,7 +322,7 @@ def assert_steers(
         (0.0, coef),
         layer,
         chat=_args.flag(chat, "chat"),
-        seed=seed,
+        seed=seed_v,
         batch_size=size,
         progress=False,
     )
@@ -663,4 +665,8 @@ def _json_value(v: Any) -> Any:
         return int(v)
     if isinstance(v, Mapping):
         return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v.tolist()]
+    if isinstance(v, list | tuple):
+        return [_json_value(x) for x in v]
     return str(v)
