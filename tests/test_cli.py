@@ -252,6 +252,10 @@ def test_train_scalars_tiny(model: Any, tmp_path: Path) -> None:
     assert sc.sites == [("mlp_out", 10)] and sc.kind == "scalar"
     assert len(sc.history) == 2
     assert r.stderr == ""  # --quiet: no report, no bar
+    prompt = sl.datasets.load_task("ioi", "train").prompts[0]
+    r = ok(steerlab("generate", prompt, "--scalars", f"{out}:2", "--max-new-tokens", "4"))
+    want = model.generate(prompt, steering=sc.with_beta(2.0), max_new_tokens=4)
+    assert json.loads(r.stdout)["text"] == want
 
 
 def test_train_controller_tiny_then_generate(model: Any, tmp_path: Path) -> None:
@@ -297,6 +301,166 @@ def test_train_controller_tiny_then_generate(model: Any, tmp_path: Path) -> None
     prompt = model.chat_prompt([{"role": "user", "content": "How do I bake bread?"}])
     want = model.generate([prompt], steering=ctrl.with_strength(3.0), max_new_tokens=5)
     assert json.loads(r.stdout) == {"prompt": "How do I bake bread?", "text": want[0]}
+
+
+def test_train_optimize_and_mean_centring_tiny(model: Any, tmp_path: Path) -> None:
+    data = tmp_path / "style.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "Say hi.", "completion": " Arr, ahoy matey!", "negative": " Hi."})
+        + "\n"
+        + json.dumps(
+            {"prompt": "Greet me.", "completion": " Ahoy, ye scallywag!", "negative": " Hello."}
+        )
+        + "\n"
+    )
+    out = tmp_path / "opt.safetensors"
+    ok(
+        steerlab(
+            "-q",
+            "train",
+            "optimize",
+            "--data",
+            str(data),
+            "--negatives",
+            "--layers",
+            "10",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "-o",
+            str(out),
+        )
+    )
+    vec = sl.SteeringVector.load(out, model)
+    want = sl.SteeringVector.optimize(
+        model,
+        ["Say hi.", "Greet me."],
+        [" Arr, ahoy matey!", " Ahoy, ye scallywag!"],
+        negatives=[" Hi.", " Hello."],
+        layers=10,
+        steps=2,
+        batch_size=2,
+        progress=False,
+    )
+    assert vec.info.method == want.info.method and len(vec.history) == 2
+    np.testing.assert_allclose(vec.vectors[10], want.vectors[10], rtol=1e-5, atol=1e-7)
+
+    target = tmp_path / "target.txt"
+    target.write_text("The waves crashed on the shore.\nFish swim in the deep sea.\n")
+    background = tmp_path / "bg.txt"
+    background.write_text("I went to the shop.\nThe meeting is at noon.\nShe reads books.\n")
+    out = tmp_path / "ocean.safetensors"
+    ok(
+        steerlab(
+            "-q",
+            "train",
+            "mean-centring",
+            "--target",
+            str(target),
+            "--background",
+            str(background),
+            "--layers",
+            "12",
+            "-o",
+            str(out),
+        )
+    )
+    vec = sl.SteeringVector.load(out, model)
+    want = sl.SteeringVector.mean_centring(
+        model, target.read_text().splitlines(), background.read_text().splitlines(), 12
+    )
+    np.testing.assert_allclose(vec.vectors[12], want.vectors[12], rtol=1e-6)
+
+
+def test_train_hypersteer_tiny_then_generate(model: Any, tmp_path: Path) -> None:
+    data = tmp_path / "hyper.jsonl"
+    rows = [
+        ("Mention the ocean.", "Describe your morning.", " The sea was calm."),
+        ("Talk like a pirate.", "What is for dinner?", " Arr, fish!"),
+    ]
+    data.write_text(
+        "".join(json.dumps({"instruction": i, "prompt": p, "target": t}) + "\n" for i, p, t in rows)
+    )
+    out = tmp_path / "hyper.safetensors"
+    ok(
+        steerlab(
+            "-q",
+            "train",
+            "hypersteer",
+            "--data",
+            str(data),
+            "--n-blocks",
+            "1",
+            "--batch-size",
+            "2",
+            "--layer",
+            "20",
+            "-o",
+            str(out),
+        )
+    )
+    hs = sl.HyperSteer.load(out, model)
+    assert (hs.layer, hs.n_blocks, len(hs.history)) == (20, 1, 1)
+    r = ok(
+        steerlab(
+            "generate",
+            "Describe your day.",
+            "--hypersteer",
+            f"{out}:3",
+            "--instruction",
+            "Mention the ocean.",
+            "--max-new-tokens",
+            "6",
+        )
+    )
+    steering = hs.steering(["Mention the ocean."], ["Describe your day."], 3.0)
+    want = model.generate(hs.prompts(["Describe your day."]), steering=steering, max_new_tokens=6)
+    assert json.loads(r.stdout) == {"prompt": "Describe your day.", "text": want[0]}
+
+
+def test_pairs_file_forms(model: Any, tmp_path: Path) -> None:
+    records = [
+        {
+            "question": f"Is the glass half full ({i})?",
+            "matching": "Yes, half full.",
+            "not_matching": "No, half empty.",
+        }
+        for i in range(4)
+    ]
+    f = tmp_path / "ab.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "ab.json"
+    ok(
+        steerlab(
+            "-q", "diagnose", "--pairs", str(f), "--layers", "6", "--seed", "1", "--json", str(out)
+        )
+    )
+    want = sl.diagnose(model, sl.ContrastPairs.from_records(records, seed=1), [6])
+    got = json.loads(out.read_text())
+    assert got["pairs"] == "ab" and got["n_pairs"] == 4
+    assert got["layers"][0]["mean_cosine"] == pytest.approx(want[6].mean_cosine, rel=1e-6)
+
+    triples = [
+        ("Q: Was it good? A:", " Yes, great.", " No, awful."),
+        ("Q: Did you like it? A:", " I loved it.", " I hated it."),
+        ("Q: How was the trip? A:", " Wonderful.", " Terrible."),
+    ]
+    f = tmp_path / "completions.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps({"prompt": p, "positive": a, "negative": b}) + "\n" for p, a, b in triples
+        )
+    )
+    ok(
+        steerlab(
+            "-q", "diagnose", "--pairs", str(f), "--layers", "6", "--limit", "2", "--json", str(out)
+        )
+    )
+    want = sl.diagnose(model, sl.ContrastPairs.from_completions(triples[:2]), [6])
+    got = json.loads(out.read_text())
+    assert got["n_pairs"] == 2
+    assert got["layers"][0]["d_prime"] == pytest.approx(want[6].d_prime, rel=1e-6)
 
 
 def test_train_interrupted_writes_nothing_unless_asked(tmp_path: Path) -> None:
@@ -393,6 +557,21 @@ def test_generate_with_vectors_equals_the_python_api(work: Path, model: Any) -> 
         [prompts[0]], steering=total, temperature=0.9, seed=3, top_k=20, max_new_tokens=8
     )
     assert json.loads(r.stdout)["text"] == want1[0]
+
+    # --dose reads the coefficient as a relative dose.
+    r = ok(
+        steerlab(
+            "generate",
+            prompts[1],
+            "--vector",
+            f"{work / 'vec.safetensors'}:0.2",
+            "--dose",
+            "--max-new-tokens",
+            "8",
+        )
+    )
+    want2 = model.generate(prompts[1], steering=vec.dose(0.2), max_new_tokens=8)
+    assert json.loads(r.stdout)["text"] == want2
 
 
 def test_generate_stream_and_output_file(work: Path, model: Any, tmp_path: Path) -> None:

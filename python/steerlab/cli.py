@@ -266,7 +266,7 @@ def _train_parsers(subs: Any) -> None:
         epilog="examples:\n"
         "  steerlab train vector --dataset optimism --layers 12 -o optimism.safetensors\n"
         "  steerlab train mean-centring --topic ocean --layers 12 -o ocean.safetensors\n"
-        "  steerlab train scalars --task ioi --limit 32 --steps 50 -o ioi.safetensors\n\n"
+        "  steerlab train scalars --task ioi --limit 32 --steps 50 --layers 8:16 -o ioi.safetensors\n\n"
         + _EXIT_CODES,
         formatter_class=_Formatter,
     )
@@ -395,7 +395,7 @@ def _train_parsers(subs: Any) -> None:
         "prefer each target answer over its foil (ActivationScalars.fit): ActivScalar\n"
         "(kind scalar), SteerVec (vector) or DynScalar (dynamic). Static kinds need\n"
         "prompts of one token length (the shipped tasks' 'fixed' layout).",
-        "  steerlab train scalars --task ioi --limit 32 --steps 50 -o ioi.safetensors\n"
+        "  steerlab train scalars --task ioi --limit 32 --steps 50 --layers 8:16 -o ioi.safetensors\n"
         "  steerlab train scalars --data answers.jsonl --kind dynamic --layers 10:20 -o dyn.safetensors",
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -686,7 +686,8 @@ def _generate_parser(subs: Any) -> None:
     g.add_argument(
         "--scalars",
         metavar="PATH[:BETA]",
-        help="saved activation scalars at strength BETA (default 1)",
+        help="saved activation scalars at strength BETA (default 1); static kinds need "
+        "prompts of their training length in tokens",
     )
     g.add_argument(
         "--controller",
