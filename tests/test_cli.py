@@ -418,6 +418,25 @@ def test_train_hypersteer_tiny_then_generate(model: Any, tmp_path: Path) -> None
     want = model.generate(hs.prompts(["Describe your day."]), steering=steering, max_new_tokens=6)
     assert json.loads(r.stdout) == {"prompt": "Describe your day.", "text": want[0]}
 
+    # Freeze the instruction's vector (for this base prompt) into a control vector.
+    gguf = tmp_path / "ocean.gguf"
+    ok(
+        steerlab(
+            "export",
+            "--hypersteer",
+            str(out),
+            "--instruction",
+            "Mention the ocean.",
+            "--base-prompt",
+            "Describe your day.",
+            str(gguf),
+        )
+    )
+    back = sl.SteeringVector.from_gguf(gguf)
+    frozen = hs.vector("Mention the ocean.", "Describe your day.")
+    assert back.layers == [20]
+    np.testing.assert_array_equal(back.vectors[20], frozen.vectors[20])
+
 
 def test_pairs_file_forms(model: Any, tmp_path: Path) -> None:
     records = [
@@ -673,6 +692,8 @@ def test_bad_inputs_exit_1_with_one_line(work: Path, tmp_path: Path) -> None:
         ["generate", "a", "b", "--stream"],
         ["generate", "a", "--hypersteer", "h.safetensors"],
         ["train", "vector", "--layers", "3", "-o", "v.safetensors"],
+        ["export", "v.safetensors"],
+        ["export", "--hypersteer", "h.safetensors", "out.gguf"],
     ],
     ids=[
         "unknown-option",
@@ -681,6 +702,8 @@ def test_bad_inputs_exit_1_with_one_line(work: Path, tmp_path: Path) -> None:
         "stream-two",
         "no-instruction",
         "no-pairs",
+        "export-one-path",
+        "export-no-instruction",
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:

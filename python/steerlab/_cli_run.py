@@ -664,29 +664,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``steerlab export``: a saved vector -> llama.cpp control vector GGUF or .npz."""
+    """``steerlab export``: a saved vector (or a HyperSteer instruction's vector) ->
+    llama.cpp control vector GGUF, .npz or steerlab safetensors."""
     from steerlab.vectors import SteeringVector
 
+    if args.hypersteer is not None:
+        if len(args.paths) != 1:
+            _usage(args, "with --hypersteer give only OUTPUT (the vector comes from it)")
+        if args.instruction is None:
+            _usage(args, "--hypersteer needs --instruction")
+        source, out = None, args.paths[0]
+    else:
+        if len(args.paths) != 2:
+            _usage(args, "give VECTOR and OUTPUT (or --hypersteer PATH --instruction TEXT OUTPUT)")
+        if args.instruction is not None or args.base_prompt is not None:
+            _usage(args, "--instruction and --base-prompt go with --hypersteer")
+        source, out = args.paths
     fmt = args.format
     if fmt is None:
-        fmt = {".gguf": "gguf", ".npz": "npz"}.get(Path(args.output).suffix.lower())
+        formats = {".gguf": "gguf", ".npz": "npz", ".safetensors": "safetensors"}
+        fmt = formats.get(Path(out).suffix.lower())
         if fmt is None:
             raise CliError(
-                f"cannot tell the format of {args.output!r} from its extension; name it "
-                f".gguf or .npz, or pass --format"
+                f"cannot tell the format of {out!r} from its extension; name it .gguf, .npz "
+                f"or .safetensors, or pass --format"
             )
-    check_output(args.output, "OUTPUT")
-    vec = SteeringVector.load(args.vector)
+    if args.model_hint is not None and fmt != "gguf":
+        raise CliError("--model-hint applies to the gguf format only")
+    check_output(out, "OUTPUT")
+    if source is not None:
+        vec = SteeringVector.load(source)
+    else:
+        from steerlab.hypersteer import HyperSteer
+
+        model = _load_model(args)
+        hs = HyperSteer.load(args.hypersteer, model)
+        vec = hs.vector(args.instruction, args.base_prompt)
     layers = parse_layers(args.layers)
     if layers is not None:
         vec = vec.at(layers)
     if args.scale is not None:
         vec = vec * args.scale
     if fmt == "gguf":
-        write_atomic(args.output, lambda tmp: vec.to_gguf(tmp, args.model_hint), "OUTPUT")
+        write_atomic(out, lambda tmp: vec.to_gguf(tmp, args.model_hint), "OUTPUT")
+    elif fmt == "safetensors":
+        write_atomic(out, vec.save, "OUTPUT")
     else:
-        if args.model_hint is not None:
-            raise CliError("--model-hint applies to --format gguf only")
 
         def write(tmp: str) -> None:
             np.savez(
@@ -695,8 +718,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 directions=np.stack([vec.vectors[k] for k in vec.layers]).astype(np.float32),
             )
 
-        write_atomic(args.output, write, "OUTPUT")
-    _note(args, f"wrote {args.output}: {fmt}, layers {vec.layers}, d_model {vec.d_model}")
+        write_atomic(out, write, "OUTPUT")
+    _note(args, f"wrote {out}: {fmt}, layers {vec.layers}, d_model {vec.d_model}")
     return 0
 
 

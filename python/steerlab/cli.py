@@ -102,10 +102,11 @@ def _add_global(p: argparse.ArgumentParser, top: bool) -> None:
 
 
 def _sub(
-    subs: Any, name: str, summary: str, description: str, examples: str
+    subs: Any, name: str, summary: str, description: str, examples: str, usage: str | None = None
 ) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subs.add_parser(
         name,
+        usage=usage,
         help=summary,
         description=description,
         epilog=f"examples:\n{examples}\n\n{_EXIT_CODES}",
@@ -717,24 +718,36 @@ def _export_parser(subs: Any) -> None:
     p = _sub(
         subs,
         "export",
-        "write a saved steering vector as a llama.cpp control vector (GGUF) or numpy",
-        "Convert a steerlab vector (safetensors, from 'steerlab train') for other tools.\n\n"
+        "write a steering vector as a llama.cpp control vector (GGUF), numpy or safetensors",
+        "Convert a steerlab vector (safetensors, from 'steerlab train') for other tools, or\n"
+        "freeze a HyperSteer instruction into a fixed vector (--hypersteer; loads the model).\n\n"
         "gguf: a llama.cpp / repeng control vector. Layer numbering: steerlab layer N (the\n"
         "output of decoder block N) is written as 'direction.N' unchanged, which llama.cpp\n"
         "adds to the output of block N; llama.cpp has no slot for block 0's output, so a\n"
         "vector with layer 0 is refused (drop it with --layers). Directions are written\n"
         "as they are (after --scale); use it with llama.cpp's --control-vector FILE or\n"
         "--control-vector-scaled FILE SCALE.\n\n"
-        "npz: 'layers' (int64 [L]) and 'directions' (float32 [L, d_model]).",
+        "npz: 'layers' (int64 [L]) and 'directions' (float32 [L, d_model]).\n"
+        "safetensors: a steerlab vector (SteeringVector.load reads it).",
         "  steerlab export optimism.safetensors optimism.gguf\n"
         "  steerlab export optimism.safetensors optimism.gguf --scale 4 --layers 10:16\n"
-        "  steerlab export optimism.safetensors optimism.npz",
+        "  steerlab export optimism.safetensors optimism.npz\n"
+        "  steerlab export --hypersteer hyper.safetensors --instruction 'Mention the ocean.' \\\n"
+        "      ocean.gguf",
+        usage="steerlab export [options] VECTOR OUTPUT\n"
+        "       steerlab export [options] --hypersteer PATH --instruction TEXT "
+        "[--base-prompt TEXT] OUTPUT",
     )
-    p.add_argument("vector", metavar="VECTOR", help="a steerlab vector file (.safetensors)")
-    p.add_argument("output", metavar="OUTPUT", help="the file to write (.gguf or .npz)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[VECTOR] OUTPUT",
+        help="a steerlab vector file (.safetensors) and the file to write (.gguf, .npz or "
+        ".safetensors); only OUTPUT with --hypersteer",
+    )
     p.add_argument(
         "--format",
-        choices=("gguf", "npz"),
+        choices=("gguf", "npz", "safetensors"),
         help="output format (default: from OUTPUT's extension)",
     )
     p.add_argument("--scale", type=float, metavar="K", help="multiply the directions by K first")
@@ -743,6 +756,19 @@ def _export_parser(subs: Any) -> None:
         "--model-hint",
         metavar="ARCH",
         help="the GGUF's architecture hint (default: the vector's model architecture)",
+    )
+    g = p.add_argument_group("HyperSteer (instead of VECTOR)")
+    g.add_argument(
+        "--hypersteer",
+        metavar="PATH",
+        help="a saved HyperSteer hypernetwork: export its vector for --instruction",
+    )
+    g.add_argument("--instruction", metavar="TEXT", help="the instruction to freeze")
+    g.add_argument(
+        "--base-prompt",
+        metavar="TEXT",
+        help="the base prompt a cross_attention hypernetwork writes the vector for (that "
+        "variant reads it; no_context takes none)",
     )
 
 
@@ -815,11 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_parser(subs)
     _export_parser(subs)
     _serve_parser(subs)
-    # serve takes --model & co. too (its MODEL positional wins); export needs no model.
-    _add_global(subs.choices["serve"], top=False)
-    subs.choices["export"].add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no report line"
-    )
+    # export (for --hypersteer) and serve take --model & co. too (serve's MODEL wins).
+    for name in ("export", "serve"):
+        _add_global(subs.choices[name], top=False)
     return parser
 
 
