@@ -120,6 +120,16 @@ def vectors_dir(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     hs.save(folder / "hyper.safetensors")
+    # Dynamic activation scalars (DynScalar): h * (1 + beta (w . h + b)) at mlp_out[10].
+    w = (rng.standard_normal(d) * 0.01).astype(np.float32)
+    sc = sl.ActivationScalars(
+        "dynamic",
+        {("mlp_out", 10): np.concatenate([w, [3.0]]).astype(np.float32)},
+        d_model=d,
+        n_layers=model.n_layers,
+        fingerprint=model.fingerprint,
+    )
+    sc.save(folder / "scale.safetensors")
     (folder / "notes.txt").write_text("not an artifact")
     return folder
 
@@ -204,6 +214,8 @@ def _requests(model: Any) -> list[dict[str, Any]]:
          "seed": 7, "steering": {"joy": 0.5}},
         {"kind": "chat", "messages": chat, "max_tokens": MAX, "temperature": 1.0,
          "top_p": 0.9, "seed": 3, "stop": [" "]},
+        {"kind": "completion", "prompt": prompt, "max_tokens": MAX, "temperature": 0,
+         "steering": [{"name": "scale", "strength": 0.5}, {"name": "joy", "strength": 0.5}]},
     ]  # fmt: skip
 
 
@@ -211,7 +223,13 @@ def test_models_and_steering_listing(server: Running, client: Any, model_id: str
     assert model_id == "SmolLM2-135M-Instruct.Q4_1"
     listed = httpx.get(f"{server.url}/v1/steering").json()
     kinds = {a["name"]: a["kind"] for a in listed["data"]}
-    assert kinds == {"joy": "vector", "far": "vector", "guard": "controller", "hyper": "hypersteer"}
+    assert kinds == {
+        "joy": "vector",
+        "far": "vector",
+        "guard": "controller",
+        "hyper": "hypersteer",
+        "scale": "scalars",
+    }
     assert client.models.retrieve(model_id).id == model_id
 
 
@@ -234,6 +252,11 @@ def test_concurrent_requests_equal_each_request_alone(
     vec = sl.SteeringVector.load(vectors_dir / "joy.safetensors", model)
     prompt = model.chat_prompt(reqs[1]["messages"])
     assert model.generate(prompt, steering=vec, max_new_tokens=MAX) == texts[1]
+    sc = sl.ActivationScalars.load(vectors_dir / "scale.safetensors", model)
+    both = (sc * 0.5).to_steering() + (vec * 0.5).to_steering()
+    plain = reqs[8]["prompt"]
+    assert model.generate(plain, steering=both, max_new_tokens=MAX) == texts[8]
+    assert model.generate(plain, max_new_tokens=MAX) != texts[8]
     assert all(reason in ("stop", "length") for _, reason, _ in alone)
     assert alone[0][1:] == ("length", MAX)
     assert alone[7][1] == "stop" and " " not in alone[7][0]
@@ -288,7 +311,7 @@ def test_a_request_that_fails_in_the_engine_fails_alone(
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        ({"steering": {"nope": 1.0}}, r"no steering named 'nope'; the names served are: far, guard, hyper, joy"),
+        ({"steering": {"nope": 1.0}}, r"no steering named 'nope'; the names served are: far, guard, hyper, joy, scale"),
         ({"steering": {"joy": "lots"}}, r"steering\['joy'\] must be a number"),
         ({"steering": {"hyper": 1.0}}, r"'hyper' is a HyperSteer.*instruction"),
         ({"steering": [{"vector": [1.0, 2.0], "layer": 3}]}, r"has 2 values; the model's d_model is 576"),
@@ -406,6 +429,27 @@ def test_sse_wire_format(server: Running, model_id: str) -> None:
     chunks = [json.loads(line[len("data: ") :]) for line in lines[:-1]]
     assert all(c["object"] == "text_completion" for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_row_text_pieces_follow_stream_rules(model: Any) -> None:
+    from steerlab._sampling import RowText
+
+    prompt = "La crème brûlée est un dessert français. Voici la recette:"
+    ids = model.generate(prompt, max_new_tokens=24, return_ids=True)
+    full = model.decode(ids, skip_special_tokens=True)
+    stop = "brûlée est"
+    assert full.count(stop) == 1 and "\ufffd" not in full, full
+    row = RowText(model._core, [stop])
+    pieces = []
+    for t in ids:
+        pieces.append(row.push(t))
+        assert "\ufffd" not in pieces[-1]
+        if row.stopped:
+            break
+    pieces.append(row.flush())
+    assert row.stopped and "".join(pieces) == full[: full.index(stop)] == row.text
+    assert model.generate(prompt, max_new_tokens=24, stop=stop) == "".join(pieces)
+    assert "".join(model.generate_stream(prompt, max_new_tokens=24, stop=stop)) == row.text
 
 
 def test_import_steerlab_does_not_import_the_server_stack() -> None:
