@@ -7,13 +7,14 @@ chat requests is sent with the official async ``openai`` client, each with its o
 steering (a rotation of none, a stored vector at +1 and -1, a raw vector) and its own
 seed. Each level stops launching requests at a time cap. Reported per (max_batch,
 concurrency): requests/s, generated tokens/s (``usage.completion_tokens`` over the
-wall time), latency p50/p99 (send to last byte) and time to first token p50, then the
-batched/unbatched throughput ratio per concurrency level.
+wall time), latency p50/p99 (send to last byte), time to first token p50 and the mean
+rows per engine batch (from the server's ``/health``), then the batched/unbatched
+throughput ratio per concurrency level (median of the ratios of interleaved repeats).
 
 Usage (the figures in bench/RESULTS.md)::
 
-    PYTHONPATH=python python bench/serve_load.py --requests 32 --concurrency 1 4 8 \\
-        --max-tokens 32 --time-cap 120 --out bench/results/serve_load.json
+    PYTHONPATH=python python bench/serve_load.py --requests 16 --concurrency 1 4 8 \\
+        --max-tokens 32 --repeats 3 --time-cap 90 --out bench/results/serve_load.json
 
 Writes JSON (settings, machine, one record per run) and prints a table.
 """
@@ -51,7 +52,8 @@ PROMPTS = [
 SERVER = """
 import sys
 from steerlab.server import run
-run({model!r}, vectors={vectors!r}, port={port}, max_batch={max_batch}, max_queue={max_queue})
+run({model!r}, vectors={vectors!r}, port={port}, max_batch={max_batch}, max_queue={max_queue},
+    batch_window_ms={window})
 """
 
 
@@ -62,6 +64,7 @@ KEYS = (
     "latency_p99_s",
     "ttft_p50_s",
     "wall_s",
+    "mean_batch_rows",
 )
 
 
@@ -76,6 +79,7 @@ def _server(args: argparse.Namespace, folder: Path, max_batch: int) -> Iterator[
         port=port,
         max_batch=max_batch,
         max_queue=max(64, max(args.concurrency)),
+        window=args.batch_window_ms,
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -160,9 +164,11 @@ async def _one(
 async def _level(
     url: str, model_id: str, n: int, concurrency: int, mix: list[Any], max_tokens: int, cap: float
 ) -> dict[str, Any]:
+    import httpx
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    batches = httpx.get(f"{url}/health").json()["batches"]
     sem = asyncio.Semaphore(concurrency)
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -179,6 +185,7 @@ async def _level(
     await asyncio.gather(*(task(i) for i in range(n)))
     wall = time.perf_counter() - start
     await client.close()
+    batches = httpx.get(f"{url}/health").json()["batches"] - batches
     lat = np.array([r["latency"] for r in results])
     ttft = np.array([r["ttft"] for r in results])
     tokens = int(sum(r["tokens"] for r in results))
@@ -193,6 +200,7 @@ async def _level(
         "latency_p50_s": float(np.percentile(lat, 50)),
         "latency_p99_s": float(np.percentile(lat, 99)),
         "ttft_p50_s": float(np.percentile(ttft, 50)),
+        "mean_batch_rows": len(results) / max(batches, 1),
     }
 
 
@@ -204,6 +212,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, nargs="+", default=[8, 1])
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--time-cap", type=float, default=120.0, help="seconds per level")
+    ap.add_argument("--batch-window-ms", type=float, default=5.0, help="the server's window")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     ap.add_argument("--out", default="bench/results/serve_load.json")
     args = ap.parse_args()
@@ -274,13 +283,13 @@ def main() -> None:
 
     print(
         f"{'max_batch':>9} {'conc':>4} {'done':>4} {'req/s':>6} {'tok/s':>7} "
-        f"{'p50 s':>6} {'p99 s':>6} {'ttft50':>6}   (medians over {args.repeats} repeats)"
+        f"{'p50 s':>6} {'p99 s':>6} {'ttft50':>6} {'rows':>5}   (medians over {args.repeats} repeats)"
     )
     for r in summary:
         print(
             f"{r['max_batch']:>9} {r['concurrency']:>4} {r['completed']:>4} "
             f"{r['requests_per_s']:>6.2f} {r['tokens_per_s']:>7.1f} {r['latency_p50_s']:>6.2f} "
-            f"{r['latency_p99_s']:>6.2f} {r['ttft_p50_s']:>6.2f}"
+            f"{r['latency_p99_s']:>6.2f} {r['ttft_p50_s']:>6.2f} {r['mean_batch_rows']:>5.2f}"
         )
     for c, ratio in ratios.items():
         shown = ", ".join(f"{x:.2f}" for x in ratio["per_repeat"])

@@ -16,7 +16,8 @@ Endpoints (FastAPI + uvicorn; ``pip install 'steerlab[serve]'``):
 Sampling fields: ``max_tokens`` (chat also ``max_completion_tokens``; default 16 for
 completions, the rest of the context for chat), ``temperature`` (default 1; 0 is
 greedy), ``top_p``, ``top_k`` (an extension), ``seed``, ``stop`` (a str or list of str),
-``n`` (only 1). Fields OpenAI defines that steerlab does not implement (``logprobs``,
+``n`` (only 1). Chat roles: system, developer (rendered as system), user, assistant;
+message content is a str or a list of text parts. Fields OpenAI defines that steerlab does not implement (``logprobs``,
 ``tools``, penalties...) are refused with 400 unless they hold their neutral value;
 unknown fields are refused.
 
@@ -401,9 +402,15 @@ class _Server:
             extra = sorted(set(m) - {"role", "content", "name"})
             if extra:
                 raise _bad(f"messages[{i}] has unsupported field(s) {extra}", "messages")
-            checked.append(
-                {"role": role, "content": _text_content(m.get("content"), f"messages[{i}].content")}
-            )
+            message = {
+                "role": role,
+                "content": _text_content(m.get("content"), f"messages[{i}].content"),
+            }
+            if m.get("name") is not None:  # handed to the template, which may use it
+                if not isinstance(m["name"], str):
+                    raise _bad(f"messages[{i}].name must be a str", "messages")
+                message["name"] = m["name"]
+            checked.append(message)
         try:
             return self.model.chat_prompt(checked)
         except SteerlabError as exc:
@@ -728,6 +735,7 @@ def run(
     dtype: str = "auto",
     max_batch: int = 8,
     max_queue: int = 64,
+    batch_window_ms: float = 5.0,
 ) -> None:
     """Load a model and serve it until interrupted (``steerlab serve MODEL --vectors DIR``).
 
@@ -737,7 +745,7 @@ def run(
         host: the address to listen on (``"0.0.0.0"`` for every interface).
         port: the TCP port (1..65535).
         dtype: as in `steerlab.Model.load`.
-        max_batch, max_queue: as in `create_app`.
+        max_batch, max_queue, batch_window_ms: as in `create_app`.
 
     Raises:
         SteerlabError: fastapi or uvicorn are not installed.
@@ -752,6 +760,8 @@ def run(
     host = _args.text(host, "host")
     port = _args.integer(port, "port", minimum=1, maximum=65535)
     loaded = Model.load(model, dtype=dtype)
-    app = create_app(loaded, vectors, max_batch=max_batch, max_queue=max_queue)
+    app = create_app(
+        loaded, vectors, max_batch=max_batch, max_queue=max_queue, batch_window_ms=batch_window_ms
+    )
     # A streaming request holds its connection: give in-flight ones 10 s on Ctrl-C.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
