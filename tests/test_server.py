@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -420,6 +421,22 @@ def test_startup_errors_name_the_file(model: Any, tmp_path: Path, vectors_dir: P
         sl_server.create_app(model, None, max_batch=0)
 
 
+def test_missing_extra_and_bad_run_arguments(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steerlab._serving import SteeringLibrary, SteeringSpecError, resolve_steering
+
+    with pytest.raises(sl.InvalidArgumentError, match="port must be <= 65535, got 70000"):
+        sl_server.run(port=70000)
+    empty = SteeringLibrary(None, model)
+    with pytest.raises(SteeringSpecError, match="none: the server was started without --vectors"):
+        resolve_steering({"joy": 1.0}, empty, model, "Hi")
+    assert resolve_steering({}, empty, model, "Hi") == []
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(sl.SteerlabError, match=r"pip install 'steerlab\[serve\]'"):
+        sl_server.create_app(model)
+    with pytest.raises(sl.SteerlabError, match=r"pip install 'steerlab\[serve\]'"):
+        sl_server.run()
+
+
 def test_sse_wire_format(server: Running, model_id: str) -> None:
     body = {"model": model_id, "prompt": "Hello", "max_tokens": 3, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
@@ -454,7 +471,6 @@ def test_row_text_pieces_follow_stream_rules(model: Any) -> None:
 
 def test_import_steerlab_does_not_import_the_server_stack() -> None:
     import subprocess
-    import sys
 
     code = (
         "import sys, steerlab; "
