@@ -10,7 +10,15 @@ from typing import Any
 from steerlab import _args, _core
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["MAX_NEW_TOKENS", "Sampling", "check_stop", "cut_at_stop", "partial_stop", "stream"]
+__all__ = [
+    "MAX_NEW_TOKENS",
+    "RowText",
+    "Sampling",
+    "check_stop",
+    "cut_at_stop",
+    "partial_stop",
+    "stream",
+]
 
 # Longest generation the engine takes (it stores counts in i64; a generation also ends at
 # the model's context length).
@@ -102,35 +110,79 @@ def partial_stop(text: str, stop: list[str] | None) -> int:
     return best
 
 
+class RowText:
+    """The text of one generated row, fed one token at a time: the pieces `stream` yields.
+
+    `push` takes each new token and returns the text that is now safe to show (possibly
+    ``""``): a piece never splits a multi-byte character nor shows part of a stop string,
+    and all pieces plus `flush` join to the whole text cut at the first stop string (as
+    `Model.generate` returns it). A server runs one per batch row.
+
+    Attributes:
+        ids: the tokens pushed so far (eos tokens are not pushed: the engine ends a row
+            at its eos without yielding it).
+        stopped: a stop string was found; the row's text is complete (push no more).
+    """
+
+    __slots__ = ("_core", "_emitted", "_stop", "_text", "ids", "stopped")
+
+    def __init__(self, core: _core.Model, stop: list[str] | None) -> None:
+        self._core = core
+        self._stop = stop
+        self.ids: list[int] = []
+        self._text = ""
+        self._emitted = 0
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add the row's next token; return the text now ready (``""`` when none is)."""
+        self.ids.append(token)
+        text = self._text = self._core.decode(self.ids, True)
+        cut, hit = cut_at_stop(text, self._stop)
+        if hit:
+            self.stopped = True
+            self._text = cut
+            return self.flush()
+        if text.endswith("\ufffd"):
+            return ""  # an incomplete multi-byte character: wait for the next token
+        ready = len(text) - partial_stop(text, self._stop)
+        if ready > self._emitted:
+            piece = text[self._emitted : ready]
+            self._emitted = ready
+            return piece
+        return ""
+
+    def flush(self) -> str:
+        """The text not yet returned (call once the row has ended)."""
+        piece = self._text[self._emitted :]
+        self._emitted = len(self._text)
+        return piece
+
+    @property
+    def text(self) -> str:
+        """The row's text so far (cut at a stop string once one is found)."""
+        return self._text
+
+
 def stream(
     core: _core.Model, generation: _core.Generation, stop: list[str] | None
 ) -> Iterator[str]:
-    """The text of `generation` in pieces, as its tokens come.
+    """The text of `generation` (one row) in pieces, as its tokens come.
 
     A piece never splits a multi-byte character nor shows part of a stop string, and the
     pieces join to the whole text cut at the first stop string (as `Model.generate`
-    returns it).
+    returns it). See `RowText`, which does this for one row of any batch.
     """
     eos = set(core.eos_ids)
-    new: list[int] = []
-    text = ""
-    emitted = 0
+    row = RowText(core, stop)
     while True:
         step = generation.step()
         if step is None or step[0] is None or step[0] in eos:
             break
-        new.append(step[0])
-        text = core.decode(new, True)
-        cut, hit = cut_at_stop(text, stop)
-        if hit:
-            if len(cut) > emitted:
-                yield cut[emitted:]
+        piece = row.push(step[0])
+        if piece:
+            yield piece
+        if row.stopped:
             return
-        if text.endswith("\ufffd"):
-            continue  # an incomplete multi-byte character: wait for the next token
-        ready = len(text) - partial_stop(text, stop)
-        if ready > emitted:
-            yield text[emitted:ready]
-            emitted = ready
-    if len(text) > emitted:
-        yield text[emitted:]
+    if piece := row.flush():
+        yield piece
