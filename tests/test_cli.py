@@ -718,19 +718,32 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 
 def _interrupt(args: list[str], wait_for: str) -> tuple[int, str]:
     """Start the script, wait until `wait_for` shows on stderr, send SIGINT."""
+    # The child gets the default SIGINT action whatever this process inherited: a test run
+    # started in the background by a non-interactive shell has SIGINT ignored, and an
+    # ignored SIGINT is inherited (Python then installs no KeyboardInterrupt handler).
     p = subprocess.Popen(
-        [str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        [str(SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert p.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 60
-    while wait_for not in seen and time.monotonic() < deadline:
-        ch = p.stderr.read(1)
-        if not ch:
-            break
-        seen += ch
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 60
+        while wait_for not in seen and time.monotonic() < deadline:
+            ch = p.stderr.read(1)
+            if not ch:
+                break
+            seen += ch
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # never leave the child running (and the next test warned)
+            p.kill()
+            p.communicate()
     return p.returncode, seen + err
 
 

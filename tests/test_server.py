@@ -431,9 +431,9 @@ def test_missing_extra_and_bad_run_arguments(model: Any, monkeypatch: pytest.Mon
         resolve_steering({"joy": 1.0}, empty, model, "Hi")
     assert resolve_steering({}, empty, model, "Hi") == []
     monkeypatch.setitem(sys.modules, "uvicorn", None)
-    with pytest.raises(sl.SteerlabError, match=r"pip install 'steerlab\[serve\]'"):
+    with pytest.raises(sl.MissingExtraError, match=r"pip install 'steerlab\[serve\]'"):
         sl_server.create_app(model)
-    with pytest.raises(sl.SteerlabError, match=r"pip install 'steerlab\[serve\]'"):
+    with pytest.raises(sl.MissingExtraError, match=r"pip install 'steerlab\[serve\]'"):
         sl_server.run()
 
 

@@ -31,14 +31,21 @@ def vector_norm(v: sl.SteeringVector) -> float:
     return float(sum(float((a.astype("float64") ** 2).sum()) for a in v.vectors.values()) ** 0.5)
 
 
+# Without the extras: steerlab.ray does not import, steerlab.server imports (the CLI
+# reads its defaults) but will not build an app; both say which extra to install.
 missing = {}
 for module in ("steerlab.server", "steerlab.ray"):
     try:
         __import__(module)
-    except sl.SteerlabError as exc:
+        if module == "steerlab.server":
+            import steerlab.server
+
+            steerlab.server.create_app(model)
+        missing[module] = "no error"
+    except sl.MissingExtraError as exc:
         missing[module] = str(exc)
-    except ImportError as exc:  # a plain ImportError is the wrong answer: report it
-        missing[module] = f"ImportError, not SteerlabError: {exc}"
+    except Exception as exc:  # any other error is the wrong answer: report it
+        missing[module] = f"{type(exc).__name__}, not MissingExtraError: {exc}"
 
 print(
     json.dumps(

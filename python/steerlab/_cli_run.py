@@ -734,14 +734,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.path.exists(model):
         raise CliError(f"MODEL {model!r} does not exist; expected a .gguf file or a model folder")
     vectors = args.vectors
-    if not os.path.exists(vectors):
+    if vectors is not None and not os.path.exists(vectors):
         raise CliError(f"--vectors {vectors!r} does not exist; expected a folder")
-    if not os.path.isdir(vectors):
+    if vectors is not None and not os.path.isdir(vectors):
         raise CliError(f"--vectors {vectors!r} is a file; expected a folder of saved vectors")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in 0..65535, got {args.port}")
     _positive(args.max_batch, "--max-batch")
     _positive(args.max_queue, "--max-queue")
+    if not (math.isfinite(args.batch_window_ms) and args.batch_window_ms >= 0):
+        raise CliError(f"--batch-window-ms must be a finite number >= 0, got {args.batch_window_ms}")
     try:
         # By name: the module is optional (its extra may be missing).
         server = importlib.import_module("steerlab.server")
@@ -757,5 +759,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        batch_window_ms=args.batch_window_ms,
     )
     return 0

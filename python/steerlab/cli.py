@@ -793,10 +793,11 @@ def _serve_parser(subs: Any) -> None:
     )
     p.add_argument(
         "--vectors",
-        required=True,
         metavar="DIR",
-        help="a folder of saved vectors and modules; a file's name without extension is "
-        "the name requests use",
+        default=None,
+        help="a folder of saved vectors and modules (vectors, llama.cpp control vectors, "
+        "activation scalars, controllers, HyperSteer); a file's name without extension is "
+        "the name requests use (default: none; requests may still send raw vectors)",
     )
     p.add_argument("--host", metavar="ADDR", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, metavar="N", default=8000, help="TCP port")
@@ -809,6 +810,14 @@ def _serve_parser(subs: Any) -> None:
         default=64,
         metavar="N",
         help="requests waiting at most; more are answered 503",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="after the first waiting request, how long to wait for more to batch with it "
+        "(milliseconds; default 5)",
     )
 
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steerlab import _args, _core
+from steerlab._extras import require
 from steerlab._serving import (
     Event,
     Job,
@@ -161,14 +162,9 @@ class _RequestError(Exception):
 
 
 def _require() -> None:
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise SteerlabError(
-            f"the steering server needs fastapi and uvicorn ({exc}); install them with "
-            f"pip install 'steerlab[serve]'"
-        ) from None
+    """Raises MissingExtraError (naming ``steerlab[serve]``) without fastapi or uvicorn."""
+    for module in ("fastapi", "uvicorn"):
+        require(module, "serve", "the steering server")
 
 
 # --------------------------------------------------------------------- parsing bodies
