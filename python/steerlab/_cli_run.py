@@ -743,7 +743,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _positive(args.max_batch, "--max-batch")
     _positive(args.max_queue, "--max-queue")
     if not (math.isfinite(args.batch_window_ms) and args.batch_window_ms >= 0):
-        raise CliError(f"--batch-window-ms must be a finite number >= 0, got {args.batch_window_ms}")
+        raise CliError(
+            f"--batch-window-ms must be a finite number >= 0, got {args.batch_window_ms}"
+        )
     try:
         # By name: the module is optional (its extra may be missing).
         server = importlib.import_module("steerlab.server")
