@@ -826,10 +826,10 @@ def axbench(
         layer: the layer of "diffmean" and "optimized" (negative from the end). Default:
             the ``.layer`` of the first HyperSteer among the methods, so the vectors
             compete at its site; without one ``int(0.4 * n_layers)`` (AxBench's lower
-            layer: 10 of Gemma-2-2B's 26). On SmolLM2-135M (30 layers; 5 concepts, 3
-            report prompts each, 48 tokens, factors 0.5-8) DiffMean and optimised
-            vectors scored a mean aggregate of 0.23 and 0.30 at layer 12 and 0.01 and
-            0.03 at layer 22 (0.75 L; prompting: 0.70, unsteered: 0.01).
+            layer: 10 of Gemma-2-2B's 26). On SmolLM2-135M (30 layers; 4 held-out
+            concepts, bench/RESULTS.md "Issue 13") DiffMean and optimised vectors scored
+            a mean aggregate of 0.14 and 0.11 at layer 12 and 0.12 and 0.27 at layer 22
+            (0.75 L; prompting: 0.39, unsteered: 0.00).
         train_prompts: plain requests to build "diffmean" / train "optimized" from
             (default: each concept's selection half).
         diffmean_position: read position of "diffmean" (see `Model.capture`).
