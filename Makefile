@@ -106,9 +106,12 @@ BENCH_ARGS ?=
 bench-setup:
 	bash bench/setup_env.sh
 
-bench: bench-setup
+bench: bench-setup develop
 	$(CURDIR)/.bench-venv/bin/python bench/run_bench.py $(BENCH_ARGS)
 	$(CURDIR)/.bench-venv/bin/python bench/overhead.py $(filter --quick,$(BENCH_ARGS))
+	PYTHONPATH=python $(PY) bench/serve_load.py --requests 16 --concurrency 1 4 8 --max-tokens 32 \
+		--repeats 3 --time-cap 90 --peer-python $(CURDIR)/.bench-venv/bin/python \
+		--out bench/results/serve_load.json
 	$(CURDIR)/.bench-venv/bin/python bench/run_bench.py --report-only
 
 clean:
