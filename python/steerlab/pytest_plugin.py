@@ -164,6 +164,10 @@ def _setting(config: pytest.Config, name: str) -> tuple[str | None, str, Path]:
 def pytest_configure(config: pytest.Config) -> None:
     model, model_how, base = _setting(config, "steerlab_model")
     model_path = None
+    for value, how in ((model, model_how), _setting(config, "steerlab_json")[:2]):
+        if value is not None and not value.strip():
+            # '' would resolve to the current folder: name the mistake instead.
+            raise pytest.UsageError(f"{how}: the path is empty; give a file path")
     if model is not None:
         model_path = Path(os.path.abspath(base / Path(model).expanduser()))
         if not model_path.exists():
