@@ -291,6 +291,29 @@ def test_cli_ctrl_c_during_capture_exits_130_and_writes_nothing(tmp_path: Path) 
     assert os.listdir(tmp_path) == ["t.txt"]
 
 
+def test_cli_stream_with_output_prints_text_and_writes_the_json_line(tmp_path: Path) -> None:
+    """Help: --stream prints plain text on stdout; --output still gets the JSON line."""
+    out = tmp_path / "s.jsonl"
+    r = cli("generate", "Hi", "--stream", "--model", str(TINY), "--max-new-tokens", "3",
+            "-o", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    line = json.loads(out.read_text(encoding="utf-8"))
+    assert line["prompt"] == "Hi"
+    assert r.stdout.rstrip("\n") == line["text"]
+
+
+def test_cli_export_in_place_is_whole(work: Path, tmp_path: Path) -> None:
+    """Exporting a vector onto its own path (atomic) leaves a readable, scaled vector."""
+    path = tmp_path / "v.safetensors"
+    path.write_bytes((work / "tiny.safetensors").read_bytes())
+    r = cli("export", str(path), str(path), "--scale", "2")
+    assert r.returncode == 0, r.stderr
+    before = sl.SteeringVector.load(work / "tiny.safetensors")
+    after = sl.SteeringVector.load(path)
+    np.testing.assert_allclose(np.asarray(after[2]), 2 * np.asarray(before[2]), rtol=1e-6)
+    assert os.listdir(tmp_path) == ["v.safetensors"]
+
+
 # ------------------------------------------------------------------ the pytest plugin
 
 INNER = """
@@ -563,3 +586,42 @@ def test_ray_sweep_and_train_vector_checks(cluster: Any) -> None:
         slr.train_vector(slr.from_pairs(pairs).filter(lambda r: False), TINY, layers=[1])
     with pytest.raises(sl.SteerlabError, match="unknown method 'foo'"):
         slr.train_vector(slr.from_pairs(pairs), TINY, layers=[1], method="foo")
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def test_stats_merge_refuses_mismatched_parts() -> None:
+    from steerlab.stats import ActivationStats
+
+    rng = np.random.default_rng(0)
+    a = ActivationStats.from_activations(rng.standard_normal((4, 2, 8)), layers=[1, 2])
+    b = ActivationStats.from_activations(rng.standard_normal((3, 2, 8)), layers=[1, 3])
+    c = ActivationStats.from_activations(rng.standard_normal((3, 2, 6)), layers=[1, 2])
+    with pytest.raises(sl.SteerlabError, match=r"layers \[1, 2\] with .* layers \[1, 3\]"):
+        a + b
+    with pytest.raises(sl.ShapeError, match="widths 8 and 6"):
+        a + c
+    with pytest.raises(sl.SteerlabError, match="repeated layer"):
+        ActivationStats.from_activations(np.zeros((2, 2, 4)), layers=[1, 1])
+    with pytest.raises(sl.SteerlabError, match="NaN or inf"):
+        ActivationStats.from_activations(np.full((2, 1, 4), np.nan))
+    d = a.to_dict()
+    d.pop("mean")
+    with pytest.raises(sl.SteerlabError, match=r"lacks field\(s\) \['mean'\]"):
+        ActivationStats.from_dict(d)
+
+
+def test_stats_of_huge_finite_activations_do_not_overflow_silently() -> None:
+    """Finite float64 activations near 1e308 must not give inf means/covariances (with
+    only a numpy RuntimeWarning): an error naming the overflow, or finite results."""
+    from steerlab.stats import ActivationStats
+
+    acts = np.full((2, 1, 4), 1e308)
+    acts[1] *= -0.5
+    try:
+        st = ActivationStats.from_activations(acts)
+        values = [st.mean(0), st.covariance(0)]
+    except sl.SteerlabError:
+        return
+    assert all(np.isfinite(v).all() for v in values)
