@@ -314,6 +314,33 @@ def test_cli_export_in_place_is_whole(work: Path, tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["v.safetensors"]
 
 
+def test_ctrl_c_during_the_first_capture_in_python_is_a_keyboard_interrupt() -> None:
+    """The Python API (a notebook): Ctrl-C during a process's first forward pass raises
+    KeyboardInterrupt, not a panic. (The extension fetches NumPy's C API lazily, by
+    running Python code, when it first builds or reads an array; an interrupt pending there
+    makes rust-numpy panic: this happened in `steerlab capture`, whose first array is the
+    forward pass's result. Here Model.load has already fetched it.)"""
+    code = (
+        "import sys, steerlab as sl\n"
+        f"m = sl.Model.load({str(TINY)!r})\n"
+        "texts = [f'A rather long sentence number {i} about the sea.' for i in range(4000)]\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    m.capture(texts, list(range(3)), 'last', 4000, progress=False)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('KeyboardInterrupt', flush=True)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "panicked" not in err, err[:600]
+    assert out.strip() == "KeyboardInterrupt", (out, err[:600])
+
+
 # ------------------------------------------------------------------ the pytest plugin
 
 INNER = """
