@@ -234,6 +234,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``steerlab train KIND``."""
     check_output(args.output)
+    if Path(args.output).suffix.lower() != ".safetensors":
+        # Every trained artifact is saved as safetensors whatever the name: a .npy or .gguf
+        # name would hold bytes its readers cannot parse.
+        raise CliError(
+            f"--output {args.output!r}: a trained {args.kind} is saved as safetensors; "
+            f"name the file .safetensors (convert a vector with 'steerlab export')"
+        )
     kinds: dict[str, Callable[[argparse.Namespace], int]] = {
         "vector": _train_vector,
         "mean-centring": _train_centring,
@@ -513,6 +520,21 @@ def _train_hypersteer(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ diagnose
 
 
+def _check_plot_format(path: str) -> None:
+    """Fail before any work when matplotlib is missing or cannot write `path`'s format
+    (its extension)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise CliError("--plot needs matplotlib: pip install matplotlib") from None
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if Path(path).suffix.lower()[1:] not in formats:
+        raise CliError(
+            f"--plot {path!r}: cannot tell a figure format from its extension; "
+            f"expected one of {', '.join('.' + f for f in formats)}"
+        )
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """``steerlab diagnose``: the per-layer table, optionally JSON and a figure."""
     from steerlab.diagnostics import diagnose
@@ -520,6 +542,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     for path, option in ((args.json, "--json"), (args.plot, "--plot")):
         if path is not None:
             check_output(path, option)
+    if args.plot is not None:
+        _check_plot_format(args.plot)
     _positive(args.batch_size, "--batch-size")
     model = _load_model(args)
     pairs = _pairs(args, model)
@@ -552,7 +576,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             raise CliError("--plot needs matplotlib: pip install matplotlib") from None
         matplotlib.use("Agg")
         fig = report.plot()
-        write_atomic(args.plot, fig.savefig, "--plot")
+        fmt = Path(args.plot).suffix.lower()[1:]
+        write_atomic(args.plot, functools.partial(fig.savefig, format=fmt), "--plot")
         _note(args, f"wrote {args.plot}")
     return 0
 

@@ -164,6 +164,10 @@ def _setting(config: pytest.Config, name: str) -> tuple[str | None, str, Path]:
 def pytest_configure(config: pytest.Config) -> None:
     model, model_how, base = _setting(config, "steerlab_model")
     model_path = None
+    for value, how in ((model, model_how), _setting(config, "steerlab_json")[:2]):
+        if value is not None and not value.strip():
+            # '' would resolve to the current folder: name the mistake instead.
+            raise pytest.UsageError(f"{how}: the path is empty; give a file path")
     if model is not None:
         model_path = Path(os.path.abspath(base / Path(model).expanduser()))
         if not model_path.exists():
@@ -278,7 +282,9 @@ class Results:
 
         Raises:
             InvalidTypeError: check not a non-empty str, measured not a mapping with str
-                keys, passed not a bool or None.
+                keys or holding a value of another type (nested lists, tuples, arrays
+                and str-keyed mappings of those values are accepted), passed not a bool
+                or None.
         """
         from steerlab.errors import InvalidTypeError
         from steerlab.testing import _json_value
@@ -289,6 +295,8 @@ class Results:
             raise InvalidTypeError(
                 f"measured must be a mapping with str keys, got {type(measured).__name__}"
             )
+        for k, v in measured.items():
+            _check_json_friendly(v, f"measured[{k!r}]")
         if passed is not None and not isinstance(passed, bool):
             raise InvalidTypeError(f"passed must be a bool or None, got {type(passed).__name__}")
         rec: dict[str, Any] = {
@@ -337,6 +345,37 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.json_error = f"{type(exc).__name__}: {exc}"
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _check_json_friendly(v: Any, where: str) -> None:
+    """`v` is a number, str, bool, None, a numpy scalar or array of those, or a list,
+    tuple or str-keyed mapping of such values; anything else would be stored as its repr.
+
+    Raises:
+        InvalidTypeError: naming `where` and the type.
+    """
+    import numpy as np
+
+    from steerlab.errors import InvalidTypeError
+
+    if v is None or isinstance(v, bool | int | float | str | np.bool_ | np.number):
+        return
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+        return
+    if isinstance(v, list | tuple):
+        for i, x in enumerate(v):
+            _check_json_friendly(x, f"{where}[{i}]")
+        return
+    if isinstance(v, Mapping):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise InvalidTypeError(f"{where} has a key {k!r}; keys must be str")
+            _check_json_friendly(x, f"{where}[{k!r}]")
+        return
+    raise InvalidTypeError(
+        f"{where} is a {type(v).__name__}, which JSON cannot hold; record numbers, str, "
+        f"bool, None, or lists / str-keyed dicts of them"
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -124,9 +124,14 @@ def _optional_column(name: Any, what: str) -> str | None:
     return None if name is None else _column(name, what)
 
 
-def _check_dataset(ds: Any, columns: Iterable[str | None], name: str = "ds") -> None:
-    """`ds` is a Ray Dataset holding `columns` (when its schema is known without
-    running it)."""
+def _check_dataset(
+    ds: Any,
+    columns: Iterable[str | None],
+    name: str = "ds",
+    outputs: Iterable[str] = (),
+) -> None:
+    """`ds` is a Ray Dataset holding `columns` and none of the `outputs` it would get (an
+    input column is never overwritten), when its schema is known without running it."""
     if not isinstance(ds, ray.data.Dataset):
         raise InvalidTypeError(f"{name} must be a ray.data.Dataset, got {type(ds).__name__}")
     schema = ds.schema(fetch_if_missing=False)
@@ -136,6 +141,12 @@ def _check_dataset(ds: Any, columns: Iterable[str | None], name: str = "ds") -> 
     missing = [c for c in columns if c is not None and c not in names]
     if missing:
         raise InvalidArgumentError(f"{name} has no column(s) {missing}; its columns are {names}")
+    clash = [c for c in outputs if c in names]
+    if clash:
+        raise InvalidArgumentError(
+            f"{name} already has column(s) {clash}, which this step writes; rename them "
+            f"(or choose another output_column) so that no input column is overwritten"
+        )
 
 
 def _batch_column(batch: Batch, name: str) -> npt.NDArray[Any]:
@@ -292,10 +303,15 @@ def capture(
         The Dataset with every input column and `output_column` (float32 tensors).
 
     Raises:
-        InvalidTypeError, InvalidArgumentError, OutOfRangeError: bad arguments, or a
-            missing column (checked when the schema is known without running `ds`).
+        InvalidTypeError, InvalidArgumentError, OutOfRangeError: bad arguments, a
+            missing column, or an input column named like `output_column` (checked when
+            the schema is known without running `ds`).
     """
-    _check_dataset(ds, [_column(text_column, "text_column")])
+    _check_dataset(
+        ds,
+        [_column(text_column, "text_column")],
+        outputs=[_column(output_column, "output_column")],
+    )
     _spec(model, dtype, device)
     kwargs = {
         "model": model,
@@ -627,10 +643,19 @@ def generate(
         columns asked for (``on_topic`` bool, ``perplexity`` float64).
 
     Raises:
-        InvalidTypeError, InvalidArgumentError: bad arguments, or missing columns
-            (checked when the schema is known without running `ds`).
+        InvalidTypeError, InvalidArgumentError: bad arguments, missing columns, or an
+            input column named like an output column (checked when the schema is known
+            without running `ds`).
     """
-    _check_dataset(ds, [prompt_column, vector_column, coefficient_column, seed_column])
+    _check_dataset(
+        ds,
+        [prompt_column, vector_column, coefficient_column, seed_column],
+        outputs=[
+            _column(output_column, "output_column"),
+            *(["on_topic"] if topic is not None else []),
+            *(["perplexity"] if perplexity else []),
+        ],
+    )
     kwargs = _generate_kwargs(
         model,
         dtype,

@@ -183,7 +183,8 @@ class ActivationStats:
         Raises:
             ShapeError: not 2-D or 3-D, zero width, `layers` of another length.
             InvalidTypeError: not real numbers.
-            InvalidArgumentError: a NaN or inf.
+            InvalidArgumentError: a NaN or inf, or values so large (about 1e150) that
+                the mean or co-moment overflows float64.
         """
         a = _as_acts(acts)
         names = list(range(a.shape[1])) if layers is None else layers
@@ -227,11 +228,12 @@ class ActivationStats:
         n = a.shape[0]
         if n == 0:
             return
-        mean = a.mean(axis=0)  # [L, d]
-        comoment = None
-        if self._comoment is not None:
-            centred = a - mean  # [n, L, d]
-            comoment = np.einsum("nld,nle->lde", centred, centred)  # [L, d, d]
+        with np.errstate(over="ignore", invalid="ignore"):  # checked in _combine
+            mean = a.mean(axis=0)  # [L, d]
+            comoment = None
+            if self._comoment is not None:
+                centred = a - mean  # [n, L, d]
+                comoment = np.einsum("nld,nle->lde", centred, centred)  # [L, d, d]
         self._combine(n, mean, comoment)
 
     def _combine(self, n_b: int, mean_b: F64, comoment_b: F64 | None) -> None:
@@ -239,18 +241,27 @@ class ActivationStats:
         if n_b == 0:
             return
         n_a = self._count
-        if n_a == 0:
-            self._count = n_b
-            self._mean = np.array(mean_b, dtype=np.float64)
-            if self._comoment is not None and comoment_b is not None:
-                self._comoment = np.array(comoment_b, dtype=np.float64)
-            return
         n = n_a + n_b
-        delta = mean_b - self._mean  # [L, d]
-        self._mean = self._mean + delta * (n_b / n)
-        if self._comoment is not None and comoment_b is not None:
-            outer = np.einsum("ld,le->lde", delta, delta)
-            self._comoment = self._comoment + comoment_b + outer * (n_a * n_b / n)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            if n_a == 0:
+                mean = np.array(mean_b, dtype=np.float64)
+                comoment = None if comoment_b is None else np.array(comoment_b, np.float64)
+            else:
+                delta = mean_b - self._mean  # [L, d]
+                mean = self._mean + delta * (n_b / n)
+                comoment = None
+                if self._comoment is not None and comoment_b is not None:
+                    outer = np.einsum("ld,le->lde", delta, delta)
+                    comoment = self._comoment + comoment_b + outer * (n_a * n_b / n)
+        for name, value in (("mean", mean), ("co-moment", comoment)):
+            if value is not None and not np.isfinite(value).all():
+                raise InvalidArgumentError(
+                    f"the statistics' {name} overflows float64; expected activations of "
+                    f"magnitude below about 1e150"
+                )
+        self._mean = mean
+        if self._comoment is not None and comoment is not None:
+            self._comoment = comoment
         self._count = n
 
     def update(self, acts: npt.ArrayLike) -> ActivationStats:
@@ -280,8 +291,9 @@ class ActivationStats:
 
         Raises:
             InvalidTypeError: `other` is not an `ActivationStats`.
-            InvalidArgumentError: other layers, a source that differs, or one part with a
-                co-moment and the other without.
+            InvalidArgumentError: other layers, a source that differs, one part with a
+                co-moment and the other without, or a merged mean or co-moment that
+                overflows float64.
             ShapeError: another width.
         """
         if not isinstance(other, ActivationStats):

@@ -659,6 +659,8 @@ def _json_float(x: float) -> float | None:
 def _json_value(v: Any) -> Any:
     if isinstance(v, bool | int | str) or v is None:
         return v
+    if isinstance(v, np.bool_):
+        return bool(v)
     if isinstance(v, float | np.floating):
         return _json_float(float(v))
     if isinstance(v, np.integer):
