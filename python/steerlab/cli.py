@@ -879,18 +879,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _numpy_api_ready() -> None:
-    """Make the extension fetch NumPy's C API now. It does so (running Python code) the
-    first time it builds an array; a Ctrl-C pending from a long forward pass would land
-    there and the extension panics instead of raising KeyboardInterrupt."""
-    import numpy as np
-
-    from steerlab import _core
-
-    tiny = np.zeros((1, 1), np.float32)
-    _core.mean_centring(tiny, tiny)
-
-
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -901,7 +889,6 @@ def _main(argv: Sequence[str] | None) -> int:
     from steerlab.errors import SteerlabError
 
     try:
-        _numpy_api_ready()
         return _cli_run.run(args, parser)
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

@@ -35,7 +35,7 @@ The JSON file::
                   "conditions": [{"metric": "mean_margin_shift", "value": 0.73,
                                   "op": ">=", "bound": 0.3, "passed": true}, ...]}]}
 
-Non-finite numbers are written as null. Under pytest-xdist each worker would write its
+NaN is written as null, +/-inf as the strings "inf" / "-inf". Under pytest-xdist each worker would write its
 own records to the same path: give each run its own path there.
 """
 

@@ -651,9 +651,14 @@ def _snippet(text: str, width: int = _SNIPPET) -> str:
     return repr(flat if len(flat) <= width else flat[: width - 3] + "...")
 
 
-def _json_float(x: float) -> float | None:
+def _json_float(x: float) -> float | str | None:
+    """A float as JSON holds it: NaN as null, +/-inf as the strings "inf" / "-inf"."""
     v = float(x)
-    return v if math.isfinite(v) else None
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
 
 
 def _json_value(v: Any) -> Any:

@@ -22,6 +22,11 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // numpy's C API is loaded lazily by rust-numpy on the first array it builds, by
+    // running Python code (numpy's import), and a failure there (a Ctrl-C landing in it)
+    // panics. Load it now, where a failure is this import's error.
+    m.py().import("numpy")?;
+    let _ = numpy::npyffi::is_numpy_2(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::PyModel>()?;
     m.add_class::<model::PyGeneration>()?;
