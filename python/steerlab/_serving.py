@@ -249,7 +249,10 @@ class SteeringLibrary:
 def _strength(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SteeringSpecError(f"{where} must be a number, got {_args.show(value)}")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an int too large for a float
+        f = math.inf
     if not math.isfinite(f) or abs(f) > _F32_MAX:
         raise SteeringSpecError(f"{where} must be a finite number, got {_args.show(value)}")
     return f

@@ -189,8 +189,14 @@ def _float(body: dict[str, Any], key: str, default: float, lo: float, hi: float)
     v = body.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise _bad(f"{key} must be a number, got {_args.show(v)}", key)
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise _bad(f"{key} must be a finite number, got {_args.show(v)}", key)
     if not lo <= v <= hi:
         raise _bad(f"{key} must be in [{lo:g}, {hi:g}], got {_args.show(v)}", key)
     return float(v)
