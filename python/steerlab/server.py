@@ -213,6 +213,14 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
         raise _bad(f"stop has {len(items)} strings; at most {_MAX_STOP} are accepted", "stop")
     if any(s == "" for s in items):
         raise _bad("stop strings must not be empty", "stop")
+    for s in items:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad(
+                f"stop string {_args.show(s)} is not valid Unicode text (a lone surrogate)",
+                "stop",
+            ) from None
     return items or None
 
 
@@ -543,6 +551,8 @@ def create_app(
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"the request body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise _bad("the request body is not valid JSON here: it nests too deeply") from None
 
     def submit(parsed: _Parsed) -> tuple[Job, asyncio.Queue[Event]]:
         loop = asyncio.get_running_loop()
