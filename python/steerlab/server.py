@@ -589,14 +589,21 @@ def create_app(
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         pieces = []
+        checked = time.monotonic()
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(events.get(), timeout=1.0)
+                    event = await asyncio.wait_for(events.get(), timeout=0.5)
                 except TimeoutError:
+                    event = None
+                # Check for a gone client every 0.5 s even while tokens keep arriving (a
+                # long row's events never leave the queue empty for the timeout).
+                if event is None or time.monotonic() - checked >= 0.5:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         job.cancelled.set()
                         raise _bad("the client disconnected") from None
+                if event is None:
                     continue
                 if event[0] == "text":
                     pieces.append(event[1])
