@@ -412,6 +412,11 @@ class _Server:
             extra = sorted(set(m) - {"role", "content", "name"})
             if extra:
                 raise _bad(f"messages[{i}] has unsupported field(s) {extra}", "messages")
+            if m.get("content") is None and m["role"] != "assistant":
+                raise _bad(
+                    f"messages[{i}] ({m['role']}) needs 'content': a str or a list of text parts",
+                    "messages",
+                )
             message = {
                 "role": role,
                 "content": _text_content(m.get("content"), f"messages[{i}].content"),
