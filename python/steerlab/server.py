@@ -774,6 +774,7 @@ def run(
     Raises:
         SteerlabError: fastapi or uvicorn are not installed.
         InvalidArgumentError: a port outside 1..65535.
+        KeyboardInterrupt: after a graceful shutdown on Ctrl-C (SIGINT).
         and whatever `Model.load` and `create_app` raise.
     """
     _require()
@@ -787,5 +788,23 @@ def run(
     app = create_app(
         loaded, vectors, max_batch=max_batch, max_queue=max_queue, batch_window_ms=batch_window_ms
     )
+    import signal
+
+    class _Server(uvicorn.Server):
+        interrupted = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig == signal.SIGINT:
+                self.interrupted = True
+            super().handle_exit(sig, frame)
+
     # A streaming request holds its connection: give in-flight ones 10 s on Ctrl-C.
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10
+    )
+    server = _Server(config)
+    server.run()
+    if server.interrupted:
+        # uvicorn shut down gracefully; report Ctrl-C as the CLI documents (exit 130).
+        # (uvicorn re-raises the signal inside its event loop, where asyncio may drop it.)
+        raise KeyboardInterrupt
