@@ -83,7 +83,7 @@ def test_false_refusals_fail(steerlab_model):
 def test_own_record(steerlab_results):
     rec = steerlab_results.record("my_metric", {{"value": np.float32(0.5), "bad": float("nan"),
                                   "per_layer": np.array([1.0, np.inf])}}, passed=True)
-    assert rec["measured"] == {{"value": 0.5, "bad": None, "per_layer": [1.0, None]}}
+    assert rec["measured"] == {{"value": 0.5, "bad": None, "per_layer": [1.0, "inf"]}}
     assert steerlab_results.records == [rec]
     with pytest.raises(sl.InvalidTypeError, match="check must be a non-empty str"):
         steerlab_results.record("", {{}})
@@ -345,7 +345,7 @@ def test_each_helper_fails_with_its_report_and_the_numbers_are_steerlabs(
             "anti_steerable * <= 1",
             "FAILED test_failing.py::test_on_topic_fails assert_on_topic: *",
             "FAILED test_failing.py::test_false_refusals_fail assert_false_refusal_rate: *",
-            "PASSED test_failing.py::test_own_record my_metric: value 0.5, bad nan, per_layer [[]1.0, None[]]",
+            "PASSED test_failing.py::test_own_record my_metric: value 0.5, bad nan, per_layer [[]1.0, 'inf'[]]",
         ]
     )
     doc = _json(pytester.path / "fail.json")
@@ -354,7 +354,7 @@ def test_each_helper_fails_with_its_report_and_the_numbers_are_steerlabs(
     assert recs["test_own_record"]["measured"] == {
         "value": 0.5,
         "bad": None,
-        "per_layer": [1.0, None],
+        "per_layer": [1.0, "inf"],
     }
 
     # The numbers recorded are steerlab's own evaluations of the same inputs.
