@@ -292,3 +292,25 @@ def test_an_edit_too_large_to_normalise_raises_for_every_operation(model: Any) -
         model.logits(PROMPTS[:1], steering=sc * 1e30)
     with pytest.raises(sl.InvalidArgumentError, match="beta"):
         sc * 1e39
+
+
+def test_dynamic_scalars_in_a_batch_equal_the_row_alone(model: Any) -> None:
+    # One row of eight chat prompts with a DynScalar probe (the server batches requests
+    # this way): the row's logits equal the row alone, bit for bit. A batched matmul
+    # for alpha = w.h + b gave 0.51 apart here.
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal(model.d_model) * 0.01).astype(np.float32)
+    st = sl.ActivationScalars(
+        "dynamic",
+        {("mlp_out", 10): np.concatenate([w, [3.0]]).astype(np.float32)},
+        d_model=model.d_model,
+        n_layers=model.n_layers,
+        fingerprint=model.fingerprint,
+    )
+    p = model.chat_prompt([{"role": "user", "content": "How was your week?"}])
+    alone = model.logits([p], steering=[st])[0]
+    for b in (7, 8, 9):
+        batch = model.logits([p] * b, steering=[st] + [None] * (b - 1), batch_size=b)
+        np.testing.assert_array_equal(batch[0], alone)
+        shared = model.logits([p] * b, steering=st, batch_size=b)
+        np.testing.assert_array_equal(shared[b - 1], alone)

@@ -254,9 +254,13 @@ impl SiteModule for ScalarModule {
                 (h + (add * self.beta)?.broadcast_mul(mask)?)?
             }
             ScalarKind::Dynamic => {
-                let w = self.params[0].to_dtype(dt)?.reshape((d, 1))?; // [d, 1]
+                // alpha = w . h + b per position, as a product and a sum over d: each
+                // position's dot product is the same arithmetic whatever the batch (a
+                // batched matmul against the broadcast w gave another result for one row
+                // of an 8-row chat batch than for the row alone: 0.5 in the logits).
+                let w = self.params[0].to_dtype(dt)?.reshape((1, 1, d))?; // [1, 1, d]
                 let bias = self.params[1].to_dtype(dt)?.reshape((1, 1, 1))?;
-                let a = h.broadcast_matmul(&w)?.broadcast_add(&bias)?; // [b, t, 1]
+                let a = h.broadcast_mul(&w)?.sum_keepdim(2)?.broadcast_add(&bias)?; // [b, t, 1]
                 let a = ((a * self.beta)? * mask)?;
                 (h + h.broadcast_mul(&a)?)?
             }
