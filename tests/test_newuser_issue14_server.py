@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,49 +30,11 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
+from server_harness import Running  # noqa: E402
 from steerlab import server as sl_server  # noqa: E402
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Running:
-    def __init__(self, app: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        self.client = openai.OpenAI(
-            base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=60
-        )
-        self.model_id = self.client.models.list().data[0].id
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-    def post(self, path: str, body: str | bytes) -> httpx.Response:
-        return httpx.post(
-            f"{self.url}{path}",
-            content=body,
-            headers={"content-type": "application/json"},
-            timeout=60,
-        )
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self._thread.join(30)
-        self._sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +68,7 @@ def srv(model: Any, vectors_dir: Path) -> Iterator[Running]:
 
 def chat(srv: Running, content: str = "How was your week?", steering: Any = None, **kw: Any):
     extra = {} if steering is None else {"extra_body": {"steering": steering}}
-    r = srv.client.chat.completions.create(
+    r = srv.openai.chat.completions.create(
         model=srv.model_id, messages=[{"role": "user", "content": content}], **kw, **extra
     )
     c = r.choices[0]
@@ -116,7 +77,7 @@ def chat(srv: Running, content: str = "How was your week?", steering: Any = None
 
 def chat_stream(srv: Running, content: str = "How was your week?", steering: Any = None, **kw):
     extra = {} if steering is None else {"extra_body": {"steering": steering}}
-    s = srv.client.chat.completions.create(
+    s = srv.openai.chat.completions.create(
         model=srv.model_id,
         messages=[{"role": "user", "content": content}],
         stream=True,
@@ -185,7 +146,7 @@ def test_concurrent_rows_equal_alone_with_scalars_in_a_batch_of_eight(srv: Runni
 
 def test_streaming_client_disconnect_ends_its_row(srv: Running) -> None:
     before = srv.health()["cancelled"]
-    s = srv.client.completions.create(
+    s = srv.openai.completions.create(
         model=srv.model_id, prompt=COUNTING, max_tokens=2000, temperature=0, stream=True
     )
     for i, _ in enumerate(s):
@@ -370,7 +331,7 @@ def test_bad_request_is_400_in_openai_format(
 
 def test_other_model_name_is_404(srv: Running) -> None:
     with pytest.raises(openai.NotFoundError, match="not served here"):
-        srv.client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+        srv.openai.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
 
 
 # ------------------------------------------------------------------ startup errors

@@ -10,9 +10,7 @@ small controller and a small HyperSteer, saved the way users save them.
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,48 +27,11 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
+from server_harness import Running  # noqa: E402
 from steerlab import server as sl_server  # noqa: E402
 
 MAX = 10  # new tokens per request: enough to tell steerings apart, quick on 2 cores
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # greedy SmolLM2 keeps counting: long rows
-
-
-class Running:
-    """A uvicorn server on a free loopback port, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._clients: list[Any] = []
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-
-    def client(self) -> Any:
-        c = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=60)
-        self._clients.append(c)
-        return c
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-    def close(self) -> None:
-        for c in self._clients:
-            c.close()
-        self.server.should_exit = True
-        self._thread.join(30)
-        self._sock.close()
-        assert not self._thread.is_alive(), "the server did not shut down"
 
 
 @pytest.fixture(scope="module")
