@@ -16,6 +16,7 @@ token ids) are bounded here, so Python's own ``OverflowError`` never reaches the
 
 from __future__ import annotations
 
+import json
 import numbers
 import operator
 import os
@@ -339,4 +340,28 @@ def scaled(
                 )
             w.flags.writeable = False
             out[layer] = w
+    return out
+
+
+def jsonl_records(text: str, label: str) -> list[tuple[str, dict[str, Any]]]:
+    """The JSON objects of JSON Lines `text`, one per non-blank line, each with its
+    ``"LABEL, line N"`` for messages.
+
+    Raises:
+        InvalidArgumentError: a line that is not JSON, or not a JSON object.
+    """
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label}, line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InvalidArgumentError(f"{where}: not valid JSON (nested too deeply)") from None
+        if not isinstance(obj, dict):
+            raise InvalidArgumentError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        out.append((where, obj))
     return out

@@ -10,13 +10,14 @@ into exit code 1.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from steerlab._args import jsonl_records
 
 __all__ = [
     "CliError",
@@ -63,20 +64,10 @@ def read_jsonl(path: str, what: str) -> list[tuple[str, dict[str, Any]]]:
     ``"FILE, line N"`` label for messages.
 
     Raises:
-        CliError: no such file, a line that is not JSON or not an object, no records.
+        CliError: no such file, no records.
+        InvalidArgumentError: a line that is not JSON or not an object.
     """
-    out = []
-    for n, line in enumerate(_read_file(path, what).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise CliError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        out.append((where, obj))
+    out = jsonl_records(_read_file(path, what), path)
     if not out:
         raise CliError(f"{what} file {path!r} holds no records")
     return out

@@ -8,7 +8,6 @@ how the splits were drawn. `steerlab.datasets` re-exports the public names.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from steerlab._args import jsonl_records
 from steerlab.errors import InvalidArgumentError, InvalidTypeError
 
 if TYPE_CHECKING:
@@ -463,19 +463,7 @@ def _records(name: str) -> list[tuple[str, dict[str, Any]]]:
             f"the file steerlab/data/{_FOLDER}/{name} is missing from the installed package; "
             f"reinstall steerlab"
         ) from None
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{_FOLDER}/{name}, line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise InvalidArgumentError(f"{where}: expected a JSON object")
-        out.append((where, obj))
-    return out
+    return jsonl_records(text, f"{_FOLDER}/{name}")
 
 
 def _field(obj: dict[str, Any], key: str, where: str, choices: tuple[str, ...] = ()) -> str:

@@ -43,6 +43,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from steerlab._args import jsonl_records
 from steerlab._requests import Requests, load_requests
 from steerlab._steering_prompts import SteeringPrompts, keyword_hits, load_steering_prompts
 from steerlab._tasks import Task, TaskRecord, load_task, task_names
@@ -307,14 +308,7 @@ def background_corpus() -> list[str]:
 def _sentiment() -> tuple[tuple[str, str], ...]:
     out = []
     text = _read_text("sentiment_pairs.jsonl", "sentiment pairs")
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"sentiment_pairs.jsonl, line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"{where}: not valid JSON ({exc})") from None
+    for where, obj in jsonl_records(text, "sentiment_pairs.jsonl"):
         pos = _text_field(obj, "positive", where)
         neg = _text_field(obj, "negative", where)
         if pos == neg:
