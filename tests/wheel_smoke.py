@@ -52,6 +52,7 @@ print(
         {
             "python": sys.executable,
             "version": sl.__version__,
+            "kernel_isa": sl._core.kernel_isa(),
             "cargo_on_path": shutil.which("cargo"),
             "rustc_on_path": shutil.which("rustc"),
             "pulled_optional": pulled,

@@ -34,6 +34,7 @@ __all__ = [
     "VectorTrainer",
     "__version__",
     "fit_direction",
+    "kernel_isa",
     "load_control_vector",
     "load_learned",
     "load_vector",
@@ -471,3 +472,6 @@ def save_vector(path: str, directions: dict[int, _F32], metadata: str) -> None: 
 def load_vector(path: str) -> tuple[dict[int, _F32], str]: ...
 def save_control_vector(path: str, directions: dict[int, _F32], model_hint: str) -> None: ...
 def load_control_vector(path: str) -> tuple[dict[int, _F32], str | None, int | None]: ...
+def kernel_isa() -> str:
+    """The instruction set the quantized kernels use here: "avx512", "avx2" or "scalar"
+    (the CPU's best, capped by STEERLAB_ISA)."""

@@ -48,6 +48,14 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vectors::load_vector, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::save_control_vector, m)?)?;
     m.add_function(wrap_pyfunction!(vectors::load_control_vector, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_isa, m)?)?;
     errors::register(m)?;
     Ok(())
+}
+
+/// The instruction set the quantized kernels use in this process ("avx512", "avx2" or
+/// "scalar"): the CPU's best, capped by `STEERLAB_ISA`.
+#[pyfunction]
+fn kernel_isa() -> &'static str {
+    crate::kernels::Isa::detect().name()
 }
